@@ -1,0 +1,62 @@
+//! Cairn's encrypted local store.
+//!
+//! Owns: the SQLCipher profile database (schema migrations, the account and device
+//! records, message history with full-text search) and the database key — 32 random
+//! bytes kept in the OS keyring, or, where no keyring is reachable, derived from a
+//! passphrase with Argon2id. Does not own: the network, or what keys mean (the
+//! crypto crate hands keys over as bytes).
+//!
+//! A profile is a directory holding `profile.db` (the SQLCipher database) and
+//! `key.json` (plaintext: only *where* the key comes from, never the key).
+
+mod db;
+mod key;
+mod migrations;
+mod profile_dir;
+
+pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
+pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
+pub use migrations::{migrations, SCHEMA_VERSION};
+pub use profile_dir::{KeySource, ProfileDir};
+
+/// Everything that can go wrong in the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The key (or the passphrase it came from) does not open the database.
+    /// Nothing was written to the file.
+    #[error("the key does not open this profile's database")]
+    WrongKey,
+    /// No OS keyring (Secret Service, Keychain, Credential Manager) answered.
+    #[error("no OS keyring is available: {0}")]
+    KeyringUnavailable(String),
+    /// The keyring works but holds no key for this profile.
+    #[error("the OS keyring holds no key for this profile")]
+    KeyMissing,
+    /// The database or profile was expected but is not there.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A profile was to be created where one already exists.
+    #[error("a profile already exists at {0}")]
+    AlreadyExists(String),
+    /// Another running Cairn has this profile open.
+    #[error("the profile is open in another Cairn window")]
+    ProfileInUse,
+    /// A file of the profile holds something it should not (it was not changed).
+    #[error("corrupt profile data: {0}")]
+    Corrupt(String),
+    /// The passphrase path could not derive a key.
+    #[error("key derivation failed: {0}")]
+    Kdf(String),
+    /// A schema migration failed; the database stays at its earlier version.
+    #[error("schema migration failed: {0}")]
+    Migration(String),
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file system reported an error.
+    #[error("file error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,196 @@
+//! The encrypted profile on real SQLCipher files: what reaches the disk, what a wrong
+//! key or passphrase does (and does not do), and the real OS keyring.
+
+use std::fs;
+use std::path::Path;
+
+use cairn_store::{
+    AccountRecord, DbKey, DeviceRecord, KdfParams, KeySource, KeyVault, NewMessage, ProfileDb,
+    ProfileDir, StoreError,
+};
+
+/// Weak but valid parameters so the passphrase tests stay quick.
+fn quick_kdf() -> KdfParams {
+    KdfParams { m_cost_kib: 8 * 1024, t_cost: 1, ..KdfParams::recommended() }
+}
+
+fn write_marker(db: &ProfileDb, marker: &str) {
+    db.ensure_conversation(b"conv-1", "Bob", 1).unwrap();
+    let message = NewMessage {
+        id: [1; 16],
+        conversation_id: b"conv-1",
+        sender: "alice",
+        sent_at: 2,
+        body: marker,
+        state: "sent",
+    };
+    assert!(db.insert_message(&message).unwrap());
+}
+
+/// Every file under `dir`, read whole (database, WAL, shared memory, journals).
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = fs::read(&path).unwrap();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn a_marker_message_never_reaches_the_disk_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = ProfileDir::new(dir.path());
+    let marker = "MARKER-7f3a-plaintext-must-not-leak";
+    let db = profile.create_with_passphrase("pass", quick_kdf()).unwrap();
+    write_marker(&db, marker);
+    // Look while the database is open (WAL and shm exist) and after it is closed.
+    let files: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(files.iter().any(|f| f.to_string_lossy().ends_with("-wal")), "WAL present: {files:?}");
+    assert_eq!(files_containing(dir.path(), marker.as_bytes()), Vec::<String>::new());
+    drop(db);
+    assert_eq!(files_containing(dir.path(), marker.as_bytes()), Vec::<String>::new());
+    // It is really there, for the right key.
+    let db = profile.open_with_passphrase("pass").unwrap();
+    assert_eq!(db.search_messages("MARKER", 5).unwrap()[0].body, marker);
+}
+
+#[test]
+fn the_same_schema_without_a_key_is_plaintext_which_is_what_the_test_above_rules_out() {
+    // A control for the test above: the marker search would find an unencrypted file.
+    let dir = tempfile::tempdir().unwrap();
+    let db = ProfileDb::create_unencrypted(&dir.path().join("plain.db")).unwrap();
+    write_marker(&db, "MARKER-control");
+    db.checkpoint().unwrap();
+    assert!(!files_containing(dir.path(), b"MARKER-control").is_empty());
+}
+
+#[test]
+fn a_wrong_key_is_a_typed_error_and_leaves_the_file_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("profile.db");
+    let key = DbKey::random();
+    {
+        let db = ProfileDb::create(&path, &key).unwrap();
+        write_marker(&db, "still here");
+        db.checkpoint().unwrap();
+    }
+    let before = fs::read(&path).unwrap();
+    for _ in 0..3 {
+        assert!(matches!(ProfileDb::open(&path, &DbKey::random()), Err(StoreError::WrongKey)));
+    }
+    assert_eq!(fs::read(&path).unwrap(), before, "a failed open wrote nothing");
+    let db = ProfileDb::open(&path, &key).unwrap();
+    assert_eq!(db.search_messages("still", 5).unwrap().len(), 1);
+}
+
+#[test]
+fn a_wrong_passphrase_is_a_typed_error_and_the_right_one_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = ProfileDir::new(dir.path());
+    write_marker(&profile.create_with_passphrase("right", quick_kdf()).unwrap(), "kept");
+    assert!(matches!(profile.key_source().unwrap(), Some(KeySource::Passphrase { .. })));
+    assert!(matches!(profile.open_with_passphrase("wrong"), Err(StoreError::WrongKey)));
+    let db = profile.open_with_passphrase("right").unwrap();
+    assert_eq!(db.search_messages("kept", 5).unwrap().len(), 1);
+}
+
+#[test]
+fn a_profile_cannot_be_opened_twice_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = ProfileDir::new(dir.path());
+    let first = profile.create_with_passphrase("pw", quick_kdf()).unwrap();
+    assert!(matches!(profile.open_with_passphrase("pw"), Err(StoreError::ProfileInUse)));
+    drop(first);
+    profile.open_with_passphrase("pw").unwrap();
+}
+
+#[test]
+fn a_second_create_is_refused_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = ProfileDir::new(dir.path());
+    write_marker(&profile.create_with_passphrase("pw", quick_kdf()).unwrap(), "first");
+    assert!(matches!(
+        profile.create_with_passphrase("other", quick_kdf()),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let db = profile.open_with_passphrase("pw").unwrap();
+    assert_eq!(db.search_messages("first", 5).unwrap().len(), 1);
+}
+
+#[test]
+fn a_damaged_key_file_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = ProfileDir::new(dir.path());
+    drop(profile.create_with_passphrase("pw", quick_kdf()).unwrap());
+    for garbage in ["{", "{\"version\":7,\"source\":\"keyring\"}", &"x".repeat(10_000)] {
+        fs::write(dir.path().join("key.json"), garbage).unwrap();
+        assert!(matches!(profile.key_source(), Err(StoreError::Corrupt(_))), "{garbage:.20}");
+    }
+}
+
+#[test]
+fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = ProfileDir::new(dir.path());
+    let account = AccountRecord {
+        account_id: "acct".into(),
+        display_name: "Alice".into(),
+        identity_key: vec![1, 2, 3],
+        created_at: 5,
+    };
+    let device = DeviceRecord { device_id: 1, registration_id: 77, transport_seed: [3; 32], created_at: 6 };
+    {
+        let mut db = profile.create_with_passphrase("pw", quick_kdf()).unwrap();
+        db.save_identity(&account, &device).unwrap();
+        write_marker(&db, "once");
+        let again = NewMessage {
+            id: [1; 16],
+            conversation_id: b"conv-1",
+            sender: "alice",
+            sent_at: 2,
+            body: "once",
+            state: "sent",
+        };
+        assert!(!db.insert_message(&again).unwrap(), "same id is a duplicate");
+    }
+    let db = profile.open_with_passphrase("pw").unwrap();
+    assert_eq!(db.account().unwrap(), Some(account));
+    assert_eq!(db.device().unwrap(), Some(device));
+    assert_eq!(db.conversation_messages(b"conv-1", 10).unwrap().len(), 1);
+}
+
+#[test]
+fn search_takes_typed_words_literally() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ProfileDb::create(&dir.path().join("p.db"), &DbKey::random()).unwrap();
+    write_marker(&db, "meet at \"noon\" OR later");
+    for query in ["\"noon", "OR", "NEAR(", "*", "noon later", ""] {
+        db.search_messages(query, 5).unwrap();
+    }
+    assert_eq!(db.search_messages("noon later", 5).unwrap().len(), 1);
+    assert!(db.search_messages("midnight", 5).unwrap().is_empty());
+}
+
+/// The real OS keyring (Secret Service on Linux): the test command starts one.
+#[test]
+fn a_keyring_profile_reopens_with_the_key_from_the_os_keyring() {
+    let vault = KeyVault::os().expect(
+        "an OS keyring (Secret Service) must be reachable: run the suite through ./test.sh",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let profile = ProfileDir::new(dir.path());
+    write_marker(&profile.create_with_keyring(&vault).unwrap(), "from the keyring");
+    assert_eq!(profile.key_source().unwrap(), Some(KeySource::Keyring));
+    let db = profile.open_with_keyring(&vault).unwrap();
+    assert_eq!(db.search_messages("keyring", 5).unwrap().len(), 1);
+    drop(db);
+    // Without its key in the keyring the profile does not open, and says why.
+    vault.delete(&profile.keyring_user().unwrap()).unwrap();
+    assert!(matches!(profile.open_with_keyring(&vault), Err(StoreError::KeyMissing)));
+}
