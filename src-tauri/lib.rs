@@ -1,1 +1,110 @@
+//! The Cairn desktop shell: command-line options, the window, and the Tauri commands
+//! the web UI calls. Commands map onto [`cairn_core::Messenger`]; no protocol logic
+//! lives here.
 
+mod commands;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tauri::{WebviewUrl, WebviewWindowBuilder};
+
+pub use commands::AppState;
+
+/// Command-line options of the desktop app.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: serverless end-to-end encrypted chat"
+)]
+struct Options {
+    /// Profile to open; each profile is a separate account with its own data.
+    #[arg(long, env = "CAIRN_PROFILE", default_value = cairn_core::DEFAULT_PROFILE)]
+    profile: String,
+    /// Directory to keep the profile in, instead of the platform data directory.
+    #[arg(long, env = "CAIRN_PROFILE_DIR")]
+    profile_dir: Option<PathBuf>,
+}
+
+/// The typed command list, shared by the app and the TypeScript bindings generator.
+pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
+    tauri_specta::Builder::<tauri::Wry>::new().commands(tauri_specta::collect_commands![
+        commands::profile_status,
+        commands::create_account,
+        commands::unlock,
+    ])
+}
+
+/// The TypeScript exporter settings the checked-in bindings were made with.
+pub fn typescript() -> specta_typescript::Typescript {
+    specta_typescript::Typescript::default()
+        .header("// Generated from the Rust commands in src-tauri by tauri-specta. Do not edit:\n// run `UPDATE_BINDINGS=1 cargo test --lib bindings` to regenerate.\n")
+}
+
+/// Runs the desktop app until its window closes.
+pub fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let options = Options::parse();
+    let profile_dir = match options.profile_dir {
+        Some(dir) => dir,
+        None => cairn_core::default_profile_dir(&options.profile)?,
+    };
+    std::fs::create_dir_all(&profile_dir)
+        .with_context(|| format!("creating the profile directory {}", profile_dir.display()))?;
+    tracing::info!(profile = %options.profile, dir = %profile_dir.display(), "starting Cairn");
+
+    let specta = specta_builder();
+    let title = format!("Cairn — {}", options.profile);
+    let webview_dir = profile_dir.join("webview");
+    tauri::Builder::default()
+        .manage(AppState::new(profile_dir))
+        .invoke_handler(specta.invoke_handler())
+        .setup(move |app| {
+            specta.mount_events(app);
+            // Each profile gets its own webview data, so two instances never share it.
+            WebviewWindowBuilder::new(app, "main", WebviewUrl::App("index.html".into()))
+                .title(&title)
+                .inner_size(960.0, 680.0)
+                .min_inner_size(480.0, 520.0)
+                .data_directory(webview_dir.clone())
+                .build()?;
+            Ok(())
+        })
+        .run(tauri::generate_context!())
+        .context("running the Tauri application")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BINDINGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ui/src/lib/bindings.ts");
+
+    #[test]
+    fn bindings_checked_in_match_the_rust_commands() {
+        let fresh = specta_builder()
+            .export_str(typescript())
+            .expect("export bindings");
+        if std::env::var_os("UPDATE_BINDINGS").is_some() {
+            std::fs::write(BINDINGS, &fresh).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(BINDINGS).unwrap_or_default();
+        assert!(
+            checked_in == fresh,
+            "ui/src/lib/bindings.ts is out of date: run `UPDATE_BINDINGS=1 cargo test --lib bindings`"
+        );
+    }
+
+    #[test]
+    fn the_profile_option_and_variable_are_understood() {
+        let options = Options::try_parse_from(["cairn", "--profile", "bob"]).unwrap();
+        assert_eq!(options.profile, "bob");
+        assert!(Options::try_parse_from(["cairn", "--bogus"]).is_err());
+    }
+}

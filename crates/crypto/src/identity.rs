@@ -54,7 +54,9 @@ pub struct AccountIdentity {
 impl AccountIdentity {
     /// Creates a fresh identity from the OS random number generator.
     pub fn generate() -> Self {
-        Self { key_pair: IdentityKeyPair::generate(&mut rand::rng()) }
+        Self {
+            key_pair: IdentityKeyPair::generate(&mut rand::rng()),
+        }
     }
 
     /// Restores an identity from [`AccountIdentity::to_bytes`].
@@ -90,7 +92,9 @@ impl AccountIdentity {
 impl fmt::Debug for AccountIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the private key.
-        f.debug_struct("AccountIdentity").field("account_id", &self.account_id()).finish()
+        f.debug_struct("AccountIdentity")
+            .field("account_id", &self.account_id())
+            .finish()
     }
 }
 
@@ -120,7 +124,8 @@ impl DeviceKeys {
         transport_seed: &[u8; 32],
     ) -> Result<Self, CryptoError> {
         Ok(Self {
-            device_id: DeviceId::new(device_id).map_err(|_| CryptoError::InvalidDeviceId(device_id))?,
+            device_id: DeviceId::new(device_id)
+                .map_err(|_| CryptoError::InvalidDeviceId(device_id))?,
             registration_id,
             transport_key: SigningKey::from_bytes(transport_seed),
         })
@@ -174,7 +179,10 @@ mod tests {
         let b = AccountIdentity::generate().account_id();
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 32);
-        assert!(a.as_str().chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
+        assert!(a
+            .as_str()
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
     }
 
     #[test]
@@ -188,12 +196,21 @@ mod tests {
     #[test]
     fn device_keys_survive_storage_and_refuse_bad_ids() {
         let keys = DeviceKeys::generate(FIRST_DEVICE_ID).unwrap();
-        let restored =
-            DeviceKeys::from_parts(keys.device_id(), keys.registration_id(), &keys.transport_seed())
-                .unwrap();
+        let restored = DeviceKeys::from_parts(
+            keys.device_id(),
+            keys.registration_id(),
+            &keys.transport_seed(),
+        )
+        .unwrap();
         assert_eq!(restored.transport_public_key(), keys.transport_public_key());
         assert!((1..=0x3fff).contains(&keys.registration_id()));
-        assert!(matches!(DeviceKeys::generate(0), Err(CryptoError::InvalidDeviceId(0))));
-        assert!(matches!(DeviceKeys::generate(128), Err(CryptoError::InvalidDeviceId(128))));
+        assert!(matches!(
+            DeviceKeys::generate(0),
+            Err(CryptoError::InvalidDeviceId(0))
+        ));
+        assert!(matches!(
+            DeviceKeys::generate(128),
+            Err(CryptoError::InvalidDeviceId(128))
+        ));
     }
 }

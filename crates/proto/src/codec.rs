@@ -24,14 +24,17 @@ pub fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes bytes written by [`encode_versioned`], refusing anything over `limit`.
 pub fn decode_versioned<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, ProtoError> {
     if bytes.len() > limit {
-        return Err(ProtoError::TooLarge { size: bytes.len(), limit });
+        return Err(ProtoError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
     }
     let (&version, body) = bytes.split_first().ok_or(ProtoError::Empty)?;
     if version != WIRE_VERSION {
         return Err(ProtoError::UnsupportedVersion(version));
     }
-    let (value, rest) = postcard::take_from_bytes::<T>(body)
-        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| ProtoError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(ProtoError::TrailingBytes(rest.len()));
     }

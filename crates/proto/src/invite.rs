@@ -46,18 +46,26 @@ impl Invite {
 
     /// The `cairn://invite/<base64url>` link form.
     pub fn to_link(&self) -> String {
-        format!("{INVITE_LINK_PREFIX}{}", BASE64URL_NOPAD.encode(&self.to_bytes()))
+        format!(
+            "{INVITE_LINK_PREFIX}{}",
+            BASE64URL_NOPAD.encode(&self.to_bytes())
+        )
     }
 
     /// Parses a link as pasted by a person: surrounding whitespace is ignored.
     pub fn from_link(link: &str) -> Result<Self, ProtoError> {
         let link = link.trim();
         if link.len() > MAX_INVITE_LINK_LEN {
-            return Err(ProtoError::TooLarge { size: link.len(), limit: MAX_INVITE_LINK_LEN });
+            return Err(ProtoError::TooLarge {
+                size: link.len(),
+                limit: MAX_INVITE_LINK_LEN,
+            });
         }
         let payload = link
             .strip_prefix(INVITE_LINK_PREFIX)
-            .ok_or(ProtoError::WrongLinkKind { expected: "cairn invite" })?;
+            .ok_or(ProtoError::WrongLinkKind {
+                expected: "cairn invite",
+            })?;
         let bytes = BASE64URL_NOPAD
             .decode(payload.as_bytes())
             .map_err(|_| ProtoError::BadLinkEncoding)?;
@@ -108,29 +116,43 @@ mod tests {
     fn a_link_of_another_kind_is_refused_by_name() {
         assert_eq!(
             Invite::from_link("https://example.org/x"),
-            Err(ProtoError::WrongLinkKind { expected: "cairn invite" })
+            Err(ProtoError::WrongLinkKind {
+                expected: "cairn invite"
+            })
         );
-        assert_eq!(Invite::from_link("cairn://invite/!!!"), Err(ProtoError::BadLinkEncoding));
+        assert_eq!(
+            Invite::from_link("cairn://invite/!!!"),
+            Err(ProtoError::BadLinkEncoding)
+        );
     }
 
     #[test]
     fn an_oversized_link_is_refused_before_decoding() {
         let link = format!("{INVITE_LINK_PREFIX}{}", "A".repeat(MAX_INVITE_LINK_LEN));
-        assert!(matches!(Invite::from_link(&link), Err(ProtoError::TooLarge { .. })));
+        assert!(matches!(
+            Invite::from_link(&link),
+            Err(ProtoError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn a_future_version_is_refused_not_misread() {
         let mut bytes = sample().to_bytes();
         bytes[0] = 9;
-        assert_eq!(Invite::from_bytes(&bytes), Err(ProtoError::UnsupportedVersion(9)));
+        assert_eq!(
+            Invite::from_bytes(&bytes),
+            Err(ProtoError::UnsupportedVersion(9))
+        );
     }
 
     #[test]
     fn trailing_bytes_are_refused() {
         let mut bytes = sample().to_bytes();
         bytes.push(0);
-        assert_eq!(Invite::from_bytes(&bytes), Err(ProtoError::TrailingBytes(1)));
+        assert_eq!(
+            Invite::from_bytes(&bytes),
+            Err(ProtoError::TrailingBytes(1))
+        );
     }
 
     #[test]
@@ -139,7 +161,10 @@ mod tests {
         invite.identity_key.pop();
         assert!(matches!(
             Invite::from_bytes(&invite.to_bytes()),
-            Err(ProtoError::InvalidField { field: "identity_key", .. })
+            Err(ProtoError::InvalidField {
+                field: "identity_key",
+                ..
+            })
         ));
     }
 

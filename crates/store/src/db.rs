@@ -117,8 +117,9 @@ impl ProfileDb {
         }
         // The first read of the schema is where a wrong key shows: SQLCipher cannot
         // decrypt page 1 and reports "file is not a database". Nothing is written.
-        if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
-        {
+        if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
             return Err(match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::NotADatabase) => StoreError::WrongKey,
                 _ => e.into(),
@@ -141,7 +142,9 @@ impl ProfileDb {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<usize> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     /// The account record, if the account has been created.
@@ -177,7 +180,12 @@ impl ProfileDb {
             let transport_seed = seed
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("device transport seed is not 32 bytes".into()))?;
-            Ok(DeviceRecord { device_id, registration_id, transport_seed, created_at })
+            Ok(DeviceRecord {
+                device_id,
+                registration_id,
+                transport_seed,
+                created_at,
+            })
         })
         .transpose()
     }
@@ -216,7 +224,10 @@ impl ProfileDb {
     }
 
     /// Adds many messages in one transaction (history import, benchmarks).
-    pub fn insert_messages<'a>(&mut self, messages: impl IntoIterator<Item = NewMessage<'a>>) -> Result<usize> {
+    pub fn insert_messages<'a>(
+        &mut self,
+        messages: impl IntoIterator<Item = NewMessage<'a>>,
+    ) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let mut count = 0;
         {
@@ -229,7 +240,11 @@ impl ProfileDb {
     }
 
     /// The newest `limit` messages of a conversation, oldest first.
-    pub fn conversation_messages(&self, conversation_id: &[u8], limit: usize) -> Result<Vec<MessageRecord>> {
+    pub fn conversation_messages(
+        &self,
+        conversation_id: &[u8],
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, conversation_id, sender, sent_at, body, state FROM (
                  SELECT * FROM messages WHERE conversation_id = ?1 ORDER BY sent_at DESC, seq DESC LIMIT ?2
@@ -264,7 +279,9 @@ impl ProfileDb {
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -280,7 +297,8 @@ impl ProfileDb {
 
     /// Writes the WAL back into the main file (used before the profile is closed).
     pub fn checkpoint(&self) -> Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 }
@@ -291,7 +309,14 @@ fn insert_message(conn: &Connection, m: &NewMessage<'_>) -> rusqlite::Result<boo
         "INSERT OR IGNORE INTO messages (id, conversation_id, sender, sent_at, body, state)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    Ok(stmt.execute(params![&m.id[..], m.conversation_id, m.sender, m.sent_at, m.body, m.state])? == 1)
+    Ok(stmt.execute(params![
+        &m.id[..],
+        m.conversation_id,
+        m.sender,
+        m.sent_at,
+        m.body,
+        m.state
+    ])? == 1)
 }
 
 fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {

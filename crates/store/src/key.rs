@@ -86,7 +86,12 @@ impl KdfParams {
     pub fn recommended() -> Self {
         let mut salt = vec![0u8; 16];
         rand::rng().fill_bytes(&mut salt);
-        Self { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 1, salt }
+        Self {
+            m_cost_kib: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+            salt,
+        }
     }
 
     /// Refuses parameters from disk that are too weak to be ours or so large that
@@ -99,7 +104,9 @@ impl KdfParams {
         if sane {
             Ok(())
         } else {
-            Err(StoreError::Corrupt("key derivation parameters are out of range".into()))
+            Err(StoreError::Corrupt(
+                "key derivation parameters are out of range".into(),
+            ))
         }
     }
 }
@@ -179,7 +186,12 @@ mod tests {
     use super::*;
 
     fn fast_params() -> KdfParams {
-        KdfParams { m_cost_kib: 8 * 1024, t_cost: 1, p_cost: 1, salt: vec![9; 16] }
+        KdfParams {
+            m_cost_kib: 8 * 1024,
+            t_cost: 1,
+            p_cost: 1,
+            salt: vec![9; 16],
+        }
     }
 
     #[test]
@@ -191,7 +203,10 @@ mod tests {
         assert_ne!(a, c);
         let mut other_salt = fast_params();
         other_salt.salt = vec![8; 16];
-        assert_ne!(a, DbKey::from_passphrase("correct horse", &other_salt).unwrap());
+        assert_ne!(
+            a,
+            DbKey::from_passphrase("correct horse", &other_salt).unwrap()
+        );
     }
 
     #[test]

@@ -83,12 +83,17 @@ mod tests {
                 [],
             )
             .unwrap();
-            conn.execute("INSERT INTO device VALUES (1, 1, 42, ?1, 11)", params![vec![7u8; 32]])
+            conn.execute(
+                "INSERT INTO device VALUES (1, 1, 42, ?1, 11)",
+                params![vec![7u8; 32]],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO settings VALUES ('read_receipts', 'off')", [])
                 .unwrap();
-            conn.execute("INSERT INTO settings VALUES ('read_receipts', 'off')", []).unwrap();
         }
         if version >= 2 {
-            conn.execute("INSERT INTO conversations VALUES (x'aa', 'Bob', 12)", []).unwrap();
+            conn.execute("INSERT INTO conversations VALUES (x'aa', 'Bob', 12)", [])
+                .unwrap();
             conn.execute(
                 "INSERT INTO messages (id, conversation_id, sender, sent_at, body, state)
                  VALUES (x'01', x'aa', 'acct', 13, 'hello from the old schema', 'sent')",
@@ -124,12 +129,17 @@ mod tests {
             let key = DbKey::random();
             {
                 let mut conn = Connection::open(&path).unwrap();
-                conn.pragma_update(None, "key", &*key.pragma_value()).unwrap();
+                conn.pragma_update(None, "key", &*key.pragma_value())
+                    .unwrap();
                 migrations().to_version(&mut conn, version).unwrap();
                 write_fixture(&conn, version);
             }
             let db = ProfileDb::open(&path, &key).unwrap();
-            assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION, "from version {version}");
+            assert_eq!(
+                db.schema_version().unwrap(),
+                SCHEMA_VERSION,
+                "from version {version}"
+            );
             check_fixture(&db, version);
             // The upgraded schema accepts what the latest code writes.
             write_fixture_latest(&db);
@@ -155,7 +165,9 @@ mod tests {
         migrations().validate().unwrap();
         let mut conn = Connection::open_in_memory().unwrap();
         migrations().to_latest(&mut conn).unwrap();
-        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
     }
 }

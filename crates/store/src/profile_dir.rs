@@ -70,11 +70,14 @@ impl ProfileDir {
             Err(e) => return Err(e.into()),
         };
         let mut text = String::new();
-        file.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text).map_err(|_| {
-            StoreError::Corrupt(format!("{} is not text", path.display()))
-        })?;
+        file.take(MAX_KEY_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|_| StoreError::Corrupt(format!("{} is not text", path.display())))?;
         if text.len() as u64 > MAX_KEY_FILE_BYTES {
-            return Err(StoreError::Corrupt(format!("{} is too large", path.display())));
+            return Err(StoreError::Corrupt(format!(
+                "{} is too large",
+                path.display()
+            )));
         }
         let key_file: KeyFile = serde_json::from_str(&text)
             .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
@@ -119,7 +122,9 @@ impl ProfileDir {
         match self.key_source()? {
             Some(KeySource::Keyring) => {}
             Some(KeySource::Passphrase { .. }) => {
-                return Err(StoreError::Corrupt("this profile is opened with a passphrase".into()))
+                return Err(StoreError::Corrupt(
+                    "this profile is opened with a passphrase".into(),
+                ))
             }
             None => return Err(StoreError::NotFound(self.root.display().to_string())),
         }
@@ -133,7 +138,9 @@ impl ProfileDir {
         let kdf = match self.key_source()? {
             Some(KeySource::Passphrase { kdf }) => kdf,
             Some(KeySource::Keyring) => {
-                return Err(StoreError::Corrupt("this profile is opened from the keyring".into()))
+                return Err(StoreError::Corrupt(
+                    "this profile is opened from the keyring".into(),
+                ))
             }
             None => return Err(StoreError::NotFound(self.root.display().to_string())),
         };
@@ -145,7 +152,11 @@ impl ProfileDir {
     /// Takes the profile lock: only one running Cairn may have a profile open.
     fn lock(&self) -> Result<File> {
         fs::create_dir_all(&self.root)?;
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(self.root.join(LOCK_FILE))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(LOCK_FILE))?;
         match file.try_lock() {
             Ok(()) => Ok(file),
             Err(TryLockError::WouldBlock) => Err(StoreError::ProfileInUse),
@@ -162,7 +173,9 @@ impl ProfileDir {
         // It holds no account yet, but it is moved aside rather than deleted.
         let db = self.db_path();
         if db.exists() {
-            let aside = self.root.join(format!("{DB_FILE}.unfinished-{}", std::process::id()));
+            let aside = self
+                .root
+                .join(format!("{DB_FILE}.unfinished-{}", std::process::id()));
             tracing::warn!(from = %db.display(), to = %aside.display(), "moving aside an unfinished profile database");
             fs::rename(&db, &aside)?;
             for suffix in ["-wal", "-shm"] {

@@ -11,7 +11,11 @@ use cairn_store::{
 
 /// Weak but valid parameters so the passphrase tests stay quick.
 fn quick_kdf() -> KdfParams {
-    KdfParams { m_cost_kib: 8 * 1024, t_cost: 1, ..KdfParams::recommended() }
+    KdfParams {
+        m_cost_kib: 8 * 1024,
+        t_cost: 1,
+        ..KdfParams::recommended()
+    }
 }
 
 fn write_marker(db: &ProfileDb, marker: &str) {
@@ -50,11 +54,23 @@ fn a_marker_message_never_reaches_the_disk_in_plaintext() {
     let db = profile.create_with_passphrase("pass", quick_kdf()).unwrap();
     write_marker(&db, marker);
     // Look while the database is open (WAL and shm exist) and after it is closed.
-    let files: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(files.iter().any(|f| f.to_string_lossy().ends_with("-wal")), "WAL present: {files:?}");
-    assert_eq!(files_containing(dir.path(), marker.as_bytes()), Vec::<String>::new());
+    let files: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().ends_with("-wal")),
+        "WAL present: {files:?}"
+    );
+    assert_eq!(
+        files_containing(dir.path(), marker.as_bytes()),
+        Vec::<String>::new()
+    );
     drop(db);
-    assert_eq!(files_containing(dir.path(), marker.as_bytes()), Vec::<String>::new());
+    assert_eq!(
+        files_containing(dir.path(), marker.as_bytes()),
+        Vec::<String>::new()
+    );
     // It is really there, for the right key.
     let db = profile.open_with_passphrase("pass").unwrap();
     assert_eq!(db.search_messages("MARKER", 5).unwrap()[0].body, marker);
@@ -82,9 +98,16 @@ fn a_wrong_key_is_a_typed_error_and_leaves_the_file_intact() {
     }
     let before = fs::read(&path).unwrap();
     for _ in 0..3 {
-        assert!(matches!(ProfileDb::open(&path, &DbKey::random()), Err(StoreError::WrongKey)));
+        assert!(matches!(
+            ProfileDb::open(&path, &DbKey::random()),
+            Err(StoreError::WrongKey)
+        ));
     }
-    assert_eq!(fs::read(&path).unwrap(), before, "a failed open wrote nothing");
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        before,
+        "a failed open wrote nothing"
+    );
     let db = ProfileDb::open(&path, &key).unwrap();
     assert_eq!(db.search_messages("still", 5).unwrap().len(), 1);
 }
@@ -93,9 +116,20 @@ fn a_wrong_key_is_a_typed_error_and_leaves_the_file_intact() {
 fn a_wrong_passphrase_is_a_typed_error_and_the_right_one_still_opens() {
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
-    write_marker(&profile.create_with_passphrase("right", quick_kdf()).unwrap(), "kept");
-    assert!(matches!(profile.key_source().unwrap(), Some(KeySource::Passphrase { .. })));
-    assert!(matches!(profile.open_with_passphrase("wrong"), Err(StoreError::WrongKey)));
+    write_marker(
+        &profile
+            .create_with_passphrase("right", quick_kdf())
+            .unwrap(),
+        "kept",
+    );
+    assert!(matches!(
+        profile.key_source().unwrap(),
+        Some(KeySource::Passphrase { .. })
+    ));
+    assert!(matches!(
+        profile.open_with_passphrase("wrong"),
+        Err(StoreError::WrongKey)
+    ));
     let db = profile.open_with_passphrase("right").unwrap();
     assert_eq!(db.search_messages("kept", 5).unwrap().len(), 1);
 }
@@ -105,7 +139,10 @@ fn a_profile_cannot_be_opened_twice_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
     let first = profile.create_with_passphrase("pw", quick_kdf()).unwrap();
-    assert!(matches!(profile.open_with_passphrase("pw"), Err(StoreError::ProfileInUse)));
+    assert!(matches!(
+        profile.open_with_passphrase("pw"),
+        Err(StoreError::ProfileInUse)
+    ));
     drop(first);
     profile.open_with_passphrase("pw").unwrap();
 }
@@ -114,7 +151,10 @@ fn a_profile_cannot_be_opened_twice_at_once() {
 fn a_second_create_is_refused_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
-    write_marker(&profile.create_with_passphrase("pw", quick_kdf()).unwrap(), "first");
+    write_marker(
+        &profile.create_with_passphrase("pw", quick_kdf()).unwrap(),
+        "first",
+    );
     assert!(matches!(
         profile.create_with_passphrase("other", quick_kdf()),
         Err(StoreError::AlreadyExists(_))
@@ -128,9 +168,16 @@ fn a_damaged_key_file_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
     drop(profile.create_with_passphrase("pw", quick_kdf()).unwrap());
-    for garbage in ["{", "{\"version\":7,\"source\":\"keyring\"}", &"x".repeat(10_000)] {
+    for garbage in [
+        "{",
+        "{\"version\":7,\"source\":\"keyring\"}",
+        &"x".repeat(10_000),
+    ] {
         fs::write(dir.path().join("key.json"), garbage).unwrap();
-        assert!(matches!(profile.key_source(), Err(StoreError::Corrupt(_))), "{garbage:.20}");
+        assert!(
+            matches!(profile.key_source(), Err(StoreError::Corrupt(_))),
+            "{garbage:.20}"
+        );
     }
 }
 
@@ -144,7 +191,12 @@ fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
         identity_key: vec![1, 2, 3],
         created_at: 5,
     };
-    let device = DeviceRecord { device_id: 1, registration_id: 77, transport_seed: [3; 32], created_at: 6 };
+    let device = DeviceRecord {
+        device_id: 1,
+        registration_id: 77,
+        transport_seed: [3; 32],
+        created_at: 6,
+    };
     {
         let mut db = profile.create_with_passphrase("pw", quick_kdf()).unwrap();
         db.save_identity(&account, &device).unwrap();
@@ -157,7 +209,10 @@ fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
             body: "once",
             state: "sent",
         };
-        assert!(!db.insert_message(&again).unwrap(), "same id is a duplicate");
+        assert!(
+            !db.insert_message(&again).unwrap(),
+            "same id is a duplicate"
+        );
     }
     let db = profile.open_with_passphrase("pw").unwrap();
     assert_eq!(db.account().unwrap(), Some(account));
@@ -185,12 +240,18 @@ fn a_keyring_profile_reopens_with_the_key_from_the_os_keyring() {
     );
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
-    write_marker(&profile.create_with_keyring(&vault).unwrap(), "from the keyring");
+    write_marker(
+        &profile.create_with_keyring(&vault).unwrap(),
+        "from the keyring",
+    );
     assert_eq!(profile.key_source().unwrap(), Some(KeySource::Keyring));
     let db = profile.open_with_keyring(&vault).unwrap();
     assert_eq!(db.search_messages("keyring", 5).unwrap().len(), 1);
     drop(db);
     // Without its key in the keyring the profile does not open, and says why.
     vault.delete(&profile.keyring_user().unwrap()).unwrap();
-    assert!(matches!(profile.open_with_keyring(&vault), Err(StoreError::KeyMissing)));
+    assert!(matches!(
+        profile.open_with_keyring(&vault),
+        Err(StoreError::KeyMissing)
+    ));
 }

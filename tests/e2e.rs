@@ -1,0 +1,263 @@
+//! End-to-end tests of the real desktop app, driven through WebDriver.
+//!
+//! Each test starts its own `tauri-driver` (which starts WebKitWebDriver, which starts
+//! the app binary built by cargo for this test) with its own data directory, so
+//! tests run side by side. They need a display (Xvfb), `tauri-driver` and
+//! `WebKitWebDriver` on the PATH, and a Secret Service on the session bus: the
+//! test command (`./test.sh`) provides all of them.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+/// The app binary cargo built for this test run.
+const APP: &str = env!("CARGO_BIN_EXE_cairn");
+/// The longest any one step may take before the test fails instead of hanging.
+const STEP: Duration = Duration::from_secs(60);
+
+/// A running `tauri-driver`, stopped with SIGTERM on drop (SIGKILL would orphan
+/// WebKitWebDriver and the app).
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    /// Starts tauri-driver with the app's data under `data_home` and extra `env`.
+    fn start(data_home: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        let port = free_port()?;
+        let native_port = free_port()?;
+        let driver = std::env::var("CAIRN_TAURI_DRIVER").unwrap_or_else(|_| "tauri-driver".into());
+        let mut command = Command::new(&driver);
+        command
+            .args([
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native_port.to_string(),
+            ])
+            .env("XDG_DATA_HOME", data_home)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {driver}: run the suite through ./test.sh"))?;
+        Ok(Self { child, port })
+    }
+
+    /// Launches the app for `profile` and connects a WebDriver session to it.
+    async fn launch(&self, profile: &str) -> Result<Client> {
+        let mut caps = serde_json::Map::new();
+        // No browserName: tauri-driver would refuse it.
+        caps.insert(
+            "tauri:options".into(),
+            json!({ "application": APP, "args": ["--profile", profile] }),
+        );
+        let url = format!("http://127.0.0.1:{}", self.port);
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            match ClientBuilder::native()
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => return Ok(client),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    note(&format!("waiting for tauri-driver: {e}"));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => bail!("no WebDriver session after {STEP:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn note(message: &str) {
+    if std::env::var_os("CAIRN_E2E_VERBOSE").is_some() {
+        eprintln!("{message}");
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn text_of(client: &Client, test_id: &str) -> Result<String> {
+    let element = client
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Css(&format!("[data-testid='{test_id}']")))
+        .await
+        .with_context(|| format!("waiting for [data-testid='{test_id}']"))?;
+    Ok(element.text().await?)
+}
+
+async fn fill(client: &Client, test_id: &str, text: &str) -> Result<()> {
+    let element = client
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Css(&format!("[data-testid='{test_id}']")))
+        .await
+        .with_context(|| format!("waiting for [data-testid='{test_id}']"))?;
+    element.send_keys(text).await?;
+    Ok(())
+}
+
+async fn click(client: &Client, test_id: &str) -> Result<()> {
+    client
+        .find(Locator::Css(&format!("[data-testid='{test_id}']")))
+        .await?
+        .click()
+        .await?;
+    Ok(())
+}
+
+async fn is_shown(client: &Client, test_id: &str) -> Result<bool> {
+    Ok(!client
+        .find_all(Locator::Css(&format!("[data-testid='{test_id}']")))
+        .await?
+        .is_empty())
+}
+
+/// Onboards a fresh profile and returns the account id the app shows.
+async fn onboard(client: &Client, name: &str) -> Result<String> {
+    fill(client, "display-name", name).await?;
+    click(client, "create-account").await?;
+    let account_id = text_of(client, "account-id").await?;
+    assert_eq!(text_of(client, "display-name-shown").await?, name);
+    Ok(account_id)
+}
+
+fn assert_account_id_shape(id: &str) {
+    assert_eq!(id.len(), 32, "account id {id:?}");
+    assert!(
+        id.chars()
+            .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)),
+        "{id:?}"
+    );
+}
+
+async fn with_timeout<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(Duration::from_secs(300), work)
+        .await
+        .context("end-to-end test timed out")?
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alice_creates_a_profile_and_relaunching_opens_it_without_asking() -> Result<()> {
+    with_timeout(async {
+        let data = tempfile::tempdir()?;
+        let driver = Driver::start(data.path(), &[])?;
+
+        let app = driver.launch("alice").await?;
+        let account_id = onboard(&app, "Alice").await?;
+        assert_account_id_shape(&account_id);
+        let invite = text_of(&app, "invite-link").await?;
+        assert!(invite.starts_with("cairn://invite/"), "{invite}");
+        let qr = app
+            .find(Locator::Css("[data-testid='invite-qr'] svg"))
+            .await?;
+        assert!(qr.is_displayed().await?, "the invite QR code is visible");
+        app.close().await?;
+
+        let app = driver.launch("alice").await?;
+        assert_eq!(
+            text_of(&app, "account-id").await?,
+            account_id,
+            "same account after relaunch"
+        );
+        assert!(
+            !is_shown(&app, "display-name").await?,
+            "no onboarding on relaunch"
+        );
+        assert!(
+            !is_shown(&app, "passphrase").await?,
+            "no passphrase prompt: key from the keyring"
+        );
+        app.close().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_profile_runs_beside_the_first() -> Result<()> {
+    with_timeout(async {
+        let data = tempfile::tempdir()?;
+        let alice_driver = Driver::start(data.path(), &[])?;
+        let bob_driver = Driver::start(data.path(), &[])?;
+
+        let alice = alice_driver.launch("alice").await?;
+        let alice_id = onboard(&alice, "Alice").await?;
+        let bob = bob_driver.launch("bob").await?;
+        let bob_id = onboard(&bob, "Bob").await?;
+
+        assert_ne!(alice_id, bob_id);
+        // Both windows are alive at once, each on its own profile.
+        assert_eq!(text_of(&alice, "account-id").await?, alice_id);
+        assert_eq!(text_of(&bob, "account-id").await?, bob_id);
+        assert!(data.path().join("cairn/profiles/alice/profile.db").exists());
+        assert!(data.path().join("cairn/profiles/bob/profile.db").exists());
+        alice.close().await?;
+        bob.close().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_keyring_the_profile_is_locked_by_a_passphrase() -> Result<()> {
+    with_timeout(async {
+        let data = tempfile::tempdir()?;
+        // A session bus address that leads nowhere: no Secret Service to be found.
+        let no_keyring = [(
+            "DBUS_SESSION_BUS_ADDRESS",
+            "unix:path=/nonexistent/cairn-bus",
+        )];
+        let driver = Driver::start(data.path(), &no_keyring)?;
+
+        let app = driver.launch("carol").await?;
+        fill(&app, "display-name", "Carol").await?;
+        fill(&app, "new-passphrase", "correct horse battery").await?;
+        click(&app, "create-account").await?;
+        let account_id = text_of(&app, "account-id").await?;
+        app.close().await?;
+
+        let app = driver.launch("carol").await?;
+        fill(&app, "passphrase", "wrong passphrase").await?;
+        click(&app, "unlock").await?;
+        let error = text_of(&app, "error").await?;
+        assert!(
+            error.contains("passphrase does not open"),
+            "plain-words error, got {error:?}"
+        );
+        fill(&app, "passphrase", "correct horse battery").await?;
+        click(&app, "unlock").await?;
+        assert_eq!(
+            text_of(&app, "account-id").await?,
+            account_id,
+            "the wrong try damaged nothing"
+        );
+        app.close().await?;
+        Ok(())
+    })
+    .await
+}
