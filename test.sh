@@ -19,11 +19,13 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests (Xvfb display, private D-Bus session with gnome-keyring)"
+runner="nextest run --no-fail-fast"
+cargo nextest --version >/dev/null 2>&1 || runner="test --no-fail-fast"
 # The keyring daemon keeps its files under XDG_DATA_HOME: give it a throwaway one.
 keyring_home="$(mktemp -d)"
 trap 'rm -rf "$keyring_home"' EXIT
 XDG_DATA_HOME="$keyring_home" timeout 1800 xvfb-run -a -s "-screen 0 1280x1024x24" \
   dbus-run-session -- bash -c '
     echo -n cairn-test | gnome-keyring-daemon --unlock --components=secrets >/dev/null
-    cargo nextest run --workspace --locked --no-fail-fast "$@"
-  ' bash "$@"
+    cargo $0 --workspace --locked "$@"
+  ' "$runner" "$@"

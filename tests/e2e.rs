@@ -96,6 +96,16 @@ fn note(message: &str) {
     }
 }
 
+/// Saves a screenshot as `NAME.png` under `$CAIRN_E2E_SCREENSHOTS`, when it is set,
+/// for a person to look at what the app showed.
+async fn screenshot(client: &Client, name: &str) -> Result<()> {
+    if let Some(dir) = std::env::var_os("CAIRN_E2E_SCREENSHOTS") {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(Path::new(&dir).join(format!("{name}.png")), client.screenshot().await?)?;
+    }
+    Ok(())
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -168,7 +178,10 @@ async fn alice_creates_a_profile_and_relaunching_opens_it_without_asking() -> Re
         let driver = Driver::start(data.path(), &[])?;
 
         let app = driver.launch("alice").await?;
+        text_of(&app, "display-name").await?;
+        screenshot(&app, "onboarding").await?;
         let account_id = onboard(&app, "Alice").await?;
+        screenshot(&app, "home").await?;
         assert_account_id_shape(&account_id);
         let invite = text_of(&app, "invite-link").await?;
         assert!(invite.starts_with("cairn://invite/"), "{invite}");
@@ -245,6 +258,7 @@ async fn without_a_keyring_the_profile_is_locked_by_a_passphrase() -> Result<()>
         fill(&app, "passphrase", "wrong passphrase").await?;
         click(&app, "unlock").await?;
         let error = text_of(&app, "error").await?;
+        screenshot(&app, "wrong-passphrase").await?;
         assert!(
             error.contains("passphrase does not open"),
             "plain-words error, got {error:?}"
