@@ -116,18 +116,22 @@ impl From<CoreError> for AppError {
             ),
             CoreError::Store(StoreError::KeyringUnavailable(detail)) => (
                 KeyringUnavailable,
-                format!("The system keyring is not available, so Cairn cannot unlock this profile by itself ({detail})."),
+                format!(
+                    "The system keyring is not available, so Cairn cannot unlock this profile by itself ({detail})."
+                ),
             ),
             CoreError::Store(StoreError::KeyMissing) => (
                 KeyMissing,
                 "The system keyring no longer holds this profile's key, so the profile cannot be opened.".into(),
             ),
-            CoreError::Store(StoreError::ProfileInUse) => {
-                (ProfileInUse, "This profile is already open in another Cairn window.".into())
-            }
-            CoreError::Store(StoreError::Corrupt(detail)) => {
-                (ProfileDamaged, format!("This profile's files are damaged and were left as they are: {detail}."))
-            }
+            CoreError::Store(StoreError::ProfileInUse) => (
+                ProfileInUse,
+                "This profile is already open in another Cairn window.".into(),
+            ),
+            CoreError::Store(StoreError::Corrupt(detail)) => (
+                ProfileDamaged,
+                format!("This profile's files are damaged and were left as they are: {detail}."),
+            ),
             CoreError::InvalidDisplayName | CoreError::InvalidProfileName => (InvalidInput, error.to_string()),
             _ => (Internal, format!("Something went wrong: {error}.")),
         };
@@ -166,8 +170,7 @@ pub async fn profile_status(state: tauri::State<'_, AppState>) -> Result<Profile
         }),
         Some(KeySource::Passphrase { .. }) => Ok(ProfileStatus::Locked),
         Some(KeySource::Keyring) => {
-            let messenger =
-                Messenger::open_profile(&state.profile, Unlock::Keyring(state.vault()?))?;
+            let messenger = Messenger::open_profile(&state.profile, Unlock::Keyring(state.vault()?))?;
             status_of(slot.insert(messenger))
         }
     }
@@ -208,10 +211,7 @@ pub async fn create_account(
 /// Opens a passphrase profile.
 #[tauri::command]
 #[specta::specta]
-pub async fn unlock(
-    state: tauri::State<'_, AppState>,
-    passphrase: String,
-) -> Result<ProfileStatus, AppError> {
+pub async fn unlock(state: tauri::State<'_, AppState>, passphrase: String) -> Result<ProfileStatus, AppError> {
     let mut slot = state.messenger.lock().expect("messenger lock");
     if slot.is_none() {
         *slot = Some(Messenger::open_profile(

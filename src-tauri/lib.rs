@@ -14,11 +14,7 @@ pub use commands::AppState;
 
 /// Command-line options of the desktop app.
 #[derive(Debug, Parser)]
-#[command(
-    name = "cairn",
-    version,
-    about = "Cairn: serverless end-to-end encrypted chat"
-)]
+#[command(name = "cairn", version, about = "Cairn: serverless end-to-end encrypted chat")]
 struct Options {
     /// Profile to open; each profile is a separate account with its own data.
     #[arg(long, env = "CAIRN_PROFILE", default_value = cairn_core::DEFAULT_PROFILE)]
@@ -46,9 +42,7 @@ pub fn typescript() -> specta_typescript::Typescript {
 /// Runs the desktop app until its window closes.
 pub fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let options = Options::parse();
     let profile_dir = match options.profile_dir {
@@ -88,9 +82,7 @@ mod tests {
 
     #[test]
     fn bindings_checked_in_match_the_rust_commands() {
-        let fresh = specta_builder()
-            .export_str(typescript())
-            .expect("export bindings");
+        let fresh = specta_builder().export_str(typescript()).expect("export bindings");
         if std::env::var_os("UPDATE_BINDINGS").is_some() {
             std::fs::write(BINDINGS, &fresh).unwrap();
         }

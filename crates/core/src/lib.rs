@@ -1,16 +1,25 @@
 //! Cairn's core: the [`Messenger`], the one API the desktop app and `cairnd` drive.
 //!
-//! Owns: opening and creating profiles (which key source, which directory), creating
-//! the account and this device's keys, and presenting the account to a UI (account
-//! id, invite link and QR code). Later: contacts, conversations, delivery. Does not
-//! own: any UI, SQL, or wire encoding — those live in the app, store and proto crates.
+//! Owns: opening and creating profiles, the account and this device's keys,
+//! contacts and invites, 1:1 conversations (sealed envelopes in, sealed envelopes
+//! out, delivery states), safety numbers and identity changes, and this account's
+//! device list. It is transport-agnostic: it consumes and produces envelopes, and the
+//! network layer moves them. Does not own: any UI, SQL, or wire encoding — those live
+//! in the app, store and proto crates.
 
+mod contacts;
+mod devices;
+mod messaging;
 mod messenger;
 mod paths;
+mod views;
 
+pub use cairn_crypto::SafetyNumber;
 pub use cairn_store::KeyVault;
+pub use devices::LinkGrant;
 pub use messenger::{normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use paths::{default_profile_dir, validate_profile_name, DEFAULT_PROFILE};
+pub use views::{ContactView, DeliveryState, Event, MessageView, Outgoing, Received};
 
 /// Everything that can go wrong in the core.
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +27,12 @@ pub enum CoreError {
     /// The local store failed (wrong key, keyring unavailable, disk, …).
     #[error(transparent)]
     Store(#[from] cairn_store::StoreError),
-    /// Keys were invalid.
+    /// Keys, sessions or seals failed.
     #[error(transparent)]
     Crypto(#[from] cairn_crypto::CryptoError),
+    /// Bytes or text from outside did not decode.
+    #[error(transparent)]
+    Proto(#[from] cairn_proto::ProtoError),
     /// The profile has no account yet.
     #[error("this profile has no account yet")]
     NoAccount,
@@ -36,6 +48,56 @@ pub enum CoreError {
     /// The platform gave no per-user data directory.
     #[error("no data directory is known for this user")]
     NoDataDir,
+    /// The text is empty or too long to send.
+    #[error("a message needs some text and at most 64 KiB")]
+    InvalidText,
+    /// No such contact.
+    #[error("no contact {0}")]
+    UnknownContact(String),
+    /// No such message.
+    #[error("no such message")]
+    UnknownMessage,
+    /// This is this account's own invite.
+    #[error("that is your own invite")]
+    OwnInvite,
+    /// The contact's identity key changed; nothing is sent until the change is accepted.
+    #[error("the safety number with {0} has changed; accept the change before sending")]
+    IdentityChanged(String),
+    /// No identity change is pending for that contact.
+    #[error("no identity change is pending for {0}")]
+    NoIdentityChange(String),
+    /// A device list older than the one already held.
+    #[error("device list version {got} is older than the known version {have}")]
+    DeviceListRollback {
+        /// The version held.
+        have: u64,
+        /// The version received.
+        got: u64,
+    },
+    /// A card or list claims to be this account's but is not.
+    #[error("not signed by this account")]
+    NotOurAccount,
+    /// A card whose account does not match its sender.
+    #[error("a card that does not belong to its sender")]
+    CardMismatch,
+    /// Content only this account's own devices may send came from elsewhere.
+    #[error("content only an own device may send")]
+    NotFromOwnDevice,
+    /// An envelope for another device's mailbox.
+    #[error("the envelope is for another device")]
+    WrongMailbox,
+    /// An envelope this device has already processed.
+    #[error("duplicate envelope")]
+    Duplicate,
+    /// No device of the contact can be reached yet (no session, no bundle).
+    #[error("no device of {0} can be reached yet")]
+    NoReachableDevice(String),
+    /// The account already has 127 devices.
+    #[error("the account has as many devices as it can")]
+    TooManyDevices,
+    /// A QR code could not be rendered.
+    #[error("QR code: {0}")]
+    QrCode(String),
 }
 
 /// Shorthand for results of this crate.

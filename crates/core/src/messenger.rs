@@ -1,13 +1,24 @@
-//! The [`Messenger`]: an open profile and the account it holds.
+//! The [`Messenger`]: an open profile, the account it holds, and the plumbing every
+//! conversation uses — turning content into sealed envelopes for each device of an
+//! account, and this device's prekeys and device list.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cairn_crypto::{AccountIdentity, DeviceKeys, FIRST_DEVICE_ID};
-use cairn_proto::Invite;
+use cairn_crypto::{
+    bundle_of, generate_kyber_prekey, generate_signed_prekey, mailbox_of, seal, sign_device_list, verify_device_list,
+    AccountId, AccountIdentity, Ciphertext, DeviceKeys, IdentityKey, FIRST_DEVICE_ID,
+};
+use cairn_proto::{
+    decode_versioned, encode_versioned, ContactCard, Content, DeviceEntry, DeviceList, Envelope, Invite, PrekeyBundle,
+    SealedInner, SignedDeviceList, DEFAULT_TTL_SECS,
+};
 use cairn_store::{AccountRecord, DeviceRecord, KdfParams, KeyVault, ProfileDb, ProfileDir};
 use qrcode::{render::svg, EcLevel, QrCode};
 
-use crate::{CoreError, Result};
+use crate::{CoreError, Outgoing, Result};
+
+/// Largest stored record decoded (bundles, device lists): far above their real size.
+pub(crate) const MAX_STORED_RECORD: usize = 64 * 1024;
 
 /// How to unlock (or protect, when creating) a profile's database.
 pub enum Unlock<'a> {
@@ -30,16 +41,17 @@ pub struct AccountInfo {
     pub invite_link: String,
 }
 
-struct Account {
-    identity: AccountIdentity,
-    device: DeviceKeys,
-    display_name: String,
+pub(crate) struct Account {
+    pub(crate) identity: AccountIdentity,
+    pub(crate) device: DeviceKeys,
+    pub(crate) display_name: String,
+    pub(crate) account_id: String,
 }
 
 /// An open profile.
 pub struct Messenger {
-    db: ProfileDb,
-    account: Option<Account>,
+    pub(crate) db: ProfileDb,
+    pub(crate) account: Option<Account>,
 }
 
 impl Messenger {
@@ -47,9 +59,7 @@ impl Messenger {
     pub fn create_profile(dir: &ProfileDir, unlock: Unlock<'_>) -> Result<Self> {
         let db = match unlock {
             Unlock::Keyring(vault) => dir.create_with_keyring(vault)?,
-            Unlock::Passphrase(passphrase) => {
-                dir.create_with_passphrase(passphrase, KdfParams::recommended())?
-            }
+            Unlock::Passphrase(passphrase) => dir.create_with_passphrase(passphrase, KdfParams::recommended())?,
         };
         Ok(Self { db, account: None })
     }
@@ -61,21 +71,51 @@ impl Messenger {
             Unlock::Passphrase(passphrase) => dir.open_with_passphrase(passphrase)?,
         };
         let account = load_account(&db)?;
-        Ok(Self { db, account })
+        let messenger = Self { db, account };
+        if messenger.account.is_some() {
+            messenger.ensure_device_material()?;
+        }
+        Ok(messenger)
     }
 
     /// Creates the account identity key and this device's keys, and stores them.
     pub fn create_account(&mut self, display_name: &str) -> Result<AccountInfo> {
+        let identity = AccountIdentity::generate();
+        self.install_identity(
+            AccountId::generate().to_string(),
+            identity,
+            display_name,
+            FIRST_DEVICE_ID,
+        )?;
+        let list = DeviceList {
+            account_id: self.account()?.account_id.clone(),
+            identity_key: self.account()?.identity.public_key().serialize().into_vec(),
+            version: 1,
+            devices: vec![self.own_entry()?],
+        };
+        self.adopt_own_device_list(&sign_device_list(&self.account()?.identity, &list)?)?;
+        tracing::info!(account_id = %self.account()?.account_id, "account created");
+        self.account_info()
+    }
+
+    /// Stores an identity and fresh keys for this device (a new account, or a device
+    /// joining one) and makes its prekeys.
+    pub(crate) fn install_identity(
+        &mut self,
+        account_id: String,
+        identity: AccountIdentity,
+        display_name: &str,
+        device_id: u8,
+    ) -> Result<()> {
         if self.account.is_some() {
             return Err(CoreError::AccountExists);
         }
         let display_name = normalize_display_name(display_name)?;
-        let identity = AccountIdentity::generate();
-        let device = DeviceKeys::generate(FIRST_DEVICE_ID)?;
+        let device = DeviceKeys::generate(device_id)?;
         let now = unix_millis();
         self.db.save_identity(
             &AccountRecord {
-                account_id: identity.account_id().to_string(),
+                account_id: account_id.clone(),
                 display_name: display_name.to_owned(),
                 identity_key: identity.to_bytes().to_vec(),
                 created_at: now,
@@ -87,20 +127,35 @@ impl Messenger {
                 created_at: now,
             },
         )?;
-        tracing::info!(account_id = %identity.account_id(), "account created");
         self.account = Some(Account {
+            account_id,
             identity,
             device,
             display_name: display_name.to_owned(),
         });
-        self.account_info()
+        self.ensure_device_material()
+    }
+
+    /// Makes this device's first signed and Kyber prekeys if they are missing (a
+    /// creation interrupted after the identity was stored).
+    fn ensure_device_material(&self) -> Result<()> {
+        let account = self.account()?;
+        if self.db.latest_signed_prekey()?.is_none() {
+            self.db
+                .save_signed_prekey(1, &generate_signed_prekey(&account.identity, 1)?, unix_millis())?;
+        }
+        if self.db.latest_kyber_prekey()?.is_none() {
+            self.db
+                .save_kyber_prekey(1, &generate_kyber_prekey(&account.identity, 1)?, unix_millis())?;
+        }
+        Ok(())
     }
 
     /// The account, once created.
     pub fn account_info(&self) -> Result<AccountInfo> {
-        let account = self.account.as_ref().ok_or(CoreError::NoAccount)?;
+        let account = self.account()?;
         Ok(AccountInfo {
-            account_id: account.identity.account_id().to_string(),
+            account_id: account.account_id.clone(),
             display_name: account.display_name.clone(),
             device_id: account.device.device_id(),
             invite_link: self.invite()?.to_link(),
@@ -112,20 +167,173 @@ impl Messenger {
         self.account.is_some()
     }
 
-    /// This account's contact invite.
+    pub(crate) fn account(&self) -> Result<&Account> {
+        self.account.as_ref().ok_or(CoreError::NoAccount)
+    }
+
+    /// This device's mailbox: where envelopes for it are addressed.
+    pub fn mailbox(&self) -> Result<[u8; 32]> {
+        Ok(mailbox_of(&self.account()?.device.transport_public_key()))
+    }
+
+    /// This account's contact invite: its signed device list and this device's bundle.
     pub fn invite(&self) -> Result<Invite> {
-        let account = self.account.as_ref().ok_or(CoreError::NoAccount)?;
+        let account = self.account()?;
         Ok(Invite {
-            identity_key: account.identity.public_key().serialize().into_vec(),
-            display_name: account.display_name.clone(),
-            device_id: account.device.device_id(),
-            transport_key: account.device.transport_public_key(),
+            card: ContactCard {
+                display_name: account.display_name.clone(),
+                device_list: self.own_device_list()?,
+                bundles: vec![self.own_bundle()?],
+            },
+            addresses: Vec::new(),
         })
     }
 
     /// The invite link as a QR code in SVG, for the UI to show.
     pub fn invite_qr_svg(&self) -> Result<String> {
-        Ok(qr_svg(&self.invite()?.to_link()))
+        qr_svg(&self.invite()?.to_link())
+    }
+
+    /// This account's card with the bundles of all its devices that are known here.
+    pub(crate) fn own_card(&self) -> Result<ContactCard> {
+        let account = self.account()?;
+        let mut bundles = vec![self.own_bundle()?];
+        for (device_id, bytes) in self.db.bundles(&account.account_id)? {
+            if device_id != account.device.device_id() {
+                bundles.push(decode_versioned(&bytes, MAX_STORED_RECORD)?);
+            }
+        }
+        Ok(ContactCard {
+            display_name: account.display_name.clone(),
+            device_list: self.own_device_list()?,
+            bundles,
+        })
+    }
+
+    /// This device's public prekey bundle, from its newest prekeys.
+    pub(crate) fn own_bundle(&self) -> Result<PrekeyBundle> {
+        let account = self.account()?;
+        let (_, signed) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
+        let (_, kyber) = self.db.latest_kyber_prekey()?.ok_or(CoreError::NoAccount)?;
+        Ok(bundle_of(&account.device, &signed, &kyber)?)
+    }
+
+    pub(crate) fn own_entry(&self) -> Result<DeviceEntry> {
+        let device = &self.account()?.device;
+        Ok(DeviceEntry {
+            device_id: device.device_id(),
+            registration_id: device.registration_id(),
+            transport_key: device.transport_public_key(),
+        })
+    }
+
+    /// This account's signed device list.
+    pub(crate) fn own_device_list(&self) -> Result<SignedDeviceList> {
+        let bytes = self.db.own_device_list()?.ok_or(CoreError::NoAccount)?;
+        Ok(decode_versioned(&bytes, MAX_STORED_RECORD)?)
+    }
+
+    /// Adopts a signed list for this account if it is ours and newer.
+    pub(crate) fn adopt_own_device_list(&self, signed: &SignedDeviceList) -> Result<DeviceList> {
+        let (list, identity) = verify_device_list(signed)?;
+        let account = self.account()?;
+        if identity != *account.identity.public_key() || list.account_id != account.account_id {
+            return Err(CoreError::NotOurAccount);
+        }
+        if let Ok(current) = self.own_device_list() {
+            let (current, _) = verify_device_list(&current)?;
+            if list.version < current.version {
+                return Err(CoreError::DeviceListRollback {
+                    have: current.version,
+                    got: list.version,
+                });
+            }
+        }
+        self.db.save_own_device_list(&encode_versioned(signed), list.version)?;
+        Ok(list)
+    }
+
+    /// The devices of `account_id` (a contact, or this account's other devices) with
+    /// the identity key their envelopes are sealed to.
+    pub(crate) fn devices_of(&self, account_id: &str) -> Result<(IdentityKey, Vec<DeviceEntry>)> {
+        let account = self.account()?;
+        if account_id == account.account_id {
+            let (list, _) = verify_device_list(&self.own_device_list()?)?;
+            let others = list
+                .devices
+                .into_iter()
+                .filter(|d| d.device_id != account.device.device_id())
+                .collect();
+            return Ok((*account.identity.public_key(), others));
+        }
+        let contact = self
+            .db
+            .contact(account_id)?
+            .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
+        let signed: SignedDeviceList = decode_versioned(&contact.device_list, MAX_STORED_RECORD)?;
+        let (list, identity) = verify_device_list(&signed)?;
+        Ok((identity, list.devices))
+    }
+
+    /// Seals `content` for every device of `account_id` this device can reach
+    /// (a session, or a bundle to start one). Devices without either are skipped.
+    pub(crate) fn envelopes_to(&self, account_id: &str, content: &Content) -> Result<Vec<Outgoing>> {
+        let (identity, devices) = self.devices_of(account_id)?;
+        let bundles = self.db.bundles(account_id)?;
+        let plaintext = content.to_padded_bytes();
+        let mut out = Vec::new();
+        for device in devices {
+            if !cairn_crypto::has_session(&self.db, account_id, device.device_id)? {
+                let Some((_, bytes)) = bundles.iter().find(|(id, _)| *id == device.device_id) else {
+                    tracing::debug!(account_id, device = device.device_id, "no session or bundle yet");
+                    continue;
+                };
+                let bundle: PrekeyBundle = decode_versioned(bytes, MAX_STORED_RECORD)?;
+                cairn_crypto::start_session(&self.db, account_id, &identity, &bundle)?;
+            }
+            let ciphertext = cairn_crypto::encrypt(&self.db, account_id, device.device_id, &plaintext)?;
+            out.push(self.seal_for(account_id, &identity, &device, ciphertext)?);
+        }
+        Ok(out)
+    }
+
+    fn seal_for(
+        &self,
+        account_id: &str,
+        identity: &IdentityKey,
+        device: &DeviceEntry,
+        ciphertext: Ciphertext,
+    ) -> Result<Outgoing> {
+        let account = self.account()?;
+        let inner = SealedInner {
+            sender_account: account.account_id.clone(),
+            sender_identity: account.identity.public_key().serialize().into_vec(),
+            sender_device: account.device.device_id(),
+            prekey: ciphertext.prekey,
+            message: ciphertext.bytes,
+        };
+        let envelope = Envelope {
+            mailbox: mailbox_of(&device.transport_key),
+            created: unix_millis() as u64 / 1000,
+            ttl: DEFAULT_TTL_SECS,
+            pow: 0,
+            body: seal(identity, &inner)?.to_bytes(),
+        };
+        Ok(Outgoing {
+            account_id: account_id.to_owned(),
+            device_id: device.device_id,
+            envelope,
+        })
+    }
+
+    /// Reads a boolean setting (default when unset).
+    pub(crate) fn flag(&self, key: &str, default: bool) -> Result<bool> {
+        Ok(self.db.setting(key)?.map_or(default, |v| v == "on"))
+    }
+
+    /// Writes a boolean setting.
+    pub(crate) fn set_flag(&self, key: &str, on: bool) -> Result<()> {
+        Ok(self.db.set_setting(key, if on { "on" } else { "off" })?)
     }
 }
 
@@ -138,15 +346,11 @@ pub fn normalize_display_name(name: &str) -> Result<&str> {
     Ok(name)
 }
 
-/// Renders `text` as a QR code in SVG (medium error correction, quiet zone included).
-pub(crate) fn qr_svg(text: &str) -> String {
-    // An invite link is far below the QR capacity at level M (2331 bytes), so this
-    // cannot fail for text we produce.
-    let code =
-        QrCode::with_error_correction_level(text, EcLevel::M).expect("text fits in a QR code");
-    code.render::<svg::Color<'_>>()
-        .min_dimensions(256, 256)
-        .build()
+/// Renders `text` as a QR code in SVG. Low error correction: an invite carries a
+/// 1.5 KiB Kyber key and must fit one code; screens do not smudge.
+pub(crate) fn qr_svg(text: &str) -> Result<String> {
+    let code = QrCode::with_error_correction_level(text, EcLevel::L).map_err(|e| CoreError::QrCode(e.to_string()))?;
+    Ok(code.render::<svg::Color<'_>>().min_dimensions(320, 320).build())
 }
 
 fn load_account(db: &ProfileDb) -> Result<Option<Account>> {
@@ -154,94 +358,15 @@ fn load_account(db: &ProfileDb) -> Result<Option<Account>> {
         return Ok(None);
     };
     Ok(Some(Account {
+        account_id: account.account_id,
         identity: AccountIdentity::from_bytes(&account.identity_key)?,
-        device: DeviceKeys::from_parts(
-            device.device_id,
-            device.registration_id,
-            &device.transport_seed,
-        )?,
+        device: DeviceKeys::from_parts(device.device_id, device.registration_id, &device.transport_seed)?,
         display_name: account.display_name,
     }))
 }
 
-fn unix_millis() -> i64 {
+pub(crate) fn unix_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vault() -> KeyVault {
-        KeyVault::with_store(keyring_core::mock::Store::new().unwrap())
-    }
-
-    #[test]
-    fn alice_creates_an_account_and_finds_it_again_after_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let profile = ProfileDir::new(dir.path());
-        let vault = vault();
-        let created = {
-            let mut messenger =
-                Messenger::create_profile(&profile, Unlock::Keyring(&vault)).unwrap();
-            assert!(matches!(
-                messenger.account_info(),
-                Err(CoreError::NoAccount)
-            ));
-            messenger.create_account("  Alice ").unwrap()
-        };
-        assert_eq!(created.display_name, "Alice");
-        let reopened = Messenger::open_profile(&profile, Unlock::Keyring(&vault)).unwrap();
-        assert_eq!(reopened.account_info().unwrap(), created);
-        assert_eq!(
-            Invite::from_link(&created.invite_link).unwrap(),
-            reopened.invite().unwrap()
-        );
-    }
-
-    #[test]
-    fn an_account_is_created_once_and_needs_a_sensible_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let vault = vault();
-        let mut messenger =
-            Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&vault))
-                .unwrap();
-        assert!(matches!(
-            messenger.create_account("   "),
-            Err(CoreError::InvalidDisplayName)
-        ));
-        assert!(matches!(
-            messenger.create_account(&"x".repeat(65)),
-            Err(CoreError::InvalidDisplayName)
-        ));
-        messenger.create_account("Bob").unwrap();
-        assert!(matches!(
-            messenger.create_account("Bob"),
-            Err(CoreError::AccountExists)
-        ));
-    }
-
-    #[test]
-    fn the_invite_qr_code_decodes_to_the_invite_link() {
-        let dir = tempfile::tempdir().unwrap();
-        let vault = vault();
-        let mut messenger =
-            Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&vault))
-                .unwrap();
-        let info = messenger.create_account("Carol").unwrap();
-        assert!(messenger.invite_qr_svg().unwrap().starts_with("<?xml"));
-        // Render the same code as pixels and read it back with an independent decoder.
-        let code = QrCode::with_error_correction_level(&info.invite_link, EcLevel::M).unwrap();
-        let image = code
-            .render::<image::Luma<u8>>()
-            .module_dimensions(4, 4)
-            .build();
-        let mut prepared = rqrr::PreparedImage::prepare(image);
-        let grids = prepared.detect_grids();
-        assert_eq!(grids.len(), 1);
-        let (_, text) = grids[0].decode().unwrap();
-        assert_eq!(text, info.invite_link);
-    }
 }

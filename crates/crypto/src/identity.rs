@@ -13,7 +13,6 @@ use data_encoding::BASE32_NOPAD;
 use ed25519_dalek::SigningKey;
 use libsignal_protocol::{DeviceId, IdentityKey, IdentityKeyPair};
 use rand::{Rng, RngCore};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::CryptoError;
@@ -21,16 +20,32 @@ use crate::CryptoError;
 /// The device id of the device that created the account.
 pub const FIRST_DEVICE_ID: u8 = 1;
 
-/// A short, stable, human-shareable name for an account: base32 of the first 20 bytes
-/// of SHA-256 over the serialised identity public key (32 characters).
+/// The stable name of an account: 128 random bits in lowercase base32 (26
+/// characters), chosen when the account is created.
+///
+/// It is deliberately *not* derived from the identity key. Like Signal's account
+/// identifier, it stays the same while the key behind it is what contacts pin: a
+/// different key presented under a known account id is exactly the identity change
+/// (a reinstall, or someone in the middle) that people are warned about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccountId(String);
 
 impl AccountId {
-    /// The account id of the given identity public key.
-    pub fn of(identity_key: &IdentityKey) -> Self {
-        let digest = Sha256::digest(identity_key.serialize());
-        Self(BASE32_NOPAD.encode(&digest[..20]).to_ascii_lowercase())
+    /// A fresh random account id.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    }
+
+    /// Checks the shape of an account id received from elsewhere.
+    pub fn parse(text: &str) -> Result<Self, CryptoError> {
+        let ok = text.len() == 26
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+        ok.then(|| Self(text.to_owned()))
+            .ok_or_else(|| CryptoError::InvalidAccountId(text.chars().take(40).collect()))
     }
 
     /// The id as text.
@@ -78,11 +93,6 @@ impl AccountIdentity {
         self.key_pair.identity_key()
     }
 
-    /// The account id derived from the public identity key.
-    pub fn account_id(&self) -> AccountId {
-        AccountId::of(self.public_key())
-    }
-
     /// The underlying Signal key pair, for the session code.
     pub fn key_pair(&self) -> &IdentityKeyPair {
         &self.key_pair
@@ -92,9 +102,7 @@ impl AccountIdentity {
 impl fmt::Debug for AccountIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the private key.
-        f.debug_struct("AccountIdentity")
-            .field("account_id", &self.account_id())
-            .finish()
+        f.debug_struct("AccountIdentity").finish_non_exhaustive()
     }
 }
 
@@ -118,14 +126,9 @@ impl DeviceKeys {
     }
 
     /// Restores device keys from stored parts.
-    pub fn from_parts(
-        device_id: u8,
-        registration_id: u32,
-        transport_seed: &[u8; 32],
-    ) -> Result<Self, CryptoError> {
+    pub fn from_parts(device_id: u8, registration_id: u32, transport_seed: &[u8; 32]) -> Result<Self, CryptoError> {
         Ok(Self {
-            device_id: DeviceId::new(device_id)
-                .map_err(|_| CryptoError::InvalidDeviceId(device_id))?,
+            device_id: DeviceId::new(device_id).map_err(|_| CryptoError::InvalidDeviceId(device_id))?,
             registration_id,
             transport_key: SigningKey::from_bytes(transport_seed),
         })
@@ -166,23 +169,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_identity_survives_storage_with_the_same_account_id() {
+    fn an_identity_survives_storage() {
         let identity = AccountIdentity::generate();
         let restored = AccountIdentity::from_bytes(&identity.to_bytes()).unwrap();
-        assert_eq!(restored.account_id(), identity.account_id());
         assert_eq!(restored.public_key(), identity.public_key());
     }
 
     #[test]
     fn two_accounts_get_different_ids_of_fixed_shape() {
-        let a = AccountIdentity::generate().account_id();
-        let b = AccountIdentity::generate().account_id();
+        let (a, b) = (AccountId::generate(), AccountId::generate());
         assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), 32);
-        assert!(a
-            .as_str()
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
+        assert_eq!(AccountId::parse(a.as_str()).unwrap(), a);
+        for bad in ["", "UPPERCASEUPPERCASEUPPERCAS", "abc", "aaaaaaaaaaaaaaaaaaaaaaaaa1"] {
+            assert!(
+                matches!(AccountId::parse(bad), Err(CryptoError::InvalidAccountId(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -196,18 +199,11 @@ mod tests {
     #[test]
     fn device_keys_survive_storage_and_refuse_bad_ids() {
         let keys = DeviceKeys::generate(FIRST_DEVICE_ID).unwrap();
-        let restored = DeviceKeys::from_parts(
-            keys.device_id(),
-            keys.registration_id(),
-            &keys.transport_seed(),
-        )
-        .unwrap();
+        let restored =
+            DeviceKeys::from_parts(keys.device_id(), keys.registration_id(), &keys.transport_seed()).unwrap();
         assert_eq!(restored.transport_public_key(), keys.transport_public_key());
         assert!((1..=0x3fff).contains(&keys.registration_id()));
-        assert!(matches!(
-            DeviceKeys::generate(0),
-            Err(CryptoError::InvalidDeviceId(0))
-        ));
+        assert!(matches!(DeviceKeys::generate(0), Err(CryptoError::InvalidDeviceId(0))));
         assert!(matches!(
             DeviceKeys::generate(128),
             Err(CryptoError::InvalidDeviceId(128))

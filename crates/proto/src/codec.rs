@@ -33,8 +33,7 @@ pub fn decode_versioned<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Resu
     if version != WIRE_VERSION {
         return Err(ProtoError::UnsupportedVersion(version));
     }
-    let (value, rest) =
-        postcard::take_from_bytes::<T>(body).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let (value, rest) = postcard::take_from_bytes::<T>(body).map_err(|e| ProtoError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(ProtoError::TrailingBytes(rest.len()));
     }

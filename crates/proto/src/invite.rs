@@ -1,14 +1,16 @@
 //! The contact invite: what one person hands another (as a `cairn://invite/...` link
 //! or the same text in a QR code) so that the other can add them as a contact.
 //!
-//! Today it carries who the inviter is (account identity key, display name) and the
-//! inviting device's public keys. Prekey bundles and the signed device list join it
-//! with the 1:1 sessions.
+//! It carries the inviter's signed device list (which names the account identity
+//! key), the inviting device's prekey bundle, and addresses where the inviter may be
+//! reached. It carries one bundle, not all, so that it fits in one QR code
+//! (a Kyber public key alone is 1.5 KiB); the other devices' bundles follow in-band
+//! once the first session is up.
 
 use data_encoding::BASE64URL_NOPAD;
 use serde::{Deserialize, Serialize};
 
-use crate::{decode_versioned, encode_versioned, ProtoError};
+use crate::{decode_versioned, encode_versioned, DeviceList, PrekeyBundle, ProtoError, SignedDeviceList};
 
 /// The scheme and path every invite link starts with.
 pub const INVITE_LINK_PREFIX: &str = "cairn://invite/";
@@ -16,19 +18,50 @@ pub const INVITE_LINK_PREFIX: &str = "cairn://invite/";
 pub const MAX_INVITE_BYTES: usize = 8 * 1024;
 /// Largest invite link accepted, in characters (base64 of the byte limit plus prefix).
 pub const MAX_INVITE_LINK_LEN: usize = INVITE_LINK_PREFIX.len() + MAX_INVITE_BYTES * 4 / 3 + 4;
-const MAX_DISPLAY_NAME_BYTES: usize = 256;
+/// Longest display name, in bytes.
+pub const MAX_DISPLAY_NAME_BYTES: usize = 256;
+const MAX_ADDRESSES: usize = 8;
+const MAX_ADDRESS_BYTES: usize = 256;
+
+/// Who someone is and how to start sessions with them: the body of an invite, and
+/// what devices send each other in-band when they meet or their devices change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactCard {
+    /// The name the person chose to show.
+    pub display_name: String,
+    /// Their signed device list.
+    pub device_list: SignedDeviceList,
+    /// Prekey bundles of some or all of the listed devices.
+    pub bundles: Vec<PrekeyBundle>,
+}
+
+impl ContactCard {
+    /// Checks sizes and shapes (not signatures: that needs keys, in the crypto crate).
+    pub fn check(&self) -> Result<DeviceList, ProtoError> {
+        if self.display_name.len() > MAX_DISPLAY_NAME_BYTES {
+            return Err(ProtoError::InvalidField {
+                field: "display_name",
+                reason: format!("longer than {MAX_DISPLAY_NAME_BYTES} bytes"),
+            });
+        }
+        let list = DeviceList::from_bytes(&self.device_list.list)?;
+        if self.bundles.iter().any(|b| list.device(b.device_id).is_none()) {
+            return Err(ProtoError::InvalidField {
+                field: "bundles",
+                reason: "a bundle for a device not in the list".into(),
+            });
+        }
+        Ok(list)
+    }
+}
 
 /// A contact invite.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invite {
-    /// The inviter's account identity public key (serialised Signal identity key).
-    pub identity_key: Vec<u8>,
-    /// The name the inviter chose to show.
-    pub display_name: String,
-    /// The inviting device's id within the account.
-    pub device_id: u8,
-    /// The inviting device's transport public key (ed25519), from which its peer id follows.
-    pub transport_key: [u8; 32],
+    /// The inviter.
+    pub card: ContactCard,
+    /// Transport addresses (multiaddrs) where the inviting device may be reached.
+    pub addresses: Vec<String>,
 }
 
 impl Invite {
@@ -40,16 +73,25 @@ impl Invite {
     /// Parses the binary form, refusing more than [`MAX_INVITE_BYTES`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
         let invite: Invite = decode_versioned(bytes, MAX_INVITE_BYTES)?;
-        invite.validate()?;
+        invite.card.check()?;
+        if invite.card.bundles.is_empty() {
+            return Err(ProtoError::InvalidField {
+                field: "bundles",
+                reason: "no prekey bundle".into(),
+            });
+        }
+        if invite.addresses.len() > MAX_ADDRESSES || invite.addresses.iter().any(|a| a.len() > MAX_ADDRESS_BYTES) {
+            return Err(ProtoError::InvalidField {
+                field: "addresses",
+                reason: "too many or too long".into(),
+            });
+        }
         Ok(invite)
     }
 
     /// The `cairn://invite/<base64url>` link form.
     pub fn to_link(&self) -> String {
-        format!(
-            "{INVITE_LINK_PREFIX}{}",
-            BASE64URL_NOPAD.encode(&self.to_bytes())
-        )
+        format!("{INVITE_LINK_PREFIX}{}", BASE64URL_NOPAD.encode(&self.to_bytes()))
     }
 
     /// Parses a link as pasted by a person: surrounding whitespace is ignored.
@@ -61,46 +103,52 @@ impl Invite {
                 limit: MAX_INVITE_LINK_LEN,
             });
         }
-        let payload = link
-            .strip_prefix(INVITE_LINK_PREFIX)
-            .ok_or(ProtoError::WrongLinkKind {
-                expected: "cairn invite",
-            })?;
+        let payload = link.strip_prefix(INVITE_LINK_PREFIX).ok_or(ProtoError::WrongLinkKind {
+            expected: "cairn invite",
+        })?;
         let bytes = BASE64URL_NOPAD
             .decode(payload.as_bytes())
             .map_err(|_| ProtoError::BadLinkEncoding)?;
         Self::from_bytes(&bytes)
     }
-
-    fn validate(&self) -> Result<(), ProtoError> {
-        if self.display_name.len() > MAX_DISPLAY_NAME_BYTES {
-            return Err(ProtoError::InvalidField {
-                field: "display_name",
-                reason: format!("longer than {MAX_DISPLAY_NAME_BYTES} bytes"),
-            });
-        }
-        // A Signal identity key is a type byte plus 32 bytes of Curve25519 point.
-        if self.identity_key.len() != 33 {
-            return Err(ProtoError::InvalidField {
-                field: "identity_key",
-                reason: format!("{} bytes, expected 33", self.identity_key.len()),
-            });
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::DeviceEntry;
     use proptest::prelude::*;
 
-    fn sample() -> Invite {
-        Invite {
+    pub(crate) fn sample() -> Invite {
+        let list = DeviceList {
+            account_id: "abcdefghijklmnopqrstuvwxyz".into(),
             identity_key: [5u8; 33].to_vec(),
-            display_name: "Alice".into(),
-            device_id: 1,
-            transport_key: [7u8; 32],
+            version: 1,
+            devices: vec![DeviceEntry {
+                device_id: 1,
+                registration_id: 7,
+                transport_key: [7u8; 32],
+            }],
+        };
+        Invite {
+            card: ContactCard {
+                display_name: "Alice".into(),
+                device_list: SignedDeviceList {
+                    list: list.to_bytes(),
+                    signature: vec![1; 64],
+                },
+                bundles: vec![PrekeyBundle {
+                    device_id: 1,
+                    registration_id: 7,
+                    signed_prekey_id: 1,
+                    signed_prekey: vec![5; 33],
+                    signed_prekey_signature: vec![2; 64],
+                    kyber_prekey_id: 1,
+                    kyber_prekey: vec![8; 1569],
+                    kyber_prekey_signature: vec![3; 64],
+                }],
+            },
+            addresses: vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
         }
     }
 
@@ -129,48 +177,36 @@ mod tests {
     #[test]
     fn an_oversized_link_is_refused_before_decoding() {
         let link = format!("{INVITE_LINK_PREFIX}{}", "A".repeat(MAX_INVITE_LINK_LEN));
-        assert!(matches!(
-            Invite::from_link(&link),
-            Err(ProtoError::TooLarge { .. })
-        ));
+        assert!(matches!(Invite::from_link(&link), Err(ProtoError::TooLarge { .. })));
     }
 
     #[test]
     fn a_future_version_is_refused_not_misread() {
         let mut bytes = sample().to_bytes();
         bytes[0] = 9;
-        assert_eq!(
-            Invite::from_bytes(&bytes),
-            Err(ProtoError::UnsupportedVersion(9))
-        );
+        assert_eq!(Invite::from_bytes(&bytes), Err(ProtoError::UnsupportedVersion(9)));
     }
 
     #[test]
     fn trailing_bytes_are_refused() {
         let mut bytes = sample().to_bytes();
         bytes.push(0);
-        assert_eq!(
-            Invite::from_bytes(&bytes),
-            Err(ProtoError::TrailingBytes(1))
-        );
+        assert_eq!(Invite::from_bytes(&bytes), Err(ProtoError::TrailingBytes(1)));
     }
 
     #[test]
-    fn a_wrong_sized_identity_key_is_refused() {
+    fn a_bundle_for_an_unlisted_device_is_refused() {
         let mut invite = sample();
-        invite.identity_key.pop();
+        invite.card.bundles[0].device_id = 2;
         assert!(matches!(
             Invite::from_bytes(&invite.to_bytes()),
-            Err(ProtoError::InvalidField {
-                field: "identity_key",
-                ..
-            })
+            Err(ProtoError::InvalidField { field: "bundles", .. })
         ));
     }
 
     proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
             let _ = Invite::from_bytes(&bytes);
         }
 
@@ -178,6 +214,14 @@ mod tests {
         fn arbitrary_text_never_panics_the_link_parser(text in ".{0,512}") {
             let _ = Invite::from_link(&text);
             let _ = Invite::from_link(&format!("{INVITE_LINK_PREFIX}{text}"));
+        }
+
+        #[test]
+        fn flipping_any_byte_never_panics(index in 0usize..2000, bit in 0u8..8) {
+            let mut bytes = sample().to_bytes();
+            let i = index % bytes.len();
+            bytes[i] ^= 1 << bit;
+            let _ = Invite::from_bytes(&bytes);
         }
     }
 }

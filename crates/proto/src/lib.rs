@@ -1,21 +1,36 @@
 //! Cairn's wire types and their binary codec.
 //!
-//! Owns: the payloads that leave a device (today the contact invite), a versioned
-//! encoding (a version byte, then `postcard`), hard size limits on every decode, and
-//! typed decode errors. Does not own: keys, IO, or any notion of who may read what.
+//! Owns: everything that leaves a device — envelopes, their sealed bodies, the
+//! content inside Signal sessions, device lists, prekey bundles, invites — and a
+//! versioned encoding (a version byte, then `postcard`) with a hard size limit on
+//! every decode and typed decode errors. Does not own: keys, signatures, or IO.
 
 mod codec;
+mod device;
+mod envelope;
 mod invite;
 
 pub use codec::{decode_versioned, encode_versioned, WIRE_VERSION};
-pub use invite::{Invite, INVITE_LINK_PREFIX, MAX_INVITE_BYTES, MAX_INVITE_LINK_LEN};
+pub use device::{DeviceEntry, DeviceList, PrekeyBundle, SignedDeviceList, MAX_DEVICES, MAX_DEVICE_LIST_BYTES};
+pub use envelope::{
+    Content, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, SealedInner, TextMessage, DEFAULT_TTL_SECS,
+    MAX_CONTENT_BYTES, MAX_ENVELOPE_BYTES, MAX_RECEIPT_IDS, MAX_TEXT_BYTES, MAX_TTL_SECS,
+};
+pub use invite::{
+    ContactCard, Invite, INVITE_LINK_PREFIX, MAX_DISPLAY_NAME_BYTES, MAX_INVITE_BYTES, MAX_INVITE_LINK_LEN,
+};
 
 /// Everything that can go wrong turning bytes or text from outside into a wire type.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtoError {
     /// The input is larger than the decoder accepts for this type.
     #[error("input of {size} bytes is over the {limit}-byte limit")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Size of the input.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The input is empty where a payload was expected.
     #[error("input is empty")]
     Empty,
@@ -30,11 +45,19 @@ pub enum ProtoError {
     TrailingBytes(usize),
     /// A link does not start with the scheme and path this type uses.
     #[error("not a {expected} link")]
-    WrongLinkKind { expected: &'static str },
+    WrongLinkKind {
+        /// What kind of link was expected.
+        expected: &'static str,
+    },
     /// A link's payload is not valid base64url.
     #[error("link payload is not valid base64url")]
     BadLinkEncoding,
     /// A field holds a value outside what the type allows.
     #[error("invalid field {field}: {reason}")]
-    InvalidField { field: &'static str, reason: String },
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
 }

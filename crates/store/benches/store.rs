@@ -10,10 +10,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
 const ROWS: usize = 100_000;
 const WORDS: &[&str] = &[
-    "meet", "tomorrow", "coffee", "train", "late", "photo", "garden", "cairn", "hike", "weather",
-    "dinner", "call", "later", "ticket", "museum", "river", "bridge", "north", "summit", "lunch",
-    "book", "music", "concert", "station", "harbour", "island", "market", "bakery", "film",
-    "paint",
+    "meet", "tomorrow", "coffee", "train", "late", "photo", "garden", "cairn", "hike", "weather", "dinner", "call",
+    "later", "ticket", "museum", "river", "bridge", "north", "summit", "lunch", "book", "music", "concert", "station",
+    "harbour", "island", "market", "bakery", "film", "paint",
 ];
 
 /// Deterministic message text: 6–13 words drawn with a linear congruential step.
@@ -54,6 +53,7 @@ fn fill(db: &mut ProfileDb, bodies: &[String]) {
                 sent_at: i as i64,
                 body,
                 state: "sent",
+                outgoing: true,
             }
         }))
         .unwrap();

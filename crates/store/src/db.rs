@@ -49,8 +49,11 @@ pub struct NewMessage<'a> {
     pub sent_at: i64,
     /// The text.
     pub body: &'a str,
-    /// Delivery state (`sending`, `sent`, `delivered`, `read`).
+    /// Delivery state: outgoing `sending` → `sent` → `delivered` → `read`;
+    /// incoming `received` → `read`.
     pub state: &'a str,
+    /// Whether this device's account sent it.
+    pub outgoing: bool,
 }
 
 /// A message read back from history.
@@ -68,11 +71,13 @@ pub struct MessageRecord {
     pub body: String,
     /// Delivery state.
     pub state: String,
+    /// Whether this device's account sent it.
+    pub outgoing: bool,
 }
 
 /// An open profile database.
 pub struct ProfileDb {
-    conn: Connection,
+    pub(crate) conn: Connection,
     /// The profile lock file, held for as long as the database is open.
     _lock: Option<std::fs::File>,
 }
@@ -117,9 +122,7 @@ impl ProfileDb {
         }
         // The first read of the schema is where a wrong key shows: SQLCipher cannot
         // decrypt page 1 and reports "file is not a database". Nothing is written.
-        if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-            r.get::<_, i64>(0)
-        }) {
+        if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
             return Err(match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::NotADatabase) => StoreError::WrongKey,
                 _ => e.into(),
@@ -142,9 +145,7 @@ impl ProfileDb {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<usize> {
-        Ok(self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     /// The account record, if the account has been created.
@@ -173,7 +174,14 @@ impl ProfileDb {
             .query_row(
                 "SELECT device_id, registration_id, transport_seed, created_at FROM device WHERE id = 1",
                 [],
-                |r| Ok((r.get::<_, u8>(0)?, r.get::<_, u32>(1)?, r.get::<_, Vec<u8>>(2)?, r.get(3)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, u8>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get(3)?,
+                    ))
+                },
             )
             .optional()?;
         row.map(|(device_id, registration_id, seed, created_at)| {
@@ -197,12 +205,22 @@ impl ProfileDb {
         tx.execute(
             "INSERT OR REPLACE INTO account (id, account_id, display_name, identity_key, created_at)
              VALUES (1, ?1, ?2, ?3, ?4)",
-            params![account.account_id, account.display_name, account.identity_key, account.created_at],
+            params![
+                account.account_id,
+                account.display_name,
+                account.identity_key,
+                account.created_at
+            ],
         )?;
         tx.execute(
             "INSERT OR REPLACE INTO device (id, device_id, registration_id, transport_seed, created_at)
              VALUES (1, ?1, ?2, ?3, ?4)",
-            params![device.device_id, device.registration_id, &device.transport_seed[..], device.created_at],
+            params![
+                device.device_id,
+                device.registration_id,
+                &device.transport_seed[..],
+                device.created_at
+            ],
         )?;
         tx.commit()?;
         Ok(())
@@ -224,10 +242,7 @@ impl ProfileDb {
     }
 
     /// Adds many messages in one transaction (history import, benchmarks).
-    pub fn insert_messages<'a>(
-        &mut self,
-        messages: impl IntoIterator<Item = NewMessage<'a>>,
-    ) -> Result<usize> {
+    pub fn insert_messages<'a>(&mut self, messages: impl IntoIterator<Item = NewMessage<'a>>) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let mut count = 0;
         {
@@ -240,13 +255,9 @@ impl ProfileDb {
     }
 
     /// The newest `limit` messages of a conversation, oldest first.
-    pub fn conversation_messages(
-        &self,
-        conversation_id: &[u8],
-        limit: usize,
-    ) -> Result<Vec<MessageRecord>> {
+    pub fn conversation_messages(&self, conversation_id: &[u8], limit: usize) -> Result<Vec<MessageRecord>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, conversation_id, sender, sent_at, body, state FROM (
+            "SELECT id, conversation_id, sender, sent_at, body, state, outgoing FROM (
                  SELECT * FROM messages WHERE conversation_id = ?1 ORDER BY sent_at DESC, seq DESC LIMIT ?2
              ) ORDER BY sent_at, seq",
         )?;
@@ -267,7 +278,7 @@ impl ProfileDb {
             return Ok(Vec::new());
         }
         let mut stmt = self.conn.prepare_cached(
-            "SELECT m.id, m.conversation_id, m.sender, m.sent_at, m.body, m.state
+            "SELECT m.id, m.conversation_id, m.sender, m.sent_at, m.body, m.state, m.outgoing
              FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid
              WHERE messages_fts MATCH ?1 ORDER BY rank LIMIT ?2",
         )?;
@@ -275,13 +286,52 @@ impl ProfileDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// A message by id.
+    pub fn message(&self, id: &[u8]) -> Result<Option<MessageRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, conversation_id, sender, sent_at, body, state, outgoing FROM messages WHERE id = ?1",
+                [id],
+                message_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Moves an outgoing message's state forward (`sending` → `sent` → `delivered` →
+    /// `read`); a receipt that arrives late never moves it back. True if it moved.
+    pub fn advance_message_state(&self, id: &[u8], state: &str) -> Result<bool> {
+        let rank = |s: &str| ["sending", "sent", "delivered", "read"].iter().position(|x| *x == s);
+        let Some(new_rank) = rank(state) else {
+            return Err(StoreError::Corrupt(format!("unknown message state {state}")));
+        };
+        let Some(current) = self.message(id)? else {
+            return Ok(false);
+        };
+        if !current.outgoing || rank(&current.state).is_some_and(|r| r >= new_rank) {
+            return Ok(false);
+        }
+        self.conn
+            .execute("UPDATE messages SET state = ?2 WHERE id = ?1", params![id, state])?;
+        Ok(true)
+    }
+
+    /// Marks a conversation's received messages read; returns their ids (for read
+    /// receipts).
+    pub fn mark_conversation_read(&self, conversation_id: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE messages SET state = 'read'
+             WHERE conversation_id = ?1 AND outgoing = 0 AND state = 'received' RETURNING id",
+        )?;
+        let ids = stmt.query_map([conversation_id], |r| r.get(0))?;
+        Ok(ids.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Reads a setting.
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
     }
 
@@ -297,8 +347,7 @@ impl ProfileDb {
 
     /// Writes the WAL back into the main file (used before the profile is closed).
     pub fn checkpoint(&self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 }
@@ -306,8 +355,8 @@ impl ProfileDb {
 /// Inserts one message unless its id is already stored; `true` if it was new.
 fn insert_message(conn: &Connection, m: &NewMessage<'_>) -> rusqlite::Result<bool> {
     let mut stmt = conn.prepare_cached(
-        "INSERT OR IGNORE INTO messages (id, conversation_id, sender, sent_at, body, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR IGNORE INTO messages (id, conversation_id, sender, sent_at, body, state, outgoing)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     Ok(stmt.execute(params![
         &m.id[..],
@@ -315,7 +364,8 @@ fn insert_message(conn: &Connection, m: &NewMessage<'_>) -> rusqlite::Result<boo
         m.sender,
         m.sent_at,
         m.body,
-        m.state
+        m.state,
+        m.outgoing
     ])? == 1)
 }
 
@@ -327,5 +377,6 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
         sent_at: r.get(3)?,
         body: r.get(4)?,
         state: r.get(5)?,
+        outgoing: r.get(6)?,
     })
 }

@@ -104,9 +104,7 @@ impl KdfParams {
         if sane {
             Ok(())
         } else {
-            Err(StoreError::Corrupt(
-                "key derivation parameters are out of range".into(),
-            ))
+            Err(StoreError::Corrupt("key derivation parameters are out of range".into()))
         }
     }
 }
@@ -203,10 +201,7 @@ mod tests {
         assert_ne!(a, c);
         let mut other_salt = fast_params();
         other_salt.salt = vec![8; 16];
-        assert_ne!(
-            a,
-            DbKey::from_passphrase("correct horse", &other_salt).unwrap()
-        );
+        assert_ne!(a, DbKey::from_passphrase("correct horse", &other_salt).unwrap());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! records, message history with full-text search) and the database key — 32 random
 //! bytes kept in the OS keyring, or, where no keyring is reachable, derived from a
 //! passphrase with Argon2id. Does not own: the network, or what keys mean (the
-//! crypto crate hands keys over as bytes).
+//! crypto crate hands keys over as bytes, and the store implements its
+//! `SignalStore`).
 //!
 //! A profile is a directory holding `profile.db` (the SQLCipher database) and
 //! `key.json` (plaintext: only *where* the key comes from, never the key).
@@ -13,11 +14,13 @@ mod db;
 mod key;
 mod migrations;
 mod profile_dir;
+mod signal;
 
 pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
 pub use migrations::{migrations, SCHEMA_VERSION};
 pub use profile_dir::{KeySource, ProfileDir};
+pub use signal::{ContactRecord, PinnedIdentity};
 
 /// Everything that can go wrong in the local store.
 #[derive(Debug, thiserror::Error)]

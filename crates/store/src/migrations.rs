@@ -60,12 +60,71 @@ CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN
 END;
 ";
 
+/// Schema version 3: Signal sessions, prekeys, pinned identities, contacts and
+/// their devices, this account's device list, envelopes held back while a
+/// contact's changed identity key waits for acceptance, and message direction.
+const V3_SESSIONS: &str = "
+CREATE TABLE identities (
+    account_id    TEXT    PRIMARY KEY,
+    identity_key  BLOB    NOT NULL,
+    pending_key   BLOB,
+    verified      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE contacts (
+    account_id           TEXT    PRIMARY KEY,
+    display_name         TEXT    NOT NULL,
+    device_list          BLOB    NOT NULL,
+    device_list_version  INTEGER NOT NULL,
+    added_at             INTEGER NOT NULL
+);
+CREATE TABLE bundles (
+    account_id  TEXT    NOT NULL,
+    device_id   INTEGER NOT NULL,
+    bundle      BLOB    NOT NULL,
+    PRIMARY KEY (account_id, device_id)
+);
+CREATE TABLE sessions (
+    account_id  TEXT    NOT NULL,
+    device_id   INTEGER NOT NULL,
+    record      BLOB    NOT NULL,
+    PRIMARY KEY (account_id, device_id)
+);
+CREATE TABLE signed_prekeys (
+    id          INTEGER PRIMARY KEY,
+    record      BLOB    NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE kyber_prekeys (
+    id          INTEGER PRIMARY KEY,
+    record      BLOB    NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE kyber_prekey_uses (
+    kyber_id   INTEGER NOT NULL,
+    signed_id  INTEGER NOT NULL,
+    base_key   BLOB    NOT NULL,
+    PRIMARY KEY (kyber_id, signed_id, base_key)
+);
+CREATE TABLE own_device_list (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    signed   BLOB    NOT NULL,
+    version  INTEGER NOT NULL
+);
+CREATE TABLE held_envelopes (
+    envelope_id  BLOB    PRIMARY KEY,
+    sender       TEXT    NOT NULL,
+    envelope     BLOB    NOT NULL,
+    received_at  INTEGER NOT NULL
+);
+ALTER TABLE messages ADD COLUMN outgoing INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 2;
+pub const SCHEMA_VERSION: usize = 3;
 
 /// All migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1_IDENTITY), M::up(V2_HISTORY)])
+    Migrations::new(vec![M::up(V1_IDENTITY), M::up(V2_HISTORY), M::up(V3_SESSIONS)])
 }
 
 #[cfg(test)]
@@ -78,16 +137,10 @@ mod tests {
     /// version's SQL, so the upgrade is checked against real older data.
     fn write_fixture(conn: &Connection, version: usize) {
         if version >= 1 {
-            conn.execute(
-                "INSERT INTO account VALUES (1, 'acct', 'Alice', x'0102', 10)",
-                [],
-            )
-            .unwrap();
-            conn.execute(
-                "INSERT INTO device VALUES (1, 1, 42, ?1, 11)",
-                params![vec![7u8; 32]],
-            )
-            .unwrap();
+            conn.execute("INSERT INTO account VALUES (1, 'acct', 'Alice', x'0102', 10)", [])
+                .unwrap();
+            conn.execute("INSERT INTO device VALUES (1, 1, 42, ?1, 11)", params![vec![7u8; 32]])
+                .unwrap();
             conn.execute("INSERT INTO settings VALUES ('read_receipts', 'off')", [])
                 .unwrap();
         }
@@ -129,17 +182,12 @@ mod tests {
             let key = DbKey::random();
             {
                 let mut conn = Connection::open(&path).unwrap();
-                conn.pragma_update(None, "key", &*key.pragma_value())
-                    .unwrap();
+                conn.pragma_update(None, "key", &*key.pragma_value()).unwrap();
                 migrations().to_version(&mut conn, version).unwrap();
                 write_fixture(&conn, version);
             }
             let db = ProfileDb::open(&path, &key).unwrap();
-            assert_eq!(
-                db.schema_version().unwrap(),
-                SCHEMA_VERSION,
-                "from version {version}"
-            );
+            assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION, "from version {version}");
             check_fixture(&db, version);
             // The upgraded schema accepts what the latest code writes.
             write_fixture_latest(&db);
@@ -155,6 +203,7 @@ mod tests {
             sent_at: 21,
             body: "written after the upgrade",
             state: "sending",
+            outgoing: true,
         };
         assert!(db.insert_message(&message).unwrap());
         assert_eq!(db.search_messages("upgrade", 10).unwrap().len(), 1);
@@ -165,9 +214,7 @@ mod tests {
         migrations().validate().unwrap();
         let mut conn = Connection::open_in_memory().unwrap();
         migrations().to_latest(&mut conn).unwrap();
-        let version: usize = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
     }
 }

@@ -74,13 +74,10 @@ impl ProfileDir {
             .read_to_string(&mut text)
             .map_err(|_| StoreError::Corrupt(format!("{} is not text", path.display())))?;
         if text.len() as u64 > MAX_KEY_FILE_BYTES {
-            return Err(StoreError::Corrupt(format!(
-                "{} is too large",
-                path.display()
-            )));
+            return Err(StoreError::Corrupt(format!("{} is too large", path.display())));
         }
-        let key_file: KeyFile = serde_json::from_str(&text)
-            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+        let key_file: KeyFile =
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
         if key_file.version != 1 {
             return Err(StoreError::Corrupt(format!(
                 "{} has unknown version {}",
@@ -122,9 +119,7 @@ impl ProfileDir {
         match self.key_source()? {
             Some(KeySource::Keyring) => {}
             Some(KeySource::Passphrase { .. }) => {
-                return Err(StoreError::Corrupt(
-                    "this profile is opened with a passphrase".into(),
-                ))
+                return Err(StoreError::Corrupt("this profile is opened with a passphrase".into()))
             }
             None => return Err(StoreError::NotFound(self.root.display().to_string())),
         }
@@ -138,9 +133,7 @@ impl ProfileDir {
         let kdf = match self.key_source()? {
             Some(KeySource::Passphrase { kdf }) => kdf,
             Some(KeySource::Keyring) => {
-                return Err(StoreError::Corrupt(
-                    "this profile is opened from the keyring".into(),
-                ))
+                return Err(StoreError::Corrupt("this profile is opened from the keyring".into()))
             }
             None => return Err(StoreError::NotFound(self.root.display().to_string())),
         };
@@ -173,9 +166,7 @@ impl ProfileDir {
         // It holds no account yet, but it is moved aside rather than deleted.
         let db = self.db_path();
         if db.exists() {
-            let aside = self
-                .root
-                .join(format!("{DB_FILE}.unfinished-{}", std::process::id()));
+            let aside = self.root.join(format!("{DB_FILE}.unfinished-{}", std::process::id()));
             tracing::warn!(from = %db.display(), to = %aside.display(), "moving aside an unfinished profile database");
             fs::rename(&db, &aside)?;
             for suffix in ["-wal", "-shm"] {

@@ -5,8 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use cairn_store::{
-    AccountRecord, DbKey, DeviceRecord, KdfParams, KeySource, KeyVault, NewMessage, ProfileDb,
-    ProfileDir, StoreError,
+    AccountRecord, DbKey, DeviceRecord, KdfParams, KeySource, KeyVault, NewMessage, ProfileDb, ProfileDir, StoreError,
 };
 
 /// Weak but valid parameters so the passphrase tests stay quick.
@@ -27,6 +26,7 @@ fn write_marker(db: &ProfileDb, marker: &str) {
         sent_at: 2,
         body: marker,
         state: "sent",
+        outgoing: true,
     };
     assert!(db.insert_message(&message).unwrap());
 }
@@ -62,15 +62,9 @@ fn a_marker_message_never_reaches_the_disk_in_plaintext() {
         files.iter().any(|f| f.to_string_lossy().ends_with("-wal")),
         "WAL present: {files:?}"
     );
-    assert_eq!(
-        files_containing(dir.path(), marker.as_bytes()),
-        Vec::<String>::new()
-    );
+    assert_eq!(files_containing(dir.path(), marker.as_bytes()), Vec::<String>::new());
     drop(db);
-    assert_eq!(
-        files_containing(dir.path(), marker.as_bytes()),
-        Vec::<String>::new()
-    );
+    assert_eq!(files_containing(dir.path(), marker.as_bytes()), Vec::<String>::new());
     // It is really there, for the right key.
     let db = profile.open_with_passphrase("pass").unwrap();
     assert_eq!(db.search_messages("MARKER", 5).unwrap()[0].body, marker);
@@ -103,11 +97,7 @@ fn a_wrong_key_is_a_typed_error_and_leaves_the_file_intact() {
             Err(StoreError::WrongKey)
         ));
     }
-    assert_eq!(
-        fs::read(&path).unwrap(),
-        before,
-        "a failed open wrote nothing"
-    );
+    assert_eq!(fs::read(&path).unwrap(), before, "a failed open wrote nothing");
     let db = ProfileDb::open(&path, &key).unwrap();
     assert_eq!(db.search_messages("still", 5).unwrap().len(), 1);
 }
@@ -116,12 +106,7 @@ fn a_wrong_key_is_a_typed_error_and_leaves_the_file_intact() {
 fn a_wrong_passphrase_is_a_typed_error_and_the_right_one_still_opens() {
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
-    write_marker(
-        &profile
-            .create_with_passphrase("right", quick_kdf())
-            .unwrap(),
-        "kept",
-    );
+    write_marker(&profile.create_with_passphrase("right", quick_kdf()).unwrap(), "kept");
     assert!(matches!(
         profile.key_source().unwrap(),
         Some(KeySource::Passphrase { .. })
@@ -151,10 +136,7 @@ fn a_profile_cannot_be_opened_twice_at_once() {
 fn a_second_create_is_refused_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
-    write_marker(
-        &profile.create_with_passphrase("pw", quick_kdf()).unwrap(),
-        "first",
-    );
+    write_marker(&profile.create_with_passphrase("pw", quick_kdf()).unwrap(), "first");
     assert!(matches!(
         profile.create_with_passphrase("other", quick_kdf()),
         Err(StoreError::AlreadyExists(_))
@@ -168,11 +150,7 @@ fn a_damaged_key_file_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
     drop(profile.create_with_passphrase("pw", quick_kdf()).unwrap());
-    for garbage in [
-        "{",
-        "{\"version\":7,\"source\":\"keyring\"}",
-        &"x".repeat(10_000),
-    ] {
+    for garbage in ["{", "{\"version\":7,\"source\":\"keyring\"}", &"x".repeat(10_000)] {
         fs::write(dir.path().join("key.json"), garbage).unwrap();
         assert!(
             matches!(profile.key_source(), Err(StoreError::Corrupt(_))),
@@ -208,11 +186,9 @@ fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
             sent_at: 2,
             body: "once",
             state: "sent",
+            outgoing: true,
         };
-        assert!(
-            !db.insert_message(&again).unwrap(),
-            "same id is a duplicate"
-        );
+        assert!(!db.insert_message(&again).unwrap(), "same id is a duplicate");
     }
     let db = profile.open_with_passphrase("pw").unwrap();
     assert_eq!(db.account().unwrap(), Some(account));
@@ -235,23 +211,16 @@ fn search_takes_typed_words_literally() {
 /// The real OS keyring (Secret Service on Linux): the test command starts one.
 #[test]
 fn a_keyring_profile_reopens_with_the_key_from_the_os_keyring() {
-    let vault = KeyVault::os().expect(
-        "an OS keyring (Secret Service) must be reachable: run the suite through ./test.sh",
-    );
+    let vault =
+        KeyVault::os().expect("an OS keyring (Secret Service) must be reachable: run the suite through ./test.sh");
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
-    write_marker(
-        &profile.create_with_keyring(&vault).unwrap(),
-        "from the keyring",
-    );
+    write_marker(&profile.create_with_keyring(&vault).unwrap(), "from the keyring");
     assert_eq!(profile.key_source().unwrap(), Some(KeySource::Keyring));
     let db = profile.open_with_keyring(&vault).unwrap();
     assert_eq!(db.search_messages("keyring", 5).unwrap().len(), 1);
     drop(db);
     // Without its key in the keyring the profile does not open, and says why.
     vault.delete(&profile.keyring_user().unwrap()).unwrap();
-    assert!(matches!(
-        profile.open_with_keyring(&vault),
-        Err(StoreError::KeyMissing)
-    ));
+    assert!(matches!(profile.open_with_keyring(&vault), Err(StoreError::KeyMissing)));
 }

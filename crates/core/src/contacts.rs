@@ -1,0 +1,216 @@
+//! Contacts: accepting invites, the cards accounts exchange when they meet or their
+//! devices change, safety numbers, verification, and changed identity keys.
+//!
+//! A contact's identity key is pinned the first time it is seen. A different key
+//! later never replaces it silently: it is recorded as pending, the conversation is
+//! blocked for sending, and envelopes sealed with it wait until the person accepts
+//! the change.
+
+use cairn_crypto::{verify_device_list, IdentityKey, SafetyNumber};
+use cairn_proto::{encode_versioned, ContactCard, Content, DeviceList, Invite};
+use cairn_store::ContactRecord;
+
+use crate::messenger::{unix_millis, Messenger};
+use crate::{ContactView, CoreError, Event, Outgoing, Received, Result};
+
+impl Messenger {
+    /// Accepts an invite (a pasted `cairn://invite/...` link or a decoded QR code):
+    /// the inviter becomes a contact, sessions start with the devices the invite has
+    /// bundles for, and the returned envelopes introduce this account to them and
+    /// tell this account's other devices about the new contact.
+    pub fn accept_invite(&mut self, link: &str) -> Result<(ContactView, Vec<Outgoing>)> {
+        let invite = Invite::from_link(link)?;
+        let (list, identity) = verify_device_list(&invite.card.device_list)?;
+        let account_id = list.account_id.clone();
+        if account_id == self.account()?.account_id {
+            return Err(CoreError::OwnInvite);
+        }
+        self.check_identity(&account_id, &identity)?;
+        let is_new = self.db.contact(&account_id)?.is_none();
+        self.save_card(&account_id, &invite.card, &list)?;
+        let mut out = self.envelopes_to(
+            &account_id,
+            &Content::Hello {
+                card: self.own_card()?,
+                reply: true,
+            },
+        )?;
+        if is_new {
+            out.extend(self.envelopes_to(&self.account()?.account_id.clone(), &Content::ContactSync(invite.card))?);
+        }
+        Ok((self.contact(&account_id)?, out))
+    }
+
+    /// Pins `identity` for a first contact, or refuses (and records as pending) a key
+    /// that differs from the pinned one.
+    pub(crate) fn check_identity(&self, account_id: &str, identity: &IdentityKey) -> Result<()> {
+        let key = identity.serialize();
+        match self.db.pinned_identity(account_id)? {
+            None => Ok(self.db.pin_identity(account_id, &key)?),
+            Some(pinned) if pinned.identity_key[..] == key[..] => Ok(()),
+            Some(_) => {
+                self.db.set_pending_identity(account_id, &key)?;
+                tracing::warn!(account_id, "identity key changed; waiting for the person to accept it");
+                Err(CoreError::IdentityChanged(account_id.to_owned()))
+            }
+        }
+    }
+
+    /// Stores a verified card: name, device list (refusing a rollback), bundles.
+    fn save_card(&self, account_id: &str, card: &ContactCard, list: &DeviceList) -> Result<()> {
+        if let Some(existing) = self.db.contact(account_id)? {
+            if list.version < existing.device_list_version {
+                return Err(CoreError::DeviceListRollback {
+                    have: existing.device_list_version,
+                    got: list.version,
+                });
+            }
+        }
+        self.db.save_contact(&ContactRecord {
+            account_id: account_id.to_owned(),
+            display_name: card.display_name.clone(),
+            device_list: encode_versioned(&card.device_list),
+            device_list_version: list.version,
+            added_at: unix_millis(),
+        })?;
+        for bundle in &card.bundles {
+            self.db
+                .save_bundle(account_id, bundle.device_id, &encode_versioned(bundle))?;
+        }
+        Ok(())
+    }
+
+    /// Handles a card received in-band from `sender` (a contact, or one of our own
+    /// devices telling us about itself).
+    pub(crate) fn receive_hello(
+        &mut self,
+        sender: &str,
+        card: ContactCard,
+        reply: bool,
+        out: &mut Received,
+    ) -> Result<()> {
+        let (list, identity) = verify_device_list(&card.device_list)?;
+        let own = self.account()?.account_id.clone();
+        if sender == own {
+            // One of our devices, e.g. after linking or a prekey rotation.
+            self.adopt_own_device_list(&card.device_list)?;
+            for bundle in card
+                .bundles
+                .iter()
+                .filter(|b| b.device_id != self.account().map_or(0, |a| a.device.device_id()))
+            {
+                self.db.save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?;
+            }
+            return Ok(());
+        }
+        if list.account_id != sender {
+            return Err(CoreError::CardMismatch);
+        }
+        self.check_identity(sender, &identity)?;
+        let is_new = self.db.contact(sender)?.is_none();
+        self.save_card(sender, &card, &list)?;
+        out.events.push(Event::ContactChanged(sender.to_owned()));
+        if reply {
+            out.replies.extend(self.envelopes_to(
+                sender,
+                &Content::Hello {
+                    card: self.own_card()?,
+                    reply: false,
+                },
+            )?);
+        }
+        if is_new {
+            out.replies
+                .extend(self.envelopes_to(&own, &Content::ContactSync(card))?);
+        }
+        Ok(())
+    }
+
+    /// Handles "I added this contact" from one of our own devices.
+    pub(crate) fn receive_contact_sync(&mut self, card: ContactCard, out: &mut Received) -> Result<()> {
+        let (list, identity) = verify_device_list(&card.device_list)?;
+        let account_id = list.account_id.clone();
+        if account_id == self.account()?.account_id {
+            return Err(CoreError::OwnInvite);
+        }
+        self.check_identity(&account_id, &identity)?;
+        self.save_card(&account_id, &card, &list)?;
+        out.events.push(Event::ContactChanged(account_id));
+        Ok(())
+    }
+
+    /// One contact.
+    pub fn contact(&self, account_id: &str) -> Result<ContactView> {
+        let record = self
+            .db
+            .contact(account_id)?
+            .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
+        self.view_of(record)
+    }
+
+    /// All contacts, by name.
+    pub fn contacts(&self) -> Result<Vec<ContactView>> {
+        self.db.contacts()?.into_iter().map(|c| self.view_of(c)).collect()
+    }
+
+    fn view_of(&self, record: ContactRecord) -> Result<ContactView> {
+        let pinned = self.db.pinned_identity(&record.account_id)?;
+        let devices = self.devices_of(&record.account_id).map(|(_, d)| d.len()).unwrap_or(0);
+        Ok(ContactView {
+            account_id: record.account_id,
+            display_name: record.display_name,
+            verified: pinned.as_ref().is_some_and(|p| p.verified),
+            identity_changed: pinned.is_some_and(|p| p.pending_key.is_some()),
+            devices,
+        })
+    }
+
+    /// The safety number with a contact (as pinned: a pending key does not count).
+    pub fn safety_number(&self, account_id: &str) -> Result<SafetyNumber> {
+        let account = self.account()?;
+        let pinned = self
+            .db
+            .pinned_identity(account_id)?
+            .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
+        let theirs = IdentityKey::decode(&pinned.identity_key).map_err(|e| {
+            CoreError::Crypto(cairn_crypto::CryptoError::InvalidKey {
+                what: "contact identity",
+                reason: e.to_string(),
+            })
+        })?;
+        Ok(SafetyNumber::compute(
+            &account.account_id,
+            account.identity.public_key(),
+            account_id,
+            &theirs,
+        )?)
+    }
+
+    /// Marks a contact verified (after comparing safety numbers) or not.
+    pub fn set_verified(&self, account_id: &str, verified: bool) -> Result<()> {
+        self.contact(account_id)?;
+        Ok(self.db.set_verified(account_id, verified)?)
+    }
+
+    /// The person accepts a contact's changed identity key: it is pinned, old
+    /// sessions are dropped, verification is cleared, and the envelopes that waited
+    /// for this are processed now.
+    pub fn accept_identity_change(&mut self, account_id: &str) -> Result<Received> {
+        if !self.db.accept_pending_identity(account_id)? {
+            return Err(CoreError::NoIdentityChange(account_id.into()));
+        }
+        let mut received = Received::default();
+        for (envelope_id, envelope) in self.db.held_envelopes(account_id)? {
+            match self.receive(&envelope) {
+                Ok(r) => {
+                    received.events.extend(r.events);
+                    received.replies.extend(r.replies);
+                }
+                Err(e) => tracing::warn!(%e, "a held envelope did not open after accepting the new key"),
+            }
+            self.db.release_held_envelope(&envelope_id)?;
+        }
+        received.events.push(Event::ContactChanged(account_id.to_owned()));
+        Ok(received)
+    }
+}

@@ -1,0 +1,109 @@
+//! This account's devices: adding a device to the signed device list (the part of
+//! QR linking that does not need a network), and rotating this device's signed
+//! prekey. Either way, contacts and own devices receive the new card.
+
+use cairn_crypto::{generate_signed_prekey, sign_device_list, signed_prekey_due, verify_device_list, AccountIdentity};
+use cairn_proto::{encode_versioned, ContactCard, Content, DeviceList, PrekeyBundle, SignedDeviceList};
+use zeroize::Zeroizing;
+
+use crate::messenger::{unix_millis, Messenger};
+use crate::{CoreError, Outgoing, Result};
+
+/// What an existing device hands a new one so it can join the account. Holds the
+/// account identity private key: it only ever travels inside the encrypted link
+/// channel.
+pub struct LinkGrant {
+    account_id: String,
+    identity: Zeroizing<Vec<u8>>,
+    display_name: String,
+    device_id: u8,
+    device_list: SignedDeviceList,
+    bundles: Vec<PrekeyBundle>,
+}
+
+impl Messenger {
+    /// Grants a new device a place in this account: the next free device id and what
+    /// it needs to act as this account.
+    pub fn grant_link(&self) -> Result<LinkGrant> {
+        let account = self.account()?;
+        let (list, _) = verify_device_list(&self.own_device_list()?)?;
+        let device_id = (1..=127u8)
+            .find(|id| list.device(*id).is_none())
+            .ok_or(CoreError::TooManyDevices)?;
+        Ok(LinkGrant {
+            account_id: account.account_id.clone(),
+            identity: account.identity.to_bytes(),
+            display_name: account.display_name.clone(),
+            device_id,
+            device_list: self.own_device_list()?,
+            bundles: self.own_card()?.bundles,
+        })
+    }
+
+    /// On the new device: takes the granted identity, makes this device's keys, adds
+    /// it to the device list (one version up) and returns this account's card for
+    /// the granting device.
+    pub fn join_account(&mut self, grant: LinkGrant) -> Result<ContactCard> {
+        let identity = AccountIdentity::from_bytes(&grant.identity)?;
+        let (mut list, signer) = verify_device_list(&grant.device_list)?;
+        if signer != *identity.public_key() || list.account_id != grant.account_id {
+            return Err(CoreError::NotOurAccount);
+        }
+        self.install_identity(grant.account_id.clone(), identity, &grant.display_name, grant.device_id)?;
+        list.version += 1;
+        list.devices.push(self.own_entry()?);
+        let signed = sign_device_list(&self.account()?.identity, &list)?;
+        self.adopt_own_device_list(&signed)?;
+        for bundle in &grant.bundles {
+            self.db
+                .save_bundle(&grant.account_id, bundle.device_id, &encode_versioned(bundle))?;
+        }
+        self.own_card()
+    }
+
+    /// On the granting device: adopts the list the new device signed, keeps its
+    /// bundle, and tells contacts and the other own devices about it.
+    pub fn complete_link(&mut self, card: ContactCard) -> Result<Vec<Outgoing>> {
+        let list: DeviceList = self.adopt_own_device_list(&card.device_list)?;
+        let own = self.account()?.account_id.clone();
+        for bundle in card.bundles.iter().filter(|b| list.device(b.device_id).is_some()) {
+            if bundle.device_id != self.account()?.device.device_id() {
+                self.db.save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?;
+            }
+        }
+        self.announce_card()
+    }
+
+    /// Replaces this device's signed prekey if it is older than the rotation period.
+    pub fn rotate_signed_prekey_if_due(&mut self) -> Result<Vec<Outgoing>> {
+        let (_, current) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
+        if signed_prekey_due(&current)? {
+            self.rotate_signed_prekey()
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Makes a new signed prekey now. Older ones stay, so sessions that started from
+    /// them still complete; contacts and own devices get the new bundle.
+    pub fn rotate_signed_prekey(&mut self) -> Result<Vec<Outgoing>> {
+        let (id, _) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
+        let next = id.checked_add(1).ok_or(CoreError::NoAccount)?;
+        let record = generate_signed_prekey(&self.account()?.identity, next)?;
+        self.db.save_signed_prekey(next, &record, unix_millis())?;
+        self.announce_card()
+    }
+
+    /// Sends this account's card to every contact's devices and to own other devices.
+    fn announce_card(&self) -> Result<Vec<Outgoing>> {
+        let hello = Content::Hello {
+            card: self.own_card()?,
+            reply: false,
+        };
+        let mut out = self.envelopes_to(&self.account()?.account_id, &hello)?;
+        for contact in self.db.contacts()? {
+            out.extend(self.envelopes_to(&contact.account_id, &hello)?);
+        }
+        Ok(out)
+    }
+}

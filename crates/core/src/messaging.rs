@@ -1,0 +1,250 @@
+//! 1:1 messages: sending (one envelope per recipient device and per own other
+//! device), receiving (unseal, decrypt, de-duplicate, store), delivery and read
+//! receipts, and the history views.
+
+use cairn_crypto::{unseal, Ciphertext, CryptoError, IdentityKey};
+use cairn_proto::{Content, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, TextMessage, MAX_TEXT_BYTES};
+use cairn_store::NewMessage;
+use rand::RngCore;
+
+use crate::messenger::{unix_millis, Messenger};
+use crate::{CoreError, DeliveryState, Event, MessageView, Outgoing, Received, Result};
+
+/// Setting key: whether this account sends read receipts.
+const READ_RECEIPTS: &str = "read_receipts";
+
+impl Messenger {
+    /// Sends a text to a contact: returns the stored message and the envelopes to
+    /// deliver (one per device of the contact, one per other device of this account).
+    /// Refused while the contact's changed identity key is not accepted.
+    pub fn send_text(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<Outgoing>)> {
+        let contact = self.contact(peer)?;
+        if contact.identity_changed {
+            return Err(CoreError::IdentityChanged(peer.to_owned()));
+        }
+        if body.trim().is_empty() || body.len() > MAX_TEXT_BYTES {
+            return Err(CoreError::InvalidText);
+        }
+        let mut id: MessageId = [0; 16];
+        rand::rng().fill_bytes(&mut id);
+        let sent_at = unix_millis();
+        let text = TextMessage {
+            id,
+            sent_at: sent_at as u64,
+            body: body.to_owned(),
+            sync_peer: None,
+        };
+        let mut out = self.envelopes_to(peer, &Content::Text(text.clone()))?;
+        if out.is_empty() {
+            return Err(CoreError::NoReachableDevice(peer.to_owned()));
+        }
+        let own = self.account()?.account_id.clone();
+        out.extend(self.envelopes_to(
+            &own,
+            &Content::Text(TextMessage {
+                sync_peer: Some(peer.to_owned()),
+                ..text
+            }),
+        )?);
+        self.db
+            .ensure_conversation(peer.as_bytes(), &contact.display_name, sent_at)?;
+        self.db.insert_message(&NewMessage {
+            id,
+            conversation_id: peer.as_bytes(),
+            sender: &own,
+            sent_at,
+            body,
+            state: "sending",
+            outgoing: true,
+        })?;
+        Ok((self.message(&id)?, out))
+    }
+
+    /// The transport handed a message's envelope to a device or a cache.
+    pub fn mark_sent(&self, id: &MessageId) -> Result<Option<Event>> {
+        Ok(self
+            .db
+            .advance_message_state(id, "sent")?
+            .then_some(Event::StateChanged {
+                id: *id,
+                state: DeliveryState::Sent,
+            }))
+    }
+
+    /// Processes one envelope from a transport or cache. A duplicate (an envelope
+    /// already processed) is [`CoreError::Duplicate`]; anything malformed, tampered
+    /// with or not for this device is a typed error and changes nothing stored.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<Received> {
+        let envelope = Envelope::from_bytes(bytes)?;
+        if envelope.mailbox != self.mailbox()? {
+            return Err(CoreError::WrongMailbox);
+        }
+        let account = self.account()?;
+        let inner = unseal(&account.identity, &SealedBody::from_bytes(&envelope.body)?)?;
+        let sender = inner.sender_account.clone();
+        let from_own_device = sender == account.account_id;
+        let sender_key = IdentityKey::decode(&inner.sender_identity).map_err(|e| CryptoError::InvalidKey {
+            what: "sender identity",
+            reason: e.to_string(),
+        })?;
+        if from_own_device && sender_key != *account.identity.public_key() {
+            return Err(CoreError::NotOurAccount);
+        }
+        if !from_own_device {
+            if let Some(pinned) = self.db.pinned_identity(&sender)? {
+                if pinned.identity_key[..] != sender_key.serialize()[..] {
+                    // Keep it until the person decides about the new key.
+                    self.db.set_pending_identity(&sender, &sender_key.serialize())?;
+                    self.db.hold_envelope(&envelope.id(), &sender, bytes, unix_millis())?;
+                    return Ok(Received {
+                        events: vec![Event::IdentityChanged(sender)],
+                        replies: Vec::new(),
+                    });
+                }
+            }
+        }
+        let ciphertext = Ciphertext {
+            prekey: inner.prekey,
+            bytes: inner.message,
+        };
+        let plaintext = match cairn_crypto::decrypt(&self.db, &sender, inner.sender_device, &ciphertext) {
+            Err(CryptoError::DuplicateMessage) => return Err(CoreError::Duplicate),
+            other => other?,
+        };
+        let content = Content::from_padded_bytes(&plaintext)?;
+        let mut out = Received::default();
+        match content {
+            Content::Text(text) => self.receive_text(&sender, from_own_device, text, &mut out)?,
+            Content::Receipt(receipt) => self.receive_receipt(&sender, receipt, &mut out)?,
+            Content::Hello { card, reply } => self.receive_hello(&sender, card, reply, &mut out)?,
+            Content::ContactSync(card) if from_own_device => self.receive_contact_sync(card, &mut out)?,
+            Content::ContactSync(_) => return Err(CoreError::NotFromOwnDevice),
+        }
+        Ok(out)
+    }
+
+    fn receive_text(
+        &mut self,
+        sender: &str,
+        from_own_device: bool,
+        text: TextMessage,
+        out: &mut Received,
+    ) -> Result<()> {
+        let own = self.account()?.account_id.clone();
+        let (conversation, state) = match (&text.sync_peer, from_own_device) {
+            // A copy of a message this account sent from another device.
+            (Some(peer), true) => (peer.clone(), "sent"),
+            (None, false) => (sender.to_owned(), "received"),
+            _ => return Err(CoreError::NotFromOwnDevice),
+        };
+        let title = self
+            .db
+            .contact(&conversation)?
+            .map_or_else(|| conversation.clone(), |c| c.display_name);
+        self.db
+            .ensure_conversation(conversation.as_bytes(), &title, text.sent_at as i64)?;
+        let new = self.db.insert_message(&NewMessage {
+            id: text.id,
+            conversation_id: conversation.as_bytes(),
+            sender: if from_own_device { &own } else { sender },
+            sent_at: text.sent_at as i64,
+            body: &text.body,
+            state,
+            outgoing: from_own_device,
+        })?;
+        if !new {
+            return Ok(());
+        }
+        out.events.push(Event::Message(self.message(&text.id)?));
+        if !from_own_device {
+            let receipt = Content::Receipt(Receipt {
+                kind: ReceiptKind::Delivered,
+                message_ids: vec![text.id],
+            });
+            match self.envelopes_to(sender, &receipt) {
+                Ok(replies) => out.replies.extend(replies),
+                // A message may overtake the sender's card; the receipt is then skipped.
+                Err(CoreError::UnknownContact(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn receive_receipt(&mut self, sender: &str, receipt: Receipt, out: &mut Received) -> Result<()> {
+        let (state, name) = match receipt.kind {
+            ReceiptKind::Delivered => (DeliveryState::Delivered, "delivered"),
+            ReceiptKind::Read => (DeliveryState::Read, "read"),
+        };
+        for id in receipt.message_ids {
+            // Only the account a message went to can acknowledge it.
+            let Some(message) = self.db.message(&id)? else { continue };
+            if message.conversation_id != sender.as_bytes() {
+                continue;
+            }
+            if self.db.advance_message_state(&id, name)? {
+                out.events.push(Event::StateChanged { id, state });
+            }
+        }
+        Ok(())
+    }
+
+    /// The person has seen a conversation: its received messages become read and, if
+    /// read receipts are on, the sender is told.
+    pub fn mark_read(&mut self, peer: &str) -> Result<Vec<Outgoing>> {
+        let ids: Vec<MessageId> = self
+            .db
+            .mark_conversation_read(peer.as_bytes())?
+            .into_iter()
+            .filter_map(|id| id.try_into().ok())
+            .collect();
+        if ids.is_empty() || !self.read_receipts()? {
+            return Ok(Vec::new());
+        }
+        self.envelopes_to(
+            peer,
+            &Content::Receipt(Receipt {
+                kind: ReceiptKind::Read,
+                message_ids: ids,
+            }),
+        )
+    }
+
+    /// Whether read receipts are sent (on unless switched off).
+    pub fn read_receipts(&self) -> Result<bool> {
+        self.flag(READ_RECEIPTS, true)
+    }
+
+    /// Switches read receipts on or off.
+    pub fn set_read_receipts(&self, on: bool) -> Result<()> {
+        self.set_flag(READ_RECEIPTS, on)
+    }
+
+    /// One message.
+    pub fn message(&self, id: &MessageId) -> Result<MessageView> {
+        self.db
+            .message(id)?
+            .and_then(MessageView::of)
+            .ok_or(CoreError::UnknownMessage)
+    }
+
+    /// The newest `limit` messages with a contact, oldest first.
+    pub fn conversation(&self, peer: &str, limit: usize) -> Result<Vec<MessageView>> {
+        Ok(self
+            .db
+            .conversation_messages(peer.as_bytes(), limit)?
+            .into_iter()
+            .filter_map(MessageView::of)
+            .collect())
+    }
+
+    /// Full-text search across every conversation, best matches first.
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<MessageView>> {
+        Ok(self
+            .db
+            .search_messages(query, limit)?
+            .into_iter()
+            .filter_map(MessageView::of)
+            .collect())
+    }
+}

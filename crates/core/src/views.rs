@@ -1,0 +1,118 @@
+//! What the core hands to its callers: envelopes to deliver, events to show, and
+//! read-only views of contacts and messages.
+
+use cairn_proto::{Envelope, MessageId};
+use cairn_store::MessageRecord;
+
+/// An envelope to deliver to one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The recipient account.
+    pub account_id: String,
+    /// The recipient device.
+    pub device_id: u8,
+    /// The sealed envelope (its `mailbox` names the device).
+    pub envelope: Envelope,
+}
+
+/// Delivery state of a message, as the UI shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Encrypted, not yet handed to a transport or cache.
+    Sending,
+    /// Handed to a device or a cache.
+    Sent,
+    /// A device of the recipient has it.
+    Delivered,
+    /// The recipient has seen it.
+    Read,
+    /// Received from someone else.
+    Received,
+}
+
+impl DeliveryState {
+    pub(crate) fn parse(text: &str) -> Self {
+        match text {
+            "sending" => Self::Sending,
+            "sent" => Self::Sent,
+            "delivered" => Self::Delivered,
+            "read" => Self::Read,
+            _ => Self::Received,
+        }
+    }
+}
+
+/// A message in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageView {
+    /// Random 128-bit id.
+    pub id: MessageId,
+    /// The other party's account id (1:1 conversations are named by it).
+    pub conversation: String,
+    /// The sender's account id.
+    pub sender: String,
+    /// Whether this account sent it.
+    pub outgoing: bool,
+    /// Send time, Unix milliseconds.
+    pub sent_at: i64,
+    /// The text.
+    pub body: String,
+    /// Delivery state.
+    pub state: DeliveryState,
+}
+
+impl MessageView {
+    pub(crate) fn of(record: MessageRecord) -> Option<Self> {
+        Some(Self {
+            id: record.id.as_slice().try_into().ok()?,
+            conversation: String::from_utf8(record.conversation_id).ok()?,
+            sender: record.sender,
+            outgoing: record.outgoing,
+            sent_at: record.sent_at,
+            body: record.body,
+            state: DeliveryState::parse(&record.state),
+        })
+    }
+}
+
+/// A contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactView {
+    /// Their account id.
+    pub account_id: String,
+    /// Their display name.
+    pub display_name: String,
+    /// Marked verified after comparing safety numbers.
+    pub verified: bool,
+    /// Their identity key changed and the change is not accepted: sending is blocked.
+    pub identity_changed: bool,
+    /// How many devices their list names.
+    pub devices: usize,
+}
+
+/// Something that happened, for the UI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new message arrived (or a copy of one sent from another own device).
+    Message(MessageView),
+    /// An outgoing message moved to a new delivery state.
+    StateChanged {
+        /// The message.
+        id: MessageId,
+        /// Its new state.
+        state: DeliveryState,
+    },
+    /// A contact was added or changed (name, devices).
+    ContactChanged(String),
+    /// A contact's identity key changed; sending to them is blocked until accepted.
+    IdentityChanged(String),
+}
+
+/// The outcome of processing an incoming envelope.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// What to show.
+    pub events: Vec<Event>,
+    /// Envelopes to send in answer (receipts, cards).
+    pub replies: Vec<Outgoing>,
+}

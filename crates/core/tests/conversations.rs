@@ -1,0 +1,518 @@
+//! The 1:1 story, on real SQLCipher profiles: Alice and Bob, two devices each,
+//! exchange invites and messages through an in-process "network" that can reorder,
+//! duplicate, delay, tamper with and replay envelopes.
+
+use std::sync::Arc;
+
+use cairn_core::{CoreError, DeliveryState, Event, KeyVault, Messenger, Outgoing, Unlock};
+use cairn_store::ProfileDir;
+use tempfile::TempDir;
+
+/// One device: its profile directory and open messenger.
+struct Device {
+    name: &'static str,
+    dir: TempDir,
+    messenger: Messenger,
+}
+
+/// The devices and the envelopes in flight between them.
+struct World {
+    vault: KeyVault,
+    devices: Vec<Device>,
+    in_flight: Vec<Outgoing>,
+}
+
+impl World {
+    fn new() -> Self {
+        let store: Arc<keyring_core::CredentialStore> = keyring_core::mock::Store::new().unwrap();
+        Self {
+            vault: KeyVault::with_store(store),
+            devices: Vec::new(),
+            in_flight: Vec::new(),
+        }
+    }
+
+    fn new_profile(&mut self, name: &'static str) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let messenger = Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&self.vault)).unwrap();
+        self.devices.push(Device { name, dir, messenger });
+        self.devices.len() - 1
+    }
+
+    /// A new account on a new device.
+    fn account(&mut self, name: &'static str, display: &str) -> usize {
+        let i = self.new_profile(name);
+        self.devices[i].messenger.create_account(display).unwrap();
+        i
+    }
+
+    /// A second device linked to the account of `existing`.
+    fn link(&mut self, existing: usize, name: &'static str) -> usize {
+        let grant = self.devices[existing].messenger.grant_link().unwrap();
+        let new = self.new_profile(name);
+        let card = self.devices[new].messenger.join_account(grant).unwrap();
+        let out = self.devices[existing].messenger.complete_link(card).unwrap();
+        self.send(out);
+        self.deliver_all();
+        new
+    }
+
+    fn m(&mut self, device: usize) -> &mut Messenger {
+        &mut self.devices[device].messenger
+    }
+
+    fn send(&mut self, out: Vec<Outgoing>) {
+        self.in_flight.extend(out);
+    }
+
+    fn device_for(&self, out: &Outgoing) -> usize {
+        self.devices
+            .iter()
+            .position(|d| d.messenger.mailbox().ok() == Some(out.envelope.mailbox))
+            .expect("an envelope for a device of this world")
+    }
+
+    /// Delivers one envelope; its replies go in flight.
+    fn deliver(&mut self, out: Outgoing) -> Result<Vec<Event>, CoreError> {
+        let to = self.device_for(&out);
+        let received = self.devices[to].messenger.receive(&out.envelope.to_bytes())?;
+        self.in_flight.extend(received.replies);
+        Ok(received.events)
+    }
+
+    /// Delivers until nothing is in flight.
+    fn deliver_all(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while !self.in_flight.is_empty() {
+            let batch = std::mem::take(&mut self.in_flight);
+            for out in batch {
+                events.extend(self.deliver(out).unwrap());
+            }
+        }
+        events
+    }
+
+    fn account_id(&self, device: usize) -> String {
+        self.devices[device].messenger.account_info().unwrap().account_id
+    }
+
+    fn texts(&self, device: usize, peer: &str) -> Vec<String> {
+        self.devices[device]
+            .messenger
+            .conversation(peer, 100)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect()
+    }
+
+    /// Closes every store and opens it again from disk.
+    fn reopen_all(&mut self) {
+        let devices = std::mem::take(&mut self.devices);
+        for Device { name, dir, messenger } in devices {
+            // Closed first: the profile lock allows one opener at a time.
+            drop(messenger);
+            let messenger =
+                Messenger::open_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&self.vault)).unwrap();
+            self.devices.push(Device { name, dir, messenger });
+        }
+    }
+}
+
+/// Alice (a1, a2) and Bob (b1, b2), contacts of each other, all envelopes delivered.
+fn alice_and_bob() -> (World, [usize; 4]) {
+    let mut w = World::new();
+    let a1 = w.account("a1", "Alice");
+    let a2 = w.link(a1, "a2");
+    let b1 = w.account("b1", "Bob");
+    let b2 = w.link(b1, "b2");
+    let invite = w.m(a1).account_info().unwrap().invite_link;
+    let (contact, out) = w.m(b1).accept_invite(&invite).unwrap();
+    assert_eq!(contact.display_name, "Alice");
+    w.send(out);
+    w.deliver_all();
+    (w, [a1, a2, b1, b2])
+}
+
+#[test]
+fn accepting_an_invite_makes_both_accounts_contacts_on_all_four_devices() {
+    let (w, [a1, a2, b1, b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    for (device, peer, name) in [
+        (a1, &bob, "Bob"),
+        (a2, &bob, "Bob"),
+        (b1, &alice, "Alice"),
+        (b2, &alice, "Alice"),
+    ] {
+        let contact = w.devices[device].messenger.contact(peer).unwrap();
+        assert_eq!(contact.display_name, name, "on {}", w.devices[device].name);
+        assert_eq!(
+            contact.devices, 2,
+            "{} sees both of {name}'s devices",
+            w.devices[device].name
+        );
+        assert!(!contact.identity_changed && !contact.verified);
+    }
+}
+
+#[test]
+fn alice_and_bob_with_two_devices_each_exchange_messages_and_every_device_holds_the_whole_conversation() {
+    let (mut w, [a1, a2, b1, b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    let script = [
+        (a1, "hi Bob, from Alice's laptop"),
+        (b2, "hi Alice, from Bob's phone"),
+        (a2, "Alice's phone here"),
+        (b1, "and Bob's laptop"),
+    ];
+    let mut sent = Vec::new();
+    for (from, text) in script {
+        let peer = if from == a1 || from == a2 {
+            bob.clone()
+        } else {
+            alice.clone()
+        };
+        let (message, out) = w.m(from).send_text(&peer, text).unwrap();
+        assert_eq!(message.state, DeliveryState::Sending);
+        // One envelope per device of the peer and one for the sender's other device.
+        assert_eq!(out.len(), 3);
+        w.send(out);
+        w.deliver_all();
+        sent.push((from, message.id));
+    }
+    let expected: Vec<String> = script.iter().map(|(_, t)| t.to_string()).collect();
+    for (device, peer) in [(a1, &bob), (a2, &bob), (b1, &alice), (b2, &alice)] {
+        assert_eq!(
+            w.texts(device, peer),
+            expected,
+            "{} holds the whole conversation",
+            w.devices[device].name
+        );
+    }
+    // Every message reached the other side, and the sending device heard so.
+    for (from, id) in sent {
+        assert_eq!(
+            w.devices[from].messenger.message(&id).unwrap().state,
+            DeliveryState::Delivered
+        );
+    }
+}
+
+#[test]
+fn out_of_order_duplicated_and_delayed_envelopes_are_handled() {
+    let (mut w, [a1, _a2, b1, b2]) = alice_and_bob();
+    let bob = w.account_id(b1);
+    let alice = w.account_id(a1);
+    let mut for_b1 = Vec::new();
+    for i in 0..6 {
+        let (_, out) = w.m(a1).send_text(&bob, &format!("message {i}")).unwrap();
+        for o in out {
+            if w.device_for(&o) == b1 {
+                for_b1.push(o);
+            } else {
+                w.send(vec![o]);
+            }
+        }
+    }
+    w.deliver_all();
+    // b1: deliver in a scrambled order, twice over, holding two back till last.
+    let delayed: Vec<_> = vec![for_b1.remove(1), for_b1.remove(3)];
+    for_b1.reverse();
+    let mut duplicates = 0;
+    for out in for_b1.iter().chain(for_b1.iter()).chain(delayed.iter()).cloned() {
+        match w.deliver(out) {
+            Ok(_) => {}
+            Err(CoreError::Duplicate) => duplicates += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    w.deliver_all();
+    assert_eq!(duplicates, 4);
+    let mut b1_texts = w.texts(b1, &alice);
+    b1_texts.sort();
+    assert_eq!(b1_texts, (0..6).map(|i| format!("message {i}")).collect::<Vec<_>>());
+    assert_eq!(w.texts(b2, &alice).len(), 6);
+}
+
+#[test]
+fn a_tampered_or_replayed_envelope_is_rejected_with_a_typed_error_and_changes_nothing() {
+    let (mut w, [a1, _a2, b1, _b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    let (_, out) = w.m(a1).send_text(&bob, "the real one").unwrap();
+    let to_b1 = out.into_iter().find(|o| w.device_for(o) == b1).unwrap();
+
+    let mut body_flipped = to_b1.envelope.clone();
+    let middle = body_flipped.body.len() / 2;
+    body_flipped.body[middle] ^= 0x40;
+    let mut wrong_mailbox = to_b1.envelope.clone();
+    wrong_mailbox.mailbox[0] ^= 1;
+    let b1m = &mut w.devices[b1].messenger;
+    assert!(matches!(
+        b1m.receive(&body_flipped.to_bytes()),
+        Err(CoreError::Crypto(cairn_crypto::CryptoError::SealBroken))
+    ));
+    assert!(matches!(
+        b1m.receive(&wrong_mailbox.to_bytes()),
+        Err(CoreError::WrongMailbox)
+    ));
+    assert!(matches!(b1m.receive(&[0xff; 40]), Err(CoreError::Proto(_))));
+    assert!(
+        b1m.conversation(&alice, 10).unwrap().is_empty(),
+        "nothing stored from bad envelopes"
+    );
+
+    let bytes = to_b1.envelope.to_bytes();
+    assert_eq!(b1m.receive(&bytes).unwrap().events.len(), 1);
+    assert!(
+        matches!(b1m.receive(&bytes), Err(CoreError::Duplicate)),
+        "a replay is refused"
+    );
+    assert_eq!(w.texts(b1, &alice), vec!["the real one"]);
+}
+
+#[test]
+fn closing_and_reopening_every_store_mid_conversation_loses_no_session() {
+    let (mut w, [a1, a2, b1, b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    let (_, out) = w.m(a1).send_text(&bob, "before").unwrap();
+    w.send(out);
+    w.deliver_all();
+    w.reopen_all();
+    for (from, peer, text) in [
+        (b2, &alice, "after, from b2"),
+        (a2, &bob, "after, from a2"),
+        (a1, &bob, "after, from a1"),
+    ] {
+        let (_, out) = w.m(from).send_text(peer, text).unwrap();
+        w.send(out);
+        w.deliver_all();
+    }
+    assert_eq!(
+        w.texts(b1, &alice),
+        ["before", "after, from b2", "after, from a2", "after, from a1"]
+    );
+    assert_eq!(w.texts(a2, &bob), w.texts(b1, &alice));
+}
+
+#[test]
+fn both_sides_see_the_same_safety_number_on_every_device() {
+    let (w, [a1, a2, b1, b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    let at = |d: usize, peer: &str| w.devices[d].messenger.safety_number(peer).unwrap();
+    let number = at(a1, &bob);
+    assert_eq!(number.digits().len(), 60);
+    for (device, peer) in [(a2, &bob), (b1, &alice), (b2, &alice)] {
+        assert_eq!(at(device, peer).digits(), number.digits());
+    }
+    assert!(at(b1, &alice).matches_scanned(number.scannable()).unwrap());
+}
+
+#[test]
+fn read_receipts_reach_the_sender_unless_switched_off() {
+    let (mut w, [a1, _a2, b1, b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    let (first, out) = w.m(a1).send_text(&bob, "read me").unwrap();
+    w.send(out);
+    w.deliver_all();
+    let out = w.m(b1).mark_read(&alice).unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(w.m(a1).message(&first.id).unwrap().state, DeliveryState::Read);
+
+    w.m(b2).set_read_receipts(false).unwrap();
+    let (second, out) = w.m(a1).send_text(&bob, "and me").unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert!(
+        w.m(b2).mark_read(&alice).unwrap().is_empty(),
+        "no receipt with read receipts off"
+    );
+    assert_eq!(w.m(a1).message(&second.id).unwrap().state, DeliveryState::Delivered);
+}
+
+#[test]
+fn search_finds_messages_across_conversations() {
+    let (mut w, [a1, _a2, b1, _b2]) = alice_and_bob();
+    let carol = w.account("c1", "Carol");
+    let invite = w.m(carol).account_info().unwrap().invite_link;
+    let (_, out) = w.m(a1).accept_invite(&invite).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let (bob, carol_id) = (w.account_id(b1), w.account_id(carol));
+    for (peer, text) in [
+        (&bob, "the picnic is on saturday"),
+        (&carol_id, "bring the picnic blanket"),
+        (&bob, "unrelated"),
+    ] {
+        let (_, out) = w.m(a1).send_text(peer, text).unwrap();
+        w.send(out);
+        w.deliver_all();
+    }
+    let hits = w.m(a1).search("picnic", 10).unwrap();
+    let mut conversations: Vec<_> = hits.iter().map(|m| m.conversation.clone()).collect();
+    conversations.sort();
+    let mut expected = vec![bob, carol_id];
+    expected.sort();
+    assert_eq!(conversations, expected);
+}
+
+#[test]
+fn a_rotated_signed_prekey_reaches_contacts_and_new_sessions_start_from_it() {
+    let (mut w, [a1, _a2, b1, _b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    let out = w.m(b1).rotate_signed_prekey().unwrap();
+    assert!(!out.is_empty(), "contacts and own devices hear of it");
+    w.send(out);
+    w.deliver_all();
+    assert!(
+        w.m(b1).rotate_signed_prekey_if_due().unwrap().is_empty(),
+        "a fresh key is not due"
+    );
+    // The existing sessions go on; a new contact starts from the new bundle.
+    let (_, out) = w.m(a1).send_text(&bob, "still fine").unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(w.texts(b1, &alice), ["still fine"]);
+    let dave = w.account("d1", "Dave");
+    let invite = w.m(b1).account_info().unwrap().invite_link;
+    let (_, out) = w.m(dave).accept_invite(&invite).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let dave_id = w.account_id(dave);
+    let (_, out) = w.m(dave).send_text(&bob, "hello from dave").unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(w.texts(b1, &dave_id), ["hello from dave"]);
+}
+
+#[test]
+fn invites_that_are_ones_own_or_garbage_are_refused() {
+    let mut w = World::new();
+    let a1 = w.account("a1", "Alice");
+    let own = w.m(a1).account_info().unwrap().invite_link;
+    assert!(matches!(w.m(a1).accept_invite(&own), Err(CoreError::OwnInvite)));
+    assert!(matches!(
+        w.m(a1).accept_invite("cairn://invite/AAAA"),
+        Err(CoreError::Proto(_))
+    ));
+    assert!(w.m(a1).contacts().unwrap().is_empty());
+}
+
+/// Someone presenting Bob's account id with another identity key: what a reinstall,
+/// or a person in the middle, looks like from Alice's side.
+struct Impostor {
+    identity: cairn_crypto::AccountIdentity,
+    card: ContactCard,
+    store: cairn_crypto::MemorySignalStore,
+}
+
+fn impostor_of(account_id: &str) -> Impostor {
+    use cairn_crypto::*;
+    let identity = AccountIdentity::generate();
+    let keys = DeviceKeys::generate(1).unwrap();
+    let (signed, kyber) = (
+        generate_signed_prekey(&identity, 1).unwrap(),
+        generate_kyber_prekey(&identity, 1).unwrap(),
+    );
+    let list = DeviceList {
+        account_id: account_id.to_owned(),
+        identity_key: identity.public_key().serialize().into_vec(),
+        version: 1,
+        devices: vec![DeviceEntry {
+            device_id: 1,
+            registration_id: keys.registration_id(),
+            transport_key: keys.transport_public_key(),
+        }],
+    };
+    let card = ContactCard {
+        display_name: "Bob".into(),
+        device_list: sign_device_list(&identity, &list).unwrap(),
+        bundles: vec![bundle_of(&keys, &signed, &kyber).unwrap()],
+    };
+    let store = MemorySignalStore::new(
+        account_id,
+        *identity.key_pair(),
+        keys.registration_id(),
+        &signed,
+        &kyber,
+    )
+    .unwrap();
+    Impostor { identity, card, store }
+}
+
+use cairn_proto::{ContactCard, Content, DeviceEntry, DeviceList, Envelope, Invite, SealedInner, DEFAULT_TTL_SECS};
+
+#[test]
+fn an_identity_change_warns_blocks_sending_and_holds_envelopes_until_accepted() {
+    let (mut w, [a1, _a2, b1, _b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    w.m(a1).set_verified(&bob, true).unwrap();
+    let before = w.m(a1).safety_number(&bob).unwrap();
+    let impostor = impostor_of(&bob);
+
+    // An invite with Bob's account id and another key: refused, with the warning.
+    let link = Invite {
+        card: impostor.card.clone(),
+        addresses: Vec::new(),
+    }
+    .to_link();
+    assert!(matches!(w.m(a1).accept_invite(&link), Err(CoreError::IdentityChanged(id)) if id == bob));
+    let contact = w.m(a1).contact(&bob).unwrap();
+    assert!(contact.identity_changed && contact.verified);
+    assert!(matches!(
+        w.m(a1).send_text(&bob, "are you there?"),
+        Err(CoreError::IdentityChanged(_))
+    ));
+    assert_eq!(
+        w.m(a1).safety_number(&bob).unwrap(),
+        before,
+        "the pinned key still counts"
+    );
+
+    // An envelope from the new key, claiming to be Bob: held, not opened.
+    let alice_card = Invite::from_link(&w.m(a1).account_info().unwrap().invite_link)
+        .unwrap()
+        .card;
+    let (alice_list, alice_key) = cairn_crypto::verify_device_list(&alice_card.device_list).unwrap();
+    cairn_crypto::start_session(&impostor.store, &alice, &alice_key, &alice_card.bundles[0]).unwrap();
+    let hello = Content::Hello {
+        card: impostor.card.clone(),
+        reply: false,
+    }
+    .to_padded_bytes();
+    let ciphertext = cairn_crypto::encrypt(&impostor.store, &alice, 1, &hello).unwrap();
+    let inner = SealedInner {
+        sender_account: bob.clone(),
+        sender_identity: impostor.identity.public_key().serialize().into_vec(),
+        sender_device: 1,
+        prekey: ciphertext.prekey,
+        message: ciphertext.bytes,
+    };
+    let envelope = Envelope {
+        mailbox: cairn_crypto::mailbox_of(&alice_list.device(1).unwrap().transport_key),
+        created: 0,
+        ttl: DEFAULT_TTL_SECS,
+        pow: 0,
+        body: cairn_crypto::seal(&alice_key, &inner).unwrap().to_bytes(),
+    };
+    let received = w.m(a1).receive(&envelope.to_bytes()).unwrap();
+    assert_eq!(received.events, vec![Event::IdentityChanged(bob.clone())]);
+
+    // Alice accepts the change: the new key is pinned, verification is gone, the held
+    // envelope is opened, and sending works again.
+    let accepted = w.m(a1).accept_identity_change(&bob).unwrap();
+    assert!(accepted.events.contains(&Event::ContactChanged(bob.clone())));
+    let contact = w.m(a1).contact(&bob).unwrap();
+    assert!(!contact.identity_changed && !contact.verified);
+    assert_ne!(w.m(a1).safety_number(&bob).unwrap().digits(), before.digits());
+    let (_, out) = w.m(a1).send_text(&bob, "hello, new key").unwrap();
+    assert_eq!(
+        out.iter().filter(|o| o.account_id == bob).count(),
+        1,
+        "to the one device the new key lists"
+    );
+    assert!(matches!(
+        w.m(a1).accept_identity_change(&bob),
+        Err(CoreError::NoIdentityChange(_))
+    ));
+}

@@ -1,0 +1,453 @@
+//! 1:1 Signal sessions (PQXDH start, Double Ratchet with SPQR after), one per device
+//! pair, run by Signal's own protocol code over Cairn's storage.
+//!
+//! Storage is behind [`SignalStore`], a small synchronous trait that deals in bytes:
+//! the SQLCipher store implements it, and [`MemorySignalStore`] is a test
+//! convenience. An adapter turns it into the Signal library's async store traits;
+//! since nothing in it waits on IO, the library's futures are driven to completion
+//! on the spot.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use cairn_proto::PrekeyBundle;
+use futures::executor::block_on;
+use libsignal_protocol::{
+    CiphertextMessage, DeviceId, Direction, GenericSignedPreKey, IdentityChange, IdentityKey, IdentityKeyPair,
+    IdentityKeyStore, KyberPreKeyId, KyberPreKeyRecord, KyberPreKeyStore, PreKeyId, PreKeyRecord, PreKeySignalMessage,
+    PreKeyStore, ProtocolAddress, PublicKey, SessionRecord, SessionStore, SignalMessage, SignalProtocolError,
+    SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore,
+};
+
+use crate::{prekeys::to_signal_bundle, CryptoError};
+
+/// A storage failure, as the store reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreFailure(pub String);
+
+/// Result of a [`SignalStore`] call.
+pub type StoreResult<T> = Result<T, StoreFailure>;
+
+/// What the Signal sessions need stored. Records are opaque bytes to the store.
+pub trait SignalStore {
+    /// This account's id.
+    fn account_id(&self) -> StoreResult<String>;
+    /// This account's identity key pair.
+    fn identity_key_pair(&self) -> StoreResult<IdentityKeyPair>;
+    /// This device's registration id.
+    fn registration_id(&self) -> StoreResult<u32>;
+    /// The identity key pinned for another account, if any.
+    fn peer_identity(&self, account_id: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Pins an identity key for an account seen for the first time.
+    fn save_peer_identity(&self, account_id: &str, identity_key: &[u8]) -> StoreResult<()>;
+    /// The session record with a device, if any.
+    fn session(&self, account_id: &str, device_id: u8) -> StoreResult<Option<Vec<u8>>>;
+    /// Stores the session record with a device.
+    fn save_session(&self, account_id: &str, device_id: u8, record: &[u8]) -> StoreResult<()>;
+    /// A signed prekey record of this device.
+    fn signed_prekey(&self, id: u32) -> StoreResult<Option<Vec<u8>>>;
+    /// A Kyber prekey record of this device.
+    fn kyber_prekey(&self, id: u32) -> StoreResult<Option<Vec<u8>>>;
+    /// Records a use of a Kyber last-resort prekey; `false` if this exact use
+    /// (same prekeys, same sender base key) was seen before, i.e. a replay.
+    fn record_kyber_prekey_use(&self, kyber_id: u32, signed_id: u32, base_key: &[u8]) -> StoreResult<bool>;
+}
+
+/// Where a Signal message goes or comes from: an account and one of its devices.
+fn address(account_id: &str, device_id: u8) -> Result<ProtocolAddress, CryptoError> {
+    let device = DeviceId::new(device_id).map_err(|_| CryptoError::InvalidDeviceId(device_id))?;
+    Ok(ProtocolAddress::new(account_id.to_owned(), device))
+}
+
+fn callback(method: &'static str) -> impl Fn(StoreFailure) -> SignalProtocolError {
+    move |e| SignalProtocolError::ApplicationCallbackError(method, Box::new(e))
+}
+
+/// The Signal library's store traits over a [`SignalStore`].
+struct Adapter<'s> {
+    store: &'s dyn SignalStore,
+}
+
+impl Adapter<'_> {
+    fn own_account(&self) -> Result<String, SignalProtocolError> {
+        self.store.account_id().map_err(callback("account_id"))
+    }
+
+    /// The identity pinned for `address`: our own for our own devices.
+    fn pinned(&self, address: &ProtocolAddress) -> Result<Option<IdentityKey>, SignalProtocolError> {
+        if address.name() == self.own_account()? {
+            let pair = self.store.identity_key_pair().map_err(callback("identity_key_pair"))?;
+            return Ok(Some(*pair.identity_key()));
+        }
+        match self
+            .store
+            .peer_identity(address.name())
+            .map_err(callback("peer_identity"))?
+        {
+            Some(bytes) => Ok(Some(IdentityKey::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl IdentityKeyStore for Adapter<'_> {
+    async fn get_identity_key_pair(&self) -> Result<IdentityKeyPair, SignalProtocolError> {
+        self.store.identity_key_pair().map_err(callback("identity_key_pair"))
+    }
+
+    async fn get_local_registration_id(&self) -> Result<u32, SignalProtocolError> {
+        self.store.registration_id().map_err(callback("registration_id"))
+    }
+
+    async fn save_identity(
+        &mut self,
+        address: &ProtocolAddress,
+        identity: &IdentityKey,
+    ) -> Result<IdentityChange, SignalProtocolError> {
+        match self.pinned(address)? {
+            // A changed key never replaces the pinned one here: that takes the
+            // person's consent, through the core's identity-change flow.
+            Some(pinned) => Ok(IdentityChange::from_changed(pinned != *identity)),
+            None => {
+                self.store
+                    .save_peer_identity(address.name(), &identity.serialize())
+                    .map_err(callback("save_peer_identity"))?;
+                Ok(IdentityChange::NewOrUnchanged)
+            }
+        }
+    }
+
+    async fn is_trusted_identity(
+        &self,
+        address: &ProtocolAddress,
+        identity: &IdentityKey,
+        _direction: Direction,
+    ) -> Result<bool, SignalProtocolError> {
+        // Trust on first use; after that only the pinned key.
+        Ok(self.pinned(address)?.is_none_or(|pinned| pinned == *identity))
+    }
+
+    async fn get_identity(&self, address: &ProtocolAddress) -> Result<Option<IdentityKey>, SignalProtocolError> {
+        self.pinned(address)
+    }
+}
+
+#[async_trait(?Send)]
+impl SessionStore for Adapter<'_> {
+    async fn load_session(&self, address: &ProtocolAddress) -> Result<Option<SessionRecord>, SignalProtocolError> {
+        let device: u8 = address.device_id().into();
+        match self
+            .store
+            .session(address.name(), device)
+            .map_err(callback("session"))?
+        {
+            Some(bytes) => Ok(Some(SessionRecord::deserialize(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn store_session(
+        &mut self,
+        address: &ProtocolAddress,
+        record: &SessionRecord,
+    ) -> Result<(), SignalProtocolError> {
+        let device: u8 = address.device_id().into();
+        self.store
+            .save_session(address.name(), device, &record.serialize()?)
+            .map_err(callback("save_session"))
+    }
+}
+
+#[async_trait(?Send)]
+impl PreKeyStore for Adapter<'_> {
+    // Bundles carry no one-time prekeys (see the prekeys module), so none exist.
+    async fn get_pre_key(&self, _id: PreKeyId) -> Result<PreKeyRecord, SignalProtocolError> {
+        Err(SignalProtocolError::InvalidPreKeyId)
+    }
+    async fn save_pre_key(&mut self, _id: PreKeyId, _record: &PreKeyRecord) -> Result<(), SignalProtocolError> {
+        Err(SignalProtocolError::InvalidState(
+            "save_pre_key",
+            "one-time prekeys are not used".into(),
+        ))
+    }
+    async fn remove_pre_key(&mut self, _id: PreKeyId) -> Result<(), SignalProtocolError> {
+        Err(SignalProtocolError::InvalidPreKeyId)
+    }
+}
+
+#[async_trait(?Send)]
+impl SignedPreKeyStore for Adapter<'_> {
+    async fn get_signed_pre_key(&self, id: SignedPreKeyId) -> Result<SignedPreKeyRecord, SignalProtocolError> {
+        let bytes = self
+            .store
+            .signed_prekey(id.into())
+            .map_err(callback("signed_prekey"))?
+            .ok_or(SignalProtocolError::InvalidSignedPreKeyId)?;
+        SignedPreKeyRecord::deserialize(&bytes)
+    }
+    async fn save_signed_pre_key(
+        &mut self,
+        _id: SignedPreKeyId,
+        _record: &SignedPreKeyRecord,
+    ) -> Result<(), SignalProtocolError> {
+        Err(SignalProtocolError::InvalidState(
+            "save_signed_pre_key",
+            "prekeys are stored by the core".into(),
+        ))
+    }
+}
+
+#[async_trait(?Send)]
+impl KyberPreKeyStore for Adapter<'_> {
+    async fn get_kyber_pre_key(&self, id: KyberPreKeyId) -> Result<KyberPreKeyRecord, SignalProtocolError> {
+        let bytes = self
+            .store
+            .kyber_prekey(id.into())
+            .map_err(callback("kyber_prekey"))?
+            .ok_or(SignalProtocolError::InvalidKyberPreKeyId)?;
+        KyberPreKeyRecord::deserialize(&bytes)
+    }
+    async fn save_kyber_pre_key(
+        &mut self,
+        _id: KyberPreKeyId,
+        _record: &KyberPreKeyRecord,
+    ) -> Result<(), SignalProtocolError> {
+        Err(SignalProtocolError::InvalidState(
+            "save_kyber_pre_key",
+            "prekeys are stored by the core".into(),
+        ))
+    }
+    async fn mark_kyber_pre_key_used(
+        &mut self,
+        kyber_id: KyberPreKeyId,
+        signed_id: SignedPreKeyId,
+        base_key: &PublicKey,
+    ) -> Result<(), SignalProtocolError> {
+        let first = self
+            .store
+            .record_kyber_prekey_use(kyber_id.into(), signed_id.into(), &base_key.serialize())
+            .map_err(callback("record_kyber_prekey_use"))?;
+        if first {
+            Ok(())
+        } else {
+            Err(SignalProtocolError::InvalidMessage(
+                libsignal_protocol::CiphertextMessageType::PreKey,
+                "replayed session start (Kyber prekey reused with the same base key)",
+            ))
+        }
+    }
+}
+
+fn signal_error(account_id: &str, error: SignalProtocolError) -> CryptoError {
+    match error {
+        SignalProtocolError::DuplicatedMessage(..) => CryptoError::DuplicateMessage,
+        SignalProtocolError::UntrustedIdentity(_) => CryptoError::UntrustedIdentity(account_id.to_owned()),
+        SignalProtocolError::SessionNotFound(_) | SignalProtocolError::NoSenderKeyState { .. } => {
+            CryptoError::NoSession(account_id.to_owned())
+        }
+        SignalProtocolError::InvalidMessage(_, reason) => CryptoError::InvalidMessage(reason.to_owned()),
+        SignalProtocolError::InvalidProtobufEncoding
+        | SignalProtocolError::CiphertextMessageTooShort(_)
+        | SignalProtocolError::UnrecognizedMessageVersion(_)
+        | SignalProtocolError::LegacyCiphertextVersion(_)
+        | SignalProtocolError::UnrecognizedCiphertextVersion(_)
+        | SignalProtocolError::BadKeyType(_)
+        | SignalProtocolError::BadKeyLength(..)
+        | SignalProtocolError::InvalidSignedPreKeyId
+        | SignalProtocolError::InvalidKyberPreKeyId
+        | SignalProtocolError::InvalidPreKeyId => CryptoError::InvalidMessage(error.to_string()),
+        other => CryptoError::Signal(other.to_string()),
+    }
+}
+
+/// Starts a session with a peer device from its bundle (the PQXDH initiator side).
+pub fn start_session(
+    store: &dyn SignalStore,
+    peer_account: &str,
+    peer_identity: &IdentityKey,
+    bundle: &PrekeyBundle,
+) -> Result<(), CryptoError> {
+    let signal_bundle = to_signal_bundle(peer_identity, bundle)?;
+    let remote = address(peer_account, bundle.device_id)?;
+    let mut sessions = Adapter { store };
+    let mut identities = Adapter { store };
+    block_on(libsignal_protocol::process_prekey_bundle(
+        &remote,
+        &mut sessions,
+        &mut identities,
+        &signal_bundle,
+        SystemTime::now(),
+        &mut rand::rng(),
+    ))
+    .map_err(|e| signal_error(peer_account, e))
+}
+
+/// Whether a session with the device exists.
+pub fn has_session(store: &dyn SignalStore, account_id: &str, device_id: u8) -> Result<bool, CryptoError> {
+    Ok(store
+        .session(account_id, device_id)
+        .map_err(|e| CryptoError::Store(e.0))?
+        .is_some())
+}
+
+/// A Signal ciphertext and whether it starts a session (PreKeySignalMessage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ciphertext {
+    /// True for a PreKeySignalMessage.
+    pub prekey: bool,
+    /// The serialised message.
+    pub bytes: Vec<u8>,
+}
+
+/// Encrypts `plaintext` for one peer device over the existing session.
+pub fn encrypt(
+    store: &dyn SignalStore,
+    account_id: &str,
+    device_id: u8,
+    plaintext: &[u8],
+) -> Result<Ciphertext, CryptoError> {
+    let remote = address(account_id, device_id)?;
+    let mut sessions = Adapter { store };
+    let mut identities = Adapter { store };
+    let message = block_on(libsignal_protocol::message_encrypt(
+        plaintext,
+        &remote,
+        &mut sessions,
+        &mut identities,
+        SystemTime::now(),
+        &mut rand::rng(),
+    ))
+    .map_err(|e| signal_error(account_id, e))?;
+    let prekey = matches!(message, CiphertextMessage::PreKeySignalMessage(_));
+    Ok(Ciphertext {
+        prekey,
+        bytes: message.serialize().to_vec(),
+    })
+}
+
+/// Decrypts a message from a peer device; a new session is created for a
+/// PreKeySignalMessage.
+pub fn decrypt(
+    store: &dyn SignalStore,
+    account_id: &str,
+    device_id: u8,
+    ciphertext: &Ciphertext,
+) -> Result<Vec<u8>, CryptoError> {
+    let remote = address(account_id, device_id)?;
+    let message = if ciphertext.prekey {
+        CiphertextMessage::PreKeySignalMessage(
+            PreKeySignalMessage::try_from(&ciphertext.bytes[..]).map_err(|e| signal_error(account_id, e))?,
+        )
+    } else {
+        CiphertextMessage::SignalMessage(
+            SignalMessage::try_from(&ciphertext.bytes[..]).map_err(|e| signal_error(account_id, e))?,
+        )
+    };
+    let (mut a, mut b, mut c, d, mut e) = (
+        Adapter { store },
+        Adapter { store },
+        Adapter { store },
+        Adapter { store },
+        Adapter { store },
+    );
+    block_on(libsignal_protocol::message_decrypt(
+        &message,
+        &remote,
+        &mut a,
+        &mut b,
+        &mut c,
+        &d,
+        &mut e,
+        &mut rand::rng(),
+    ))
+    .map_err(|err| signal_error(account_id, err))
+}
+
+/// An in-memory [`SignalStore`] for unit tests; the app uses the SQLCipher one.
+pub struct MemorySignalStore {
+    account_id: String,
+    identity: IdentityKeyPair,
+    registration_id: u32,
+    peers: RefCell<HashMap<String, Vec<u8>>>,
+    sessions: RefCell<HashMap<(String, u8), Vec<u8>>>,
+    signed_prekeys: HashMap<u32, Vec<u8>>,
+    kyber_prekeys: HashMap<u32, Vec<u8>>,
+    kyber_uses: RefCell<std::collections::HashSet<(u32, u32, Vec<u8>)>>,
+}
+
+impl MemorySignalStore {
+    /// A store for a device of `identity` holding the given serialised prekeys.
+    pub fn new(
+        account_id: &str,
+        identity: IdentityKeyPair,
+        registration_id: u32,
+        signed: &[u8],
+        kyber: &[u8],
+    ) -> Result<Self, CryptoError> {
+        let signal = |e: SignalProtocolError| CryptoError::Signal(e.to_string());
+        let (signed_id, kyber_id) = (
+            SignedPreKeyRecord::deserialize(signed)
+                .and_then(|r| r.id())
+                .map_err(signal)?,
+            KyberPreKeyRecord::deserialize(kyber)
+                .and_then(|r| r.id())
+                .map_err(signal)?,
+        );
+        Ok(Self {
+            account_id: account_id.to_owned(),
+            identity,
+            registration_id,
+            peers: RefCell::default(),
+            sessions: RefCell::default(),
+            signed_prekeys: HashMap::from([(signed_id.into(), signed.to_vec())]),
+            kyber_prekeys: HashMap::from([(kyber_id.into(), kyber.to_vec())]),
+            kyber_uses: RefCell::default(),
+        })
+    }
+}
+
+impl SignalStore for MemorySignalStore {
+    fn account_id(&self) -> StoreResult<String> {
+        Ok(self.account_id.clone())
+    }
+    fn identity_key_pair(&self) -> StoreResult<IdentityKeyPair> {
+        Ok(self.identity)
+    }
+    fn registration_id(&self) -> StoreResult<u32> {
+        Ok(self.registration_id)
+    }
+    fn peer_identity(&self, account_id: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.peers.borrow().get(account_id).cloned())
+    }
+    fn save_peer_identity(&self, account_id: &str, identity_key: &[u8]) -> StoreResult<()> {
+        self.peers
+            .borrow_mut()
+            .insert(account_id.to_owned(), identity_key.to_vec());
+        Ok(())
+    }
+    fn session(&self, account_id: &str, device_id: u8) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.sessions.borrow().get(&(account_id.to_owned(), device_id)).cloned())
+    }
+    fn save_session(&self, account_id: &str, device_id: u8, record: &[u8]) -> StoreResult<()> {
+        self.sessions
+            .borrow_mut()
+            .insert((account_id.to_owned(), device_id), record.to_vec());
+        Ok(())
+    }
+    fn signed_prekey(&self, id: u32) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.signed_prekeys.get(&id).cloned())
+    }
+    fn kyber_prekey(&self, id: u32) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.kyber_prekeys.get(&id).cloned())
+    }
+    fn record_kyber_prekey_use(&self, kyber_id: u32, signed_id: u32, base_key: &[u8]) -> StoreResult<bool> {
+        Ok(self
+            .kyber_uses
+            .borrow_mut()
+            .insert((kyber_id, signed_id, base_key.to_vec())))
+    }
+}
