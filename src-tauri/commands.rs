@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use cairn_core::{CoreError, KeyVault, Messenger, Unlock};
+use cairn_core::{ContactView, CoreError, DeliveryState, KeyVault, MessageView, Messenger, Unlock};
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
 use specta::Type;
@@ -81,6 +81,8 @@ pub enum ProfileStatus {
 /// Error kinds the UI can react to.
 #[derive(Debug, Clone, Copy, Serialize, Type, PartialEq, Eq)]
 pub enum ErrorCode {
+    NotOpen,
+    IdentityChanged,
     WrongPassphrase,
     KeyringUnavailable,
     KeyMissing,
@@ -132,7 +134,24 @@ impl From<CoreError> for AppError {
                 ProfileDamaged,
                 format!("This profile's files are damaged and were left as they are: {detail}."),
             ),
-            CoreError::InvalidDisplayName | CoreError::InvalidProfileName => (InvalidInput, error.to_string()),
+            CoreError::IdentityChanged(_) => (
+                IdentityChanged,
+                "The safety number with this contact has changed. Nothing is sent until you accept the change.".into(),
+            ),
+            CoreError::Proto(_) => (InvalidInput, "That is not a valid Cairn invite link.".into()),
+            CoreError::OwnInvite => (InvalidInput, "That is your own invite.".into()),
+            CoreError::QrCode(detail) => (
+                InvalidInput,
+                format!("No invite could be read from that picture: {detail}."),
+            ),
+            CoreError::NoReachableDevice(_) => (
+                InvalidInput,
+                "None of this contact's devices can be reached yet: wait for their reply to your invite.".into(),
+            ),
+            CoreError::InvalidDisplayName
+            | CoreError::InvalidProfileName
+            | CoreError::InvalidText
+            | CoreError::UnknownContact(_) => (InvalidInput, error.to_string()),
             _ => (Internal, format!("Something went wrong: {error}.")),
         };
         tracing::warn!(?code, %error, "command failed");
@@ -220,4 +239,216 @@ pub async fn unlock(state: tauri::State<'_, AppState>, passphrase: String) -> Re
         )?);
     }
     status_of(slot.as_ref().expect("just opened"))
+}
+
+/// Runs `work` on the open messenger.
+fn with_messenger<T>(
+    state: &AppState,
+    work: impl FnOnce(&mut Messenger) -> Result<T, CoreError>,
+) -> Result<T, AppError> {
+    let mut slot = state.messenger.lock().expect("messenger lock");
+    let messenger = slot.as_mut().ok_or_else(|| AppError {
+        code: ErrorCode::NotOpen,
+        message: "The profile is not open yet.".into(),
+    })?;
+    Ok(work(messenger)?)
+}
+
+/// A contact as the UI lists it.
+#[derive(Debug, Clone, Serialize, Type)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactItem {
+    account_id: String,
+    display_name: String,
+    verified: bool,
+    /// Their identity key changed; the conversation shows a warning and sending is off.
+    identity_changed: bool,
+    devices: u32,
+}
+
+impl From<ContactView> for ContactItem {
+    fn from(c: ContactView) -> Self {
+        Self {
+            account_id: c.account_id,
+            display_name: c.display_name,
+            verified: c.verified,
+            identity_changed: c.identity_changed,
+            devices: c.devices as u32,
+        }
+    }
+}
+
+/// Delivery state of a message.
+#[derive(Debug, Clone, Copy, Serialize, Type)]
+pub enum MessageState {
+    Sending,
+    Sent,
+    Delivered,
+    Read,
+    Received,
+}
+
+/// A message as the UI shows it.
+#[derive(Debug, Clone, Serialize, Type)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageItem {
+    /// Hex of the 128-bit message id.
+    id: String,
+    /// The contact's account id.
+    conversation: String,
+    sender: String,
+    outgoing: bool,
+    /// Unix milliseconds.
+    sent_at: f64,
+    body: String,
+    state: MessageState,
+}
+
+impl From<MessageView> for MessageItem {
+    fn from(m: MessageView) -> Self {
+        Self {
+            id: m.id.iter().map(|b| format!("{b:02x}")).collect(),
+            conversation: m.conversation,
+            sender: m.sender,
+            outgoing: m.outgoing,
+            sent_at: m.sent_at as f64,
+            body: m.body,
+            state: match m.state {
+                DeliveryState::Sending => MessageState::Sending,
+                DeliveryState::Sent => MessageState::Sent,
+                DeliveryState::Delivered => MessageState::Delivered,
+                DeliveryState::Read => MessageState::Read,
+                DeliveryState::Received => MessageState::Received,
+            },
+        }
+    }
+}
+
+/// A safety number: 12 groups of 5 digits and the scannable form as a QR code.
+#[derive(Debug, Clone, Serialize, Type)]
+#[serde(rename_all = "camelCase")]
+pub struct SafetyNumberView {
+    groups: Vec<String>,
+    qr_svg: String,
+    verified: bool,
+}
+
+/// The settings a person can change.
+#[derive(Debug, Clone, Serialize, Type)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    read_receipts: bool,
+}
+
+/// All contacts, by name.
+#[tauri::command]
+#[specta::specta]
+pub async fn contacts(state: tauri::State<'_, AppState>) -> Result<Vec<ContactItem>, AppError> {
+    with_messenger(&state, |m| {
+        Ok(m.contacts()?.into_iter().map(ContactItem::from).collect())
+    })
+}
+
+/// Adds the person behind an invite link; the introduction waits in the outbox.
+#[tauri::command]
+#[specta::specta]
+pub async fn accept_invite(state: tauri::State<'_, AppState>, link: String) -> Result<ContactItem, AppError> {
+    with_messenger(&state, |m| {
+        let (contact, out) = m.accept_invite(&link)?;
+        m.enqueue(&out)?;
+        Ok(contact.into())
+    })
+}
+
+/// Reads an invite link from a picture of its QR code (PNG or JPEG bytes).
+#[tauri::command]
+#[specta::specta]
+pub async fn read_qr_image(bytes: Vec<u8>) -> Result<String, AppError> {
+    Ok(cairn_core::read_qr_image(&bytes)?)
+}
+
+/// The newest messages with a contact; marks received ones read.
+#[tauri::command]
+#[specta::specta]
+pub async fn conversation(state: tauri::State<'_, AppState>, peer: String) -> Result<Vec<MessageItem>, AppError> {
+    with_messenger(&state, |m| {
+        let out = m.mark_read(&peer)?;
+        m.enqueue(&out)?;
+        Ok(m.conversation(&peer, 500)?.into_iter().map(MessageItem::from).collect())
+    })
+}
+
+/// Sends a text to a contact.
+#[tauri::command]
+#[specta::specta]
+pub async fn send_text(state: tauri::State<'_, AppState>, peer: String, body: String) -> Result<MessageItem, AppError> {
+    with_messenger(&state, |m| {
+        let (message, out) = m.send_text(&peer, &body)?;
+        m.enqueue(&out)?;
+        Ok(message.into())
+    })
+}
+
+/// The safety number with a contact.
+#[tauri::command]
+#[specta::specta]
+pub async fn safety_number(state: tauri::State<'_, AppState>, peer: String) -> Result<SafetyNumberView, AppError> {
+    with_messenger(&state, |m| {
+        let number = m.safety_number(&peer)?;
+        Ok(SafetyNumberView {
+            groups: number.groups(),
+            qr_svg: cairn_core::qr_svg(number.scannable())?,
+            verified: m.contact(&peer)?.verified,
+        })
+    })
+}
+
+/// Marks a contact verified (or not) after comparing safety numbers.
+#[tauri::command]
+#[specta::specta]
+pub async fn set_verified(state: tauri::State<'_, AppState>, peer: String, verified: bool) -> Result<(), AppError> {
+    with_messenger(&state, |m| m.set_verified(&peer, verified))
+}
+
+/// Accepts a contact's changed identity key.
+#[tauri::command]
+#[specta::specta]
+pub async fn accept_identity_change(state: tauri::State<'_, AppState>, peer: String) -> Result<ContactItem, AppError> {
+    with_messenger(&state, |m| {
+        let received = m.accept_identity_change(&peer)?;
+        m.enqueue(&received.replies)?;
+        Ok(m.contact(&peer)?.into())
+    })
+}
+
+/// Searches every conversation.
+#[tauri::command]
+#[specta::specta]
+pub async fn search(state: tauri::State<'_, AppState>, query: String) -> Result<Vec<MessageItem>, AppError> {
+    with_messenger(&state, |m| {
+        Ok(m.search(&query, 100)?.into_iter().map(MessageItem::from).collect())
+    })
+}
+
+/// The current settings.
+#[tauri::command]
+#[specta::specta]
+pub async fn settings(state: tauri::State<'_, AppState>) -> Result<Settings, AppError> {
+    with_messenger(&state, |m| {
+        Ok(Settings {
+            read_receipts: m.read_receipts()?,
+        })
+    })
+}
+
+/// Switches read receipts on or off.
+#[tauri::command]
+#[specta::specta]
+pub async fn set_read_receipts(state: tauri::State<'_, AppState>, on: bool) -> Result<Settings, AppError> {
+    with_messenger(&state, |m| {
+        m.set_read_receipts(on)?;
+        Ok(Settings {
+            read_receipts: m.read_receipts()?,
+        })
+    })
 }

@@ -30,6 +30,17 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::profile_status,
         commands::create_account,
         commands::unlock,
+        commands::contacts,
+        commands::accept_invite,
+        commands::read_qr_image,
+        commands::conversation,
+        commands::send_text,
+        commands::safety_number,
+        commands::set_verified,
+        commands::accept_identity_change,
+        commands::search,
+        commands::settings,
+        commands::set_read_receipts,
     ])
 }
 
@@ -64,7 +75,7 @@ pub fn run() -> anyhow::Result<()> {
             // Each profile gets its own webview data, so two instances never share it.
             WebviewWindowBuilder::new(app, "main", WebviewUrl::App("index.html".into()))
                 .title(&title)
-                .inner_size(960.0, 680.0)
+                .inner_size(1120.0, 900.0)
                 .min_inner_size(480.0, 520.0)
                 .data_directory(webview_dir.clone())
                 .build()?;

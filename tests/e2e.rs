@@ -61,7 +61,11 @@ impl Driver {
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
             match ClientBuilder::native().capabilities(caps.clone()).connect(&url).await {
-                Ok(client) => return Ok(client),
+                Ok(client) => {
+                    // Room for the invite QR code at three pixels a module.
+                    client.set_window_size(1200, 1000).await?;
+                    return Ok(client);
+                }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     note(&format!("waiting for tauri-driver: {e}"));
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -131,6 +135,38 @@ async fn click(client: &Client, test_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Sets a field's value at once, as a paste does, and lets the UI see it.
+async fn paste(client: &Client, test_id: &str, text: &str) -> Result<()> {
+    text_of(client, test_id).await?;
+    client
+        .execute(
+            "const el = document.querySelector(`[data-testid='${arguments[0]}']`);
+             el.value = arguments[1];
+             el.dispatchEvent(new Event('input', { bubbles: true }));",
+            vec![json!(test_id), json!(text)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The full text of an element, including what its box clips.
+async fn full_text(client: &Client, test_id: &str) -> Result<String> {
+    text_of(client, test_id).await?;
+    let element = client.find(Locator::Css(&format!("[data-testid='{test_id}']"))).await?;
+    Ok(element.prop("textContent").await?.unwrap_or_default())
+}
+
+/// Adds a contact by pasting their invite link; returns the safety number shown.
+async fn add_contact_and_read_safety_number(client: &Client, link: &str, name: &str) -> Result<String> {
+    click(client, "add-contact").await?;
+    paste(client, "invite-input", link).await?;
+    click(client, "accept-invite").await?;
+    assert_eq!(text_of(client, "conversation-title").await?, name);
+    click(client, "open-safety-number").await?;
+    let digits = full_text(client, "safety-digits").await?;
+    Ok(digits.chars().filter(char::is_ascii_digit).collect())
+}
+
 async fn is_shown(client: &Client, test_id: &str) -> Result<bool> {
     Ok(!client
         .find_all(Locator::Css(&format!("[data-testid='{test_id}']")))
@@ -173,7 +209,7 @@ async fn alice_creates_a_profile_and_relaunching_opens_it_without_asking() -> Re
         let account_id = onboard(&app, "Alice").await?;
         screenshot(&app, "home").await?;
         assert_account_id_shape(&account_id);
-        let invite = text_of(&app, "invite-link").await?;
+        let invite = full_text(&app, "invite-link").await?;
         assert!(invite.starts_with("cairn://invite/"), "{invite}");
         let qr = app.find(Locator::Css("[data-testid='invite-qr'] svg")).await?;
         assert!(qr.is_displayed().await?, "the invite QR code is visible");
@@ -253,6 +289,53 @@ async fn without_a_keyring_the_profile_is_locked_by_a_passphrase() -> Result<()>
             "the wrong try damaged nothing"
         );
         app.close().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_app_instances_exchange_invites_by_paste_and_show_the_same_safety_number() -> Result<()> {
+    with_timeout(async {
+        let data = tempfile::tempdir()?;
+        let (alice_driver, bob_driver) = (Driver::start(data.path(), &[])?, Driver::start(data.path(), &[])?);
+        let alice = alice_driver.launch("alice").await?;
+        let bob = bob_driver.launch("bob").await?;
+        onboard(&alice, "Alice").await?;
+        onboard(&bob, "Bob").await?;
+        let alice_link = full_text(&alice, "invite-link").await?;
+        let bob_link = full_text(&bob, "invite-link").await?;
+
+        // The QR code the app shows reads back (rqrr, from a PNG screenshot) as the link.
+        // (A screenshot of the whole window: WebKit's element screenshots clip at the fold.)
+        let window_png = alice.screenshot().await?;
+        screenshot(&alice, "invite").await?;
+        assert_eq!(
+            cairn_core::read_qr_image(&window_png)?,
+            alice_link,
+            "the invite QR decodes to the invite"
+        );
+
+        let at_bob = add_contact_and_read_safety_number(&bob, &alice_link, "Alice").await?;
+        let at_alice = add_contact_and_read_safety_number(&alice, &bob_link, "Bob").await?;
+        screenshot(&alice, "safety-number").await?;
+        assert_eq!(at_alice.len(), 60, "60 digits: {at_alice}");
+        assert_eq!(at_alice, at_bob, "both sides show the same safety number");
+
+        click(&alice, "mark-verified").await?;
+        let deadline = tokio::time::Instant::now() + STEP;
+        while text_of(&alice, "verified-state").await? != "Verified" {
+            assert!(tokio::time::Instant::now() < deadline, "the contact is marked verified");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // A pasted invite that is not one is refused in plain words.
+        click(&bob, "add-contact").await?;
+        paste(&bob, "invite-input", "cairn://invite/not-an-invite").await?;
+        click(&bob, "accept-invite").await?;
+        assert!(text_of(&bob, "error").await?.contains("not a valid Cairn invite"));
+        alice.close().await?;
+        bob.close().await?;
         Ok(())
     })
     .await

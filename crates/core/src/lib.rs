@@ -11,14 +11,18 @@ mod contacts;
 mod devices;
 mod messaging;
 mod messenger;
+mod outbox;
 mod paths;
+mod qr;
 mod views;
 
 pub use cairn_crypto::SafetyNumber;
 pub use cairn_store::KeyVault;
 pub use devices::LinkGrant;
 pub use messenger::{normalize_display_name, AccountInfo, Messenger, Unlock};
+pub use outbox::QueuedEnvelope;
 pub use paths::{default_profile_dir, validate_profile_name, DEFAULT_PROFILE};
+pub use qr::{qr_svg, read_qr_image};
 pub use views::{ContactView, DeliveryState, Event, MessageView, Outgoing, Received};
 
 /// Everything that can go wrong in the core.

@@ -13,7 +13,6 @@ use cairn_proto::{
     SealedInner, SignedDeviceList, DEFAULT_TTL_SECS,
 };
 use cairn_store::{AccountRecord, DeviceRecord, KdfParams, KeyVault, ProfileDb, ProfileDir};
-use qrcode::{render::svg, EcLevel, QrCode};
 
 use crate::{CoreError, Outgoing, Result};
 
@@ -191,7 +190,7 @@ impl Messenger {
 
     /// The invite link as a QR code in SVG, for the UI to show.
     pub fn invite_qr_svg(&self) -> Result<String> {
-        qr_svg(&self.invite()?.to_link())
+        crate::qr::qr_svg(self.invite()?.to_link().as_bytes())
     }
 
     /// This account's card with the bundles of all its devices that are known here.
@@ -344,13 +343,6 @@ pub fn normalize_display_name(name: &str) -> Result<&str> {
         return Err(CoreError::InvalidDisplayName);
     }
     Ok(name)
-}
-
-/// Renders `text` as a QR code in SVG. Low error correction: an invite carries a
-/// 1.5 KiB Kyber key and must fit one code; screens do not smudge.
-pub(crate) fn qr_svg(text: &str) -> Result<String> {
-    let code = QrCode::with_error_correction_level(text, EcLevel::L).map_err(|e| CoreError::QrCode(e.to_string()))?;
-    Ok(code.render::<svg::Color<'_>>().min_dimensions(320, 320).build())
 }
 
 fn load_account(db: &ProfileDb) -> Result<Option<Account>> {

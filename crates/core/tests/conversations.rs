@@ -516,3 +516,21 @@ fn an_identity_change_warns_blocks_sending_and_holds_envelopes_until_accepted() 
         Err(CoreError::NoIdentityChange(_))
     ));
 }
+
+#[test]
+fn queued_envelopes_survive_a_restart_and_leave_the_outbox_once_delivered() {
+    let (mut w, [a1, _a2, b1, _b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    let (_, out) = w.m(a1).send_text(&bob, "queued while offline").unwrap();
+    w.m(a1).enqueue(&out).unwrap();
+    w.reopen_all();
+    let queued = w.m(a1).queued(100).unwrap();
+    assert_eq!(queued.len(), out.len());
+    for q in queued {
+        w.deliver(q.outgoing).unwrap();
+        w.m(a1).dequeue(q.seq).unwrap();
+    }
+    w.deliver_all();
+    assert!(w.m(a1).queued(100).unwrap().is_empty());
+    assert_eq!(w.texts(b1, &alice), ["queued while offline"]);
+}

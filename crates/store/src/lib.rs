@@ -20,7 +20,7 @@ pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
 pub use migrations::{migrations, SCHEMA_VERSION};
 pub use profile_dir::{KeySource, ProfileDir};
-pub use signal::{ContactRecord, PinnedIdentity};
+pub use signal::{ContactRecord, PinnedIdentity, QueuedRecord};
 
 /// Everything that can go wrong in the local store.
 #[derive(Debug, thiserror::Error)]

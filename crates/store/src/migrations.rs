@@ -62,7 +62,8 @@ END;
 
 /// Schema version 3: Signal sessions, prekeys, pinned identities, contacts and
 /// their devices, this account's device list, envelopes held back while a
-/// contact's changed identity key waits for acceptance, and message direction.
+/// contact's changed identity key waits for acceptance, the outbox of sealed
+/// envelopes waiting for a transport, and message direction.
 const V3_SESSIONS: &str = "
 CREATE TABLE identities (
     account_id    TEXT    PRIMARY KEY,
@@ -115,6 +116,13 @@ CREATE TABLE held_envelopes (
     sender       TEXT    NOT NULL,
     envelope     BLOB    NOT NULL,
     received_at  INTEGER NOT NULL
+);
+CREATE TABLE outbox (
+    seq         INTEGER PRIMARY KEY,
+    account_id  TEXT    NOT NULL,
+    device_id   INTEGER NOT NULL,
+    envelope    BLOB    NOT NULL,
+    created_at  INTEGER NOT NULL
 );
 ALTER TABLE messages ADD COLUMN outgoing INTEGER NOT NULL DEFAULT 0;
 ";

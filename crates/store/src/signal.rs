@@ -19,6 +19,19 @@ pub struct PinnedIdentity {
     pub verified: bool,
 }
 
+/// An envelope waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRecord {
+    /// Queue position.
+    pub seq: i64,
+    /// Recipient account.
+    pub account_id: String,
+    /// Recipient device.
+    pub device_id: u8,
+    /// The encoded envelope.
+    pub envelope: Vec<u8>,
+}
+
 /// A contact as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactRecord {
@@ -242,6 +255,37 @@ impl ProfileDb {
     pub fn release_held_envelope(&self, envelope_id: &[u8]) -> Result<()> {
         self.conn
             .execute("DELETE FROM held_envelopes WHERE envelope_id = ?1", [envelope_id])?;
+        Ok(())
+    }
+
+    /// Queues a sealed envelope for a transport to deliver.
+    pub fn enqueue_envelope(&self, account_id: &str, device_id: u8, envelope: &[u8], now: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO outbox (account_id, device_id, envelope, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![account_id, device_id, envelope, now],
+        )?;
+        Ok(())
+    }
+
+    /// The oldest `limit` queued envelopes.
+    pub fn queued_envelopes(&self, limit: usize) -> Result<Vec<QueuedRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, account_id, device_id, envelope FROM outbox ORDER BY seq LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(QueuedRecord {
+                seq: r.get(0)?,
+                account_id: r.get(1)?,
+                device_id: r.get(2)?,
+                envelope: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Removes a delivered envelope from the queue.
+    pub fn dequeue_envelope(&self, seq: i64) -> Result<()> {
+        self.conn.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
         Ok(())
     }
 

@@ -40,6 +40,127 @@ async unlock(passphrase: string) : Promise<Result<ProfileStatus, AppError>> {
     if(e instanceof Error) throw e;
     else return { status: "error", error: e  as any };
 }
+},
+/**
+ * All contacts, by name.
+ */
+async contacts() : Promise<Result<ContactItem[], AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("contacts") };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Adds the person behind an invite link; the introduction waits in the outbox.
+ */
+async acceptInvite(link: string) : Promise<Result<ContactItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("accept_invite", { link }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Reads an invite link from a picture of its QR code (PNG or JPEG bytes).
+ */
+async readQrImage(bytes: number[]) : Promise<Result<string, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("read_qr_image", { bytes }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * The newest messages with a contact; marks received ones read.
+ */
+async conversation(peer: string) : Promise<Result<MessageItem[], AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("conversation", { peer }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Sends a text to a contact.
+ */
+async sendText(peer: string, body: string) : Promise<Result<MessageItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("send_text", { peer, body }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * The safety number with a contact.
+ */
+async safetyNumber(peer: string) : Promise<Result<SafetyNumberView, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("safety_number", { peer }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Marks a contact verified (or not) after comparing safety numbers.
+ */
+async setVerified(peer: string, verified: boolean) : Promise<Result<null, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("set_verified", { peer, verified }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Accepts a contact's changed identity key.
+ */
+async acceptIdentityChange(peer: string) : Promise<Result<ContactItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("accept_identity_change", { peer }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Searches every conversation.
+ */
+async search(query: string) : Promise<Result<MessageItem[], AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("search", { query }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * The current settings.
+ */
+async settings() : Promise<Result<Settings, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("settings") };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Switches read receipts on or off.
+ */
+async setReadReceipts(on: boolean) : Promise<Result<Settings, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("set_read_receipts", { on }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
 }
 }
 
@@ -66,9 +187,37 @@ inviteQrSvg: string }
  */
 export type AppError = { code: ErrorCode; message: string }
 /**
+ * A contact as the UI lists it.
+ */
+export type ContactItem = { accountId: string; displayName: string; verified: boolean; 
+/**
+ * Their identity key changed; the conversation shows a warning and sending is off.
+ */
+identityChanged: boolean; devices: number }
+/**
  * Error kinds the UI can react to.
  */
-export type ErrorCode = "WrongPassphrase" | "KeyringUnavailable" | "KeyMissing" | "ProfileInUse" | "InvalidInput" | "ProfileDamaged" | "Internal"
+export type ErrorCode = "NotOpen" | "IdentityChanged" | "WrongPassphrase" | "KeyringUnavailable" | "KeyMissing" | "ProfileInUse" | "InvalidInput" | "ProfileDamaged" | "Internal"
+/**
+ * A message as the UI shows it.
+ */
+export type MessageItem = { 
+/**
+ * Hex of the 128-bit message id.
+ */
+id: string; 
+/**
+ * The contact's account id.
+ */
+conversation: string; sender: string; outgoing: boolean; 
+/**
+ * Unix milliseconds.
+ */
+sentAt: number; body: string; state: MessageState }
+/**
+ * Delivery state of a message.
+ */
+export type MessageState = "Sending" | "Sent" | "Delivered" | "Read" | "Received"
 /**
  * Where the profile stands, which decides the screen the UI shows.
  */
@@ -90,6 +239,14 @@ export type ProfileStatus =
  * Open, with its account.
  */
 { state: "Ready"; account: AccountView }
+/**
+ * A safety number: 12 groups of 5 digits and the scannable form as a QR code.
+ */
+export type SafetyNumberView = { groups: string[]; qrSvg: string; verified: boolean }
+/**
+ * The settings a person can change.
+ */
+export type Settings = { readReceipts: boolean }
 
 /** tauri-specta globals **/
 

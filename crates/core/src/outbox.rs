@@ -1,0 +1,51 @@
+//! The outbox: sealed envelopes kept in the encrypted store until a transport takes
+//! them, so nothing produced while offline (or before the network layer runs) is lost.
+
+use cairn_proto::Envelope;
+
+use crate::messenger::{unix_millis, Messenger};
+use crate::{Outgoing, Result};
+
+/// An envelope waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEnvelope {
+    /// Its place in the queue, to remove it once delivered.
+    pub seq: i64,
+    /// The envelope and where it goes.
+    pub outgoing: Outgoing,
+}
+
+impl Messenger {
+    /// Puts envelopes in the outbox.
+    pub fn enqueue(&self, out: &[Outgoing]) -> Result<()> {
+        for o in out {
+            self.db
+                .enqueue_envelope(&o.account_id, o.device_id, &o.envelope.to_bytes(), unix_millis())?;
+        }
+        Ok(())
+    }
+
+    /// The oldest `limit` envelopes waiting for a transport.
+    pub fn queued(&self, limit: usize) -> Result<Vec<QueuedEnvelope>> {
+        self.db
+            .queued_envelopes(limit)?
+            .into_iter()
+            .map(|row| {
+                let envelope = Envelope::from_bytes(&row.envelope)?;
+                Ok(QueuedEnvelope {
+                    seq: row.seq,
+                    outgoing: Outgoing {
+                        account_id: row.account_id,
+                        device_id: row.device_id,
+                        envelope,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// A transport delivered the queued envelope `seq`.
+    pub fn dequeue(&self, seq: i64) -> Result<()> {
+        Ok(self.db.dequeue_envelope(seq)?)
+    }
+}

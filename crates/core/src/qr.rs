@@ -1,0 +1,75 @@
+//! QR codes: rendering text or bytes as SVG for the UI, and reading an invite back
+//! from a picture of one.
+
+use image::ImageReader;
+use qrcode::{render::svg, EcLevel, QrCode};
+
+use crate::{CoreError, Result};
+
+/// Largest picture accepted for QR decoding, in bytes and in pixels per side.
+const MAX_IMAGE_BYTES: usize = 16 * 1024 * 1024;
+const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// Renders `data` as a QR code in SVG. Low error correction: an invite carries a
+/// 1.5 KiB Kyber key and must fit one code; screens do not smudge.
+pub fn qr_svg(data: &[u8]) -> Result<String> {
+    let code = QrCode::with_error_correction_level(data, EcLevel::L).map_err(|e| CoreError::QrCode(e.to_string()))?;
+    Ok(code.render::<svg::Color<'_>>().min_dimensions(560, 560).build())
+}
+
+/// Finds a QR code in a picture (PNG, JPEG) and returns its text.
+pub fn read_qr_image(bytes: &[u8]) -> Result<String> {
+    if bytes.len() > MAX_IMAGE_BYTES {
+        return Err(CoreError::QrCode(format!(
+            "the picture is over {} MiB",
+            MAX_IMAGE_BYTES >> 20
+        )));
+    }
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| CoreError::QrCode(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    let picture = reader
+        .decode()
+        .map_err(|e| CoreError::QrCode(format!("not a picture we can read: {e}")))?;
+    let mut prepared = rqrr::PreparedImage::prepare(picture.to_luma8());
+    let grids = prepared.detect_grids();
+    let grid = grids
+        .first()
+        .ok_or_else(|| CoreError::QrCode("no QR code found in the picture".into()))?;
+    let (_, text) = grid
+        .decode()
+        .map_err(|e| CoreError::QrCode(format!("the QR code does not read: {e}")))?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_code_reads_back_from_a_png() {
+        let text = format!("cairn://invite/{}", "A".repeat(2400));
+        let code = QrCode::with_error_correction_level(text.as_bytes(), EcLevel::L).unwrap();
+        let pixels = code.render::<image::Luma<u8>>().module_dimensions(3, 3).build();
+        let mut png = Vec::new();
+        pixels
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(read_qr_image(&png).unwrap(), text);
+    }
+
+    #[test]
+    fn garbage_and_pictures_without_a_code_are_typed_errors() {
+        assert!(matches!(read_qr_image(b"not a picture"), Err(CoreError::QrCode(_))));
+        let blank = image::GrayImage::from_pixel(64, 64, image::Luma([255]));
+        let mut png = Vec::new();
+        blank
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert!(matches!(read_qr_image(&png), Err(CoreError::QrCode(m)) if m.contains("no QR code")));
+    }
+}
