@@ -189,7 +189,7 @@ pub async fn profile_status(state: tauri::State<'_, AppState>) -> Result<Profile
         }),
         Some(KeySource::Passphrase { .. }) => Ok(ProfileStatus::Locked),
         Some(KeySource::Keyring) => {
-            let messenger = Messenger::open_profile(&state.profile, Unlock::Keyring(state.vault()?))?;
+            let messenger = open(&state.profile, Unlock::Keyring(state.vault()?))?;
             status_of(slot.insert(messenger))
         }
     }
@@ -233,12 +233,20 @@ pub async fn create_account(
 pub async fn unlock(state: tauri::State<'_, AppState>, passphrase: String) -> Result<ProfileStatus, AppError> {
     let mut slot = state.messenger.lock().expect("messenger lock");
     if slot.is_none() {
-        *slot = Some(Messenger::open_profile(
-            &state.profile,
-            Unlock::Passphrase(&passphrase),
-        )?);
+        *slot = Some(open(&state.profile, Unlock::Passphrase(&passphrase))?);
     }
     status_of(slot.as_ref().expect("just opened"))
+}
+
+/// Opens the profile and does what is due on every start: a signed prekey older than
+/// the rotation period is replaced, and contacts are told (through the outbox).
+fn open(profile: &ProfileDir, unlock: Unlock<'_>) -> Result<Messenger, CoreError> {
+    let mut messenger = Messenger::open_profile(profile, unlock)?;
+    if messenger.has_account() {
+        let out = messenger.rotate_signed_prekey_if_due()?;
+        messenger.enqueue(&out)?;
+    }
+    Ok(messenger)
 }
 
 /// Runs `work` on the open messenger.

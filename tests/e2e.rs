@@ -295,7 +295,7 @@ async fn without_a_keyring_the_profile_is_locked_by_a_passphrase() -> Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn two_app_instances_exchange_invites_by_paste_and_show_the_same_safety_number() -> Result<()> {
+async fn two_app_instances_exchange_invites_by_paste_and_qr_picture_and_show_the_same_safety_number() -> Result<()> {
     with_timeout(async {
         let data = tempfile::tempdir()?;
         let (alice_driver, bob_driver) = (Driver::start(data.path(), &[])?, Driver::start(data.path(), &[])?);
@@ -316,7 +316,23 @@ async fn two_app_instances_exchange_invites_by_paste_and_show_the_same_safety_nu
             "the invite QR decodes to the invite"
         );
 
-        let at_bob = add_contact_and_read_safety_number(&bob, &alice_link, "Alice").await?;
+        // Bob adds Alice from a picture of her QR code (the file picker's input).
+        let picture = data.path().join("alice-invite.png");
+        std::fs::write(&picture, &window_png)?;
+        click(&bob, "add-contact").await?;
+        let file_input = bob.find(Locator::Css("[data-testid='qr-file']")).await?;
+        file_input.send_keys(&picture.display().to_string()).await?;
+        assert_eq!(
+            text_of(&bob, "conversation-title").await?,
+            "Alice",
+            "added from the QR picture"
+        );
+        click(&bob, "open-safety-number").await?;
+        let at_bob: String = full_text(&bob, "safety-digits")
+            .await?
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
         let at_alice = add_contact_and_read_safety_number(&alice, &bob_link, "Bob").await?;
         screenshot(&alice, "safety-number").await?;
         assert_eq!(at_alice.len(), 60, "60 digits: {at_alice}");

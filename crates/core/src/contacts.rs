@@ -19,6 +19,8 @@ impl Messenger {
     /// bundles for, and the returned envelopes introduce this account to them and
     /// tell this account's other devices about the new contact.
     pub fn accept_invite(&mut self, link: &str) -> Result<(ContactView, Vec<Outgoing>)> {
+        // Not one transaction: a changed key must stay recorded as pending even
+        // though the invite is refused.
         let invite = Invite::from_link(link)?;
         let (list, identity) = verify_device_list(&invite.card.device_list)?;
         let account_id = list.account_id.clone();

@@ -18,6 +18,10 @@ impl Messenger {
     /// deliver (one per device of the contact, one per other device of this account).
     /// Refused while the contact's changed identity key is not accepted.
     pub fn send_text(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<Outgoing>)> {
+        self.atomically(|this| this.send_text_now(peer, body))
+    }
+
+    fn send_text_now(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<Outgoing>)> {
         let contact = self.contact(peer)?;
         if contact.identity_changed {
             return Err(CoreError::IdentityChanged(peer.to_owned()));
@@ -75,6 +79,10 @@ impl Messenger {
     /// already processed) is [`CoreError::Duplicate`]; anything malformed, tampered
     /// with or not for this device is a typed error and changes nothing stored.
     pub fn receive(&mut self, bytes: &[u8]) -> Result<Received> {
+        self.atomically(|this| this.receive_now(bytes))
+    }
+
+    fn receive_now(&mut self, bytes: &[u8]) -> Result<Received> {
         let envelope = Envelope::from_bytes(bytes)?;
         if envelope.mailbox != self.mailbox()? {
             return Err(CoreError::WrongMailbox);
@@ -192,6 +200,10 @@ impl Messenger {
     /// The person has seen a conversation: its received messages become read and, if
     /// read receipts are on, the sender is told.
     pub fn mark_read(&mut self, peer: &str) -> Result<Vec<Outgoing>> {
+        self.atomically(|this| this.mark_read_now(peer))
+    }
+
+    fn mark_read_now(&mut self, peer: &str) -> Result<Vec<Outgoing>> {
         let ids: Vec<MessageId> = self
             .db
             .mark_conversation_read(peer.as_bytes())?

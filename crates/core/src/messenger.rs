@@ -325,6 +325,23 @@ impl Messenger {
         })
     }
 
+    /// Runs `work` in one store transaction: all of its writes land, or none do.
+    pub(crate) fn atomically<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.db.begin()?;
+        match work(self) {
+            Ok(value) => {
+                self.db.commit()?;
+                Ok(value)
+            }
+            Err(error) => {
+                if let Err(rollback) = self.db.rollback() {
+                    tracing::error!(%rollback, "rollback failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// Reads a boolean setting (default when unset).
     pub(crate) fn flag(&self, key: &str, default: bool) -> Result<bool> {
         Ok(self.db.setting(key)?.map_or(default, |v| v == "on"))

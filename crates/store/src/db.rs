@@ -143,6 +143,24 @@ impl ProfileDb {
         self
     }
 
+    /// Starts a transaction that [`ProfileDb::commit`] or [`ProfileDb::rollback`]
+    /// ends. The core wraps each envelope it processes (and each message it sends)
+    /// in one, so a ratchet step and the message it carried are stored together or
+    /// not at all.
+    pub fn begin(&self) -> Result<()> {
+        Ok(self.conn.execute_batch("BEGIN IMMEDIATE")?)
+    }
+
+    /// Commits the transaction [`ProfileDb::begin`] started.
+    pub fn commit(&self) -> Result<()> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    /// Undoes everything since [`ProfileDb::begin`].
+    pub fn rollback(&self) -> Result<()> {
+        Ok(self.conn.execute_batch("ROLLBACK")?)
+    }
+
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<usize> {
         Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
