@@ -2,6 +2,7 @@
 //!
 //! - `signal_library_alone`: libsignal's `message_encrypt`/`message_decrypt` over its
 //!   own in-memory store — the floor.
+//! - `seal_and_unseal_alone`: just the sealed-sender layer.
 //! - `cairn_crypto_in_memory`: Cairn's crypto layer over its in-memory store: Signal
 //!   encrypt, seal to the recipient identity, unseal, Signal decrypt, content decode.
 //! - `cairn_messenger_sqlcipher`: the whole `Messenger` path on real SQLCipher
@@ -138,6 +139,23 @@ fn cairn_crypto_in_memory(c: &mut Criterion) {
     c.bench_function("one_message/cairn_crypto_in_memory", |b| b.iter(one_message));
 }
 
+/// The sealed-sender layer alone (one ephemeral key, two X25519 agreements, HKDF,
+/// AES-GCM), to show how much of the crypto layer's cost it is.
+fn seal_and_unseal_alone(c: &mut Criterion) {
+    let (alice, alice_identity, _, _) = memory_device();
+    let bob_identity = AccountIdentity::generate();
+    let inner = SealedInner {
+        sender_account: alice,
+        sender_identity: alice_identity.public_key().serialize().into_vec(),
+        sender_device: 1,
+        prekey: false,
+        message: vec![0; 300],
+    };
+    c.bench_function("one_message/seal_and_unseal_alone", |b| {
+        b.iter(|| unseal(&bob_identity, &seal(bob_identity.public_key(), &inner).unwrap()).unwrap())
+    });
+}
+
 fn cairn_messenger_sqlcipher(c: &mut Criterion) {
     let vault = KeyVault::with_store(keyring_core::mock::Store::new().unwrap());
     let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -165,6 +183,7 @@ fn cairn_messenger_sqlcipher(c: &mut Criterion) {
 criterion_group!(
     benches,
     signal_library_alone,
+    seal_and_unseal_alone,
     cairn_crypto_in_memory,
     cairn_messenger_sqlcipher
 );
