@@ -345,6 +345,14 @@ async fn two_app_instances_exchange_invites_by_paste_and_qr_picture_and_show_the
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
+        // Alice writes to Bob: the message shows, waiting for the network to carry it.
+        click(&alice, "contact").await?;
+        paste(&alice, "message-input", "hello Bob").await?;
+        click(&alice, "send").await?;
+        assert_eq!(text_of(&alice, "message-body").await?, "hello Bob");
+        assert_eq!(text_of(&alice, "message-state").await?, "sending");
+        screenshot(&alice, "conversation").await?;
+
         // A pasted invite that is not one is refused in plain words.
         click(&bob, "add-contact").await?;
         paste(&bob, "invite-input", "cairn://invite/not-an-invite").await?;
