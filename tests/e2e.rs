@@ -105,25 +105,22 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn text_of(client: &Client, test_id: &str) -> Result<String> {
-    let element = client
+/// Waits for the element with `data-testid` = `test_id`.
+async fn element(client: &Client, test_id: &str) -> Result<fantoccini::elements::Element> {
+    client
         .wait()
         .at_most(STEP)
         .for_element(Locator::Css(&format!("[data-testid='{test_id}']")))
         .await
-        .with_context(|| format!("waiting for [data-testid='{test_id}']"))?;
-    Ok(element.text().await?)
+        .with_context(|| format!("waiting for [data-testid='{test_id}']"))
+}
+
+async fn text_of(client: &Client, test_id: &str) -> Result<String> {
+    Ok(element(client, test_id).await?.text().await?)
 }
 
 async fn fill(client: &Client, test_id: &str, text: &str) -> Result<()> {
-    let element = client
-        .wait()
-        .at_most(STEP)
-        .for_element(Locator::Css(&format!("[data-testid='{test_id}']")))
-        .await
-        .with_context(|| format!("waiting for [data-testid='{test_id}']"))?;
-    element.send_keys(text).await?;
-    Ok(())
+    Ok(element(client, test_id).await?.send_keys(text).await?)
 }
 
 async fn click(client: &Client, test_id: &str) -> Result<()> {
@@ -137,7 +134,7 @@ async fn click(client: &Client, test_id: &str) -> Result<()> {
 
 /// Sets a field's value at once, as a paste does, and lets the UI see it.
 async fn paste(client: &Client, test_id: &str, text: &str) -> Result<()> {
-    text_of(client, test_id).await?;
+    element(client, test_id).await?;
     client
         .execute(
             "const el = document.querySelector(`[data-testid='${arguments[0]}']`);
@@ -151,9 +148,11 @@ async fn paste(client: &Client, test_id: &str, text: &str) -> Result<()> {
 
 /// The full text of an element, including what its box clips.
 async fn full_text(client: &Client, test_id: &str) -> Result<String> {
-    text_of(client, test_id).await?;
-    let element = client.find(Locator::Css(&format!("[data-testid='{test_id}']"))).await?;
-    Ok(element.prop("textContent").await?.unwrap_or_default())
+    Ok(element(client, test_id)
+        .await?
+        .prop("textContent")
+        .await?
+        .unwrap_or_default())
 }
 
 /// Adds a contact by pasting their invite link; returns the safety number shown.
