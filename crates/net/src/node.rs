@@ -1,0 +1,367 @@
+//! A running node: the libp2p swarm (TCP and QUIC with Noise and Yamux, identify,
+//! ping, Kademlia, mDNS, and the envelope protocol) driven on a Tokio task, and the
+//! handle the rest of the app talks to it through.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{Delivery, EnvelopeCodec, ENVELOPE_PROTOCOL};
+use crate::NetError;
+
+/// How a node starts.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Addresses to listen on (`/ip4/0.0.0.0/udp/0/quic-v1`, `/ip4/127.0.0.1/tcp/0`, …).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (bootstrap nodes, addresses from invites).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
+    /// How long a request may wait for its answer.
+    pub request_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            request_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Something the node saw.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// The node listens on a new address.
+    Listening(Multiaddr),
+    /// An envelope arrived; answer it with [`NodeHandle::answer`] once it is stored.
+    Envelope {
+        /// The sending peer (a device, or a cache node relaying).
+        from: PeerId,
+        /// The encoded envelope.
+        bytes: Vec<u8>,
+        /// What to pass to [`NodeHandle::answer`].
+        inbound: InboundId,
+    },
+    /// A peer was found on the local network.
+    Discovered(PeerId),
+    /// A connection to a peer is up.
+    Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+}
+
+/// Identifies an inbound envelope until it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InboundId(u64);
+
+enum Command {
+    Send {
+        to: PeerId,
+        bytes: Vec<u8>,
+        done: oneshot::Sender<Result<Delivery, NetError>>,
+    },
+    Answer {
+        inbound: InboundId,
+        delivery: Delivery,
+    },
+    Dial {
+        address: Multiaddr,
+        done: oneshot::Sender<Result<(), NetError>>,
+    },
+    AddAddress {
+        peer: PeerId,
+        address: Multiaddr,
+    },
+    Listeners {
+        done: oneshot::Sender<Vec<Multiaddr>>,
+    },
+}
+
+/// Talks to a running node; cheap to clone. The node stops when every handle is gone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    envelopes: request_response::Behaviour<EnvelopeCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The libp2p identity of a device, from its 32-byte ed25519 transport seed.
+pub fn keypair_from_seed(seed: [u8; 32]) -> identity::Keypair {
+    identity::Keypair::ed25519_from_bytes(seed).expect("any 32 bytes are an ed25519 secret key")
+}
+
+/// The peer id of a device, from its ed25519 transport public key (as device lists carry it).
+pub fn peer_id_of(transport_key: &[u8; 32]) -> Result<PeerId, NetError> {
+    let key = identity::ed25519::PublicKey::try_from_bytes(transport_key).map_err(|_| NetError::InvalidKey)?;
+    Ok(identity::PublicKey::from(key).to_peer_id())
+}
+
+/// Starts a node with the device's transport seed; returns its handle and events.
+pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Receiver<NetEvent>), NetError> {
+    let keypair = keypair_from_seed(seed);
+    let peer_id = keypair.public().to_peer_id();
+    let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mdns = if config.mdns {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                envelopes: request_response::Behaviour::new(
+                    [(ENVELOPE_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(config.request_timeout),
+                ),
+                identify: identify::Behaviour::new(identify::Config::new("/cairn/id/1".into(), key.public())),
+                ping: ping::Behaviour::default(),
+                kad: kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id)),
+                mdns: mdns.into(),
+            })
+        })
+        .map_err(|e| transport(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    for address in &config.listen {
+        swarm.listen_on(address.clone()).map_err(|e| transport(&e))?;
+    }
+    for address in &config.bootstrap {
+        if let Err(e) = swarm.dial(address.clone()) {
+            tracing::warn!(%address, %e, "bootstrap dial failed");
+        }
+    }
+    let (commands, command_rx) = mpsc::channel(256);
+    let (events, event_rx) = mpsc::channel(256);
+    tokio::spawn(
+        Driver {
+            swarm,
+            commands: command_rx,
+            events,
+            pending: HashMap::new(),
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            dials: HashMap::new(),
+        }
+        .run(),
+    );
+    Ok((NodeHandle { peer_id, commands }, event_rx))
+}
+
+impl NodeHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Sends an encoded envelope to a peer and waits for its answer.
+    pub async fn send(&self, to: PeerId, bytes: Vec<u8>) -> Result<Delivery, NetError> {
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Send { to, bytes, done })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound envelope.
+    pub async fn answer(&self, inbound: InboundId, delivery: Delivery) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Answer { inbound, delivery })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Dials an address and waits until the connection is up.
+    pub async fn dial(&self, address: Multiaddr) -> Result<(), NetError> {
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Dial { address, done })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Tells the node where a peer can be reached (e.g. from an invite).
+    pub async fn add_address(&self, peer: PeerId, address: Multiaddr) -> Result<(), NetError> {
+        self.commands
+            .send(Command::AddAddress { peer, address })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// The addresses the node listens on now.
+    pub async fn listeners(&self) -> Result<Vec<Multiaddr>, NetError> {
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Listeners { done })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Delivery, NetError>>>,
+    inbound: HashMap<InboundId, ResponseChannel<Delivery>>,
+    next_inbound: u64,
+    dials: HashMap<ConnectionId, oneshot::Sender<Result<(), NetError>>>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    None => break,
+                    Some(command) => self.command(command),
+                },
+                event = self.swarm.select_next_some() => {
+                    if self.handle(event).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Send { to, bytes, done } => {
+                let id = self.swarm.behaviour_mut().envelopes.send_request(&to, bytes);
+                self.pending.insert(id, done);
+            }
+            Command::Answer { inbound, delivery } => {
+                if let Some(channel) = self.inbound.remove(&inbound) {
+                    // The peer may have gone; then there is nobody to tell.
+                    let _ = self.swarm.behaviour_mut().envelopes.send_response(channel, delivery);
+                }
+            }
+            Command::Dial { address, done } => {
+                let opts = DialOpts::from(address);
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, done);
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(NetError::Dial(e.to_string())));
+                    }
+                }
+            }
+            Command::AddAddress { peer, address } => {
+                self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
+                self.swarm.add_peer_address(peer, address);
+            }
+            Command::Listeners { done } => {
+                let _ = done.send(self.swarm.listeners().cloned().collect());
+            }
+        }
+    }
+
+    /// Handles one swarm event; `Err` when nobody listens for events any more.
+    async fn handle(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), ()> {
+        let emit = |e| self.events.send(e);
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => emit(NetEvent::Listening(address)).await.map_err(drop)?,
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                connection_id,
+                ..
+            } => {
+                if let Some(done) = self.dials.remove(&connection_id) {
+                    let _ = done.send(Ok(()));
+                }
+                if num_established.get() == 1 {
+                    self.events.send(NetEvent::Connected(peer_id)).await.map_err(drop)?
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id, error, ..
+            } => {
+                if let Some(done) = self.dials.remove(&connection_id) {
+                    let _ = done.send(Err(NetError::Dial(error.to_string())));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => emit(NetEvent::Disconnected(peer_id)).await.map_err(drop)?,
+            SwarmEvent::Behaviour(BehaviourEvent::Envelopes(event)) => match event {
+                request_response::Event::Message { peer, message, .. } => match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let inbound = InboundId(self.next_inbound);
+                        self.next_inbound += 1;
+                        self.inbound.insert(inbound, channel);
+                        self.events
+                            .send(NetEvent::Envelope {
+                                from: peer,
+                                bytes: request,
+                                inbound,
+                            })
+                            .await
+                            .map_err(drop)?;
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some(done) = self.pending.remove(&request_id) {
+                            let _ = done.send(Ok(response));
+                        }
+                    }
+                },
+                request_response::Event::OutboundFailure { request_id, error, .. } => {
+                    if let Some(done) = self.pending.remove(&request_id) {
+                        let _ = done.send(Err(NetError::Unreachable(error.to_string())));
+                    }
+                }
+                request_response::Event::InboundFailure { peer, error, .. } => {
+                    tracing::debug!(%peer, %error, "inbound envelope failed");
+                }
+                request_response::Event::ResponseSent { .. } => {}
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, address) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
+                    self.swarm.add_peer_address(peer, address);
+                    self.events.send(NetEvent::Discovered(peer)).await.map_err(drop)?;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                for address in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, address);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
