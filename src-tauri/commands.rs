@@ -243,8 +243,7 @@ pub async fn unlock(state: tauri::State<'_, AppState>, passphrase: String) -> Re
 fn open(profile: &ProfileDir, unlock: Unlock<'_>) -> Result<Messenger, CoreError> {
     let mut messenger = Messenger::open_profile(profile, unlock)?;
     if messenger.has_account() {
-        let out = messenger.rotate_signed_prekey_if_due()?;
-        messenger.enqueue(&out)?;
+        messenger.rotate_signed_prekey_if_due()?;
     }
     Ok(messenger)
 }
@@ -361,11 +360,7 @@ pub async fn contacts(state: tauri::State<'_, AppState>) -> Result<Vec<ContactIt
 #[tauri::command]
 #[specta::specta]
 pub async fn accept_invite(state: tauri::State<'_, AppState>, link: String) -> Result<ContactItem, AppError> {
-    with_messenger(&state, |m| {
-        let (contact, out) = m.accept_invite(&link)?;
-        m.enqueue(&out)?;
-        Ok(contact.into())
-    })
+    with_messenger(&state, |m| Ok(m.accept_invite(&link)?.0.into()))
 }
 
 /// Reads an invite link from a picture of its QR code (PNG or JPEG bytes).
@@ -380,8 +375,7 @@ pub async fn read_qr_image(bytes: Vec<u8>) -> Result<String, AppError> {
 #[specta::specta]
 pub async fn conversation(state: tauri::State<'_, AppState>, peer: String) -> Result<Vec<MessageItem>, AppError> {
     with_messenger(&state, |m| {
-        let out = m.mark_read(&peer)?;
-        m.enqueue(&out)?;
+        m.mark_read(&peer)?;
         Ok(m.conversation(&peer, 500)?.into_iter().map(MessageItem::from).collect())
     })
 }
@@ -390,11 +384,7 @@ pub async fn conversation(state: tauri::State<'_, AppState>, peer: String) -> Re
 #[tauri::command]
 #[specta::specta]
 pub async fn send_text(state: tauri::State<'_, AppState>, peer: String, body: String) -> Result<MessageItem, AppError> {
-    with_messenger(&state, |m| {
-        let (message, out) = m.send_text(&peer, &body)?;
-        m.enqueue(&out)?;
-        Ok(message.into())
-    })
+    with_messenger(&state, |m| Ok(m.send_text(&peer, &body)?.0.into()))
 }
 
 /// The safety number with a contact.
@@ -423,8 +413,17 @@ pub async fn set_verified(state: tauri::State<'_, AppState>, peer: String, verif
 #[specta::specta]
 pub async fn accept_identity_change(state: tauri::State<'_, AppState>, peer: String) -> Result<ContactItem, AppError> {
     with_messenger(&state, |m| {
-        let received = m.accept_identity_change(&peer)?;
-        m.enqueue(&received.replies)?;
+        m.accept_identity_change(&peer)?;
+        Ok(m.contact(&peer)?.into())
+    })
+}
+
+/// Refuses a contact's changed identity key: the old one stays.
+#[tauri::command]
+#[specta::specta]
+pub async fn reject_identity_change(state: tauri::State<'_, AppState>, peer: String) -> Result<ContactItem, AppError> {
+    with_messenger(&state, |m| {
+        m.reject_identity_change(&peer)?;
         Ok(m.contact(&peer)?.into())
     })
 }

@@ -38,6 +38,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::safety_number,
         commands::set_verified,
         commands::accept_identity_change,
+        commands::reject_identity_change,
         commands::search,
         commands::settings,
         commands::set_read_receipts,

@@ -40,6 +40,7 @@ impl Messenger {
         if is_new {
             out.extend(self.envelopes_to(&self.account()?.account_id.clone(), &Content::ContactSync(invite.card))?);
         }
+        self.enqueue(&out)?;
         Ok((self.contact(&account_id)?, out))
     }
 
@@ -75,9 +76,21 @@ impl Messenger {
             device_list_version: list.version,
             added_at: unix_millis(),
         })?;
+        let identity = IdentityKey::decode(&list.identity_key).map_err(|e| {
+            CoreError::Crypto(cairn_crypto::CryptoError::InvalidKey {
+                what: "contact identity",
+                reason: e.to_string(),
+            })
+        })?;
         for bundle in &card.bundles {
-            self.db
-                .save_bundle(account_id, bundle.device_id, &encode_versioned(bundle))?;
+            // Bundles travel beside the signed list: each must carry valid signatures
+            // by the list's key, or it is dropped.
+            match cairn_crypto::to_signal_bundle(&identity, bundle) {
+                Ok(_) => self
+                    .db
+                    .save_bundle(account_id, bundle.device_id, &encode_versioned(bundle))?,
+                Err(e) => tracing::warn!(account_id, device = bundle.device_id, %e, "dropping a bad prekey bundle"),
+            }
         }
         Ok(())
     }
@@ -94,14 +107,19 @@ impl Messenger {
         let (list, identity) = verify_device_list(&card.device_list)?;
         let own = self.account()?.account_id.clone();
         if sender == own {
-            // One of our devices, e.g. after linking or a prekey rotation.
-            self.adopt_own_device_list(&card.device_list)?;
-            for bundle in card
-                .bundles
-                .iter()
-                .filter(|b| b.device_id != self.account().map_or(0, |a| a.device.device_id()))
-            {
-                self.db.save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?;
+            // One of our devices, e.g. after linking or a prekey rotation. Its list may
+            // be older than ours (it has not heard of a newer link yet): keep ours then,
+            // but take its fresh bundle.
+            match self.adopt_own_device_list(&card.device_list) {
+                Ok(_) | Err(CoreError::DeviceListRollback { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let this_device = self.account()?.device.device_id();
+            for bundle in card.bundles.iter().filter(|b| b.device_id != this_device) {
+                match cairn_crypto::to_signal_bundle(&identity, bundle) {
+                    Ok(_) => self.db.save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?,
+                    Err(e) => tracing::warn!(device = bundle.device_id, %e, "dropping a bad own-device bundle"),
+                }
             }
             return Ok(());
         }
@@ -198,21 +216,37 @@ impl Messenger {
     /// sessions are dropped, verification is cleared, and the envelopes that waited
     /// for this are processed now.
     pub fn accept_identity_change(&mut self, account_id: &str) -> Result<Received> {
-        if !self.db.accept_pending_identity(account_id)? {
+        let accepted = self.db.accept_pending_identity(account_id)?;
+        let held = self.db.held_envelopes(account_id)?;
+        // Held envelopes left by an interrupted acceptance are drained on a retry.
+        if !accepted && held.is_empty() {
             return Err(CoreError::NoIdentityChange(account_id.into()));
         }
         let mut received = Received::default();
-        for (envelope_id, envelope) in self.db.held_envelopes(account_id)? {
+        for (envelope_id, envelope) in held {
             match self.receive(&envelope) {
+                // Held again (yet another key): it stays for that decision.
+                Ok(r) if r.events.iter().any(|e| matches!(e, Event::IdentityChanged(_))) => {}
                 Ok(r) => {
                     received.events.extend(r.events);
                     received.replies.extend(r.replies);
+                    self.db.release_held_envelope(&envelope_id)?;
                 }
+                Err(CoreError::Duplicate) => self.db.release_held_envelope(&envelope_id)?,
                 Err(e) => tracing::warn!(%e, "a held envelope did not open after accepting the new key"),
             }
-            self.db.release_held_envelope(&envelope_id)?;
         }
         received.events.push(Event::ContactChanged(account_id.to_owned()));
         Ok(received)
+    }
+
+    /// The person refuses a contact's changed key: the old key stays pinned and what
+    /// came with the new one is dropped.
+    pub fn reject_identity_change(&mut self, account_id: &str) -> Result<()> {
+        if self.db.reject_pending_identity(account_id)? {
+            Ok(())
+        } else {
+            Err(CoreError::NoIdentityChange(account_id.into()))
+        }
     }
 }

@@ -3,11 +3,14 @@
 //! prekey. Either way, contacts and own devices receive the new card.
 
 use cairn_crypto::{generate_signed_prekey, sign_device_list, signed_prekey_due, verify_device_list, AccountIdentity};
-use cairn_proto::{encode_versioned, ContactCard, Content, DeviceList, PrekeyBundle, SignedDeviceList};
+use cairn_proto::{encode_versioned, ContactCard, Content, DeviceList, PrekeyBundle, SignedDeviceList, MAX_DEVICES};
 use zeroize::Zeroizing;
 
 use crate::messenger::{unix_millis, Messenger};
 use crate::{CoreError, Outgoing, Result};
+
+/// How long a replaced signed prekey is kept (as Signal does: 30 days).
+const SIGNED_PREKEY_GRACE_MILLIS: i64 = 30 * 24 * 3600 * 1000;
 
 /// What an existing device hands a new one so it can join the account. Holds the
 /// account identity private key: it only ever travels inside the encrypted link
@@ -27,6 +30,9 @@ impl Messenger {
     pub fn grant_link(&self) -> Result<LinkGrant> {
         let account = self.account()?;
         let (list, _) = verify_device_list(&self.own_device_list()?)?;
+        if list.devices.len() >= MAX_DEVICES {
+            return Err(CoreError::TooManyDevices);
+        }
         let device_id = (1..=127u8)
             .find(|id| list.device(*id).is_none())
             .ok_or(CoreError::TooManyDevices)?;
@@ -44,6 +50,10 @@ impl Messenger {
     /// it to the device list (one version up) and returns this account's card for
     /// the granting device.
     pub fn join_account(&mut self, grant: LinkGrant) -> Result<ContactCard> {
+        self.installing(|this| this.join_account_now(grant))
+    }
+
+    fn join_account_now(&mut self, grant: LinkGrant) -> Result<ContactCard> {
         let identity = AccountIdentity::from_bytes(&grant.identity)?;
         let (mut list, signer) = verify_device_list(&grant.device_list)?;
         if signer != *identity.public_key() || list.account_id != grant.account_id {
@@ -90,7 +100,12 @@ impl Messenger {
         let (id, _) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
         let next = id.checked_add(1).ok_or(CoreError::NoAccount)?;
         let record = generate_signed_prekey(&self.account()?.identity, next)?;
-        self.db.save_signed_prekey(next, &record, unix_millis())?;
+        let now = unix_millis();
+        self.db.save_signed_prekey(next, &record, now)?;
+        // Replaced keys stay long enough for sessions that started from them, then go:
+        // a key kept forever would let a later thief open every recorded session start.
+        self.db
+            .delete_signed_prekeys_before(now - SIGNED_PREKEY_GRACE_MILLIS, next)?;
         self.announce_card()
     }
 
@@ -104,6 +119,7 @@ impl Messenger {
         for contact in self.db.contacts()? {
             out.extend(self.envelopes_to(&contact.account_id, &hello)?);
         }
+        self.enqueue(&out)?;
         Ok(out)
     }
 }

@@ -96,7 +96,10 @@ pub enum CoreError {
     /// No device of the contact can be reached yet (no session, no bundle).
     #[error("no device of {0} can be reached yet")]
     NoReachableDevice(String),
-    /// The account already has 127 devices.
+    /// A message id already used by another sender or conversation.
+    #[error("a message id collides with another message")]
+    MessageIdCollision,
+    /// The account already has as many devices as a device list may hold.
     #[error("the account has as many devices as it can")]
     TooManyDevices,
     /// A QR code could not be rendered.

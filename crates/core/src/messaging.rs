@@ -10,6 +10,9 @@ use rand::RngCore;
 use crate::messenger::{unix_millis, Messenger};
 use crate::{CoreError, DeliveryState, Event, MessageView, Outgoing, Received, Result};
 
+/// Most envelopes kept for one sender while their new key waits for a decision.
+const MAX_HELD_PER_SENDER: usize = 64;
+
 /// Setting key: whether this account sends read receipts.
 const READ_RECEIPTS: &str = "read_receipts";
 
@@ -61,6 +64,8 @@ impl Messenger {
             state: "sending",
             outgoing: true,
         })?;
+        // Queued in the same transaction as the ratchet step and the message.
+        self.enqueue(&out)?;
         Ok((self.message(&id)?, out))
     }
 
@@ -101,13 +106,7 @@ impl Messenger {
         if !from_own_device {
             if let Some(pinned) = self.db.pinned_identity(&sender)? {
                 if pinned.identity_key[..] != sender_key.serialize()[..] {
-                    // Keep it until the person decides about the new key.
-                    self.db.set_pending_identity(&sender, &sender_key.serialize())?;
-                    self.db.hold_envelope(&envelope.id(), &sender, bytes, unix_millis())?;
-                    return Ok(Received {
-                        events: vec![Event::IdentityChanged(sender)],
-                        replies: Vec::new(),
-                    });
+                    return self.hold_for_identity_change(&sender, &sender_key, &inner, &envelope, bytes);
                 }
             }
         }
@@ -128,7 +127,37 @@ impl Messenger {
             Content::ContactSync(card) if from_own_device => self.receive_contact_sync(card, &mut out)?,
             Content::ContactSync(_) => return Err(CoreError::NotFromOwnDevice),
         }
+        self.enqueue(&out.replies)?;
         Ok(out)
+    }
+
+    /// An envelope from a known account with a different key: if it really is a
+    /// session start made with that key, keep it (bounded) until the person decides,
+    /// and warn. Anything else claiming a new key is refused and changes nothing.
+    fn hold_for_identity_change(
+        &mut self,
+        sender: &str,
+        sender_key: &IdentityKey,
+        inner: &cairn_proto::SealedInner,
+        envelope: &Envelope,
+        bytes: &[u8],
+    ) -> Result<Received> {
+        let made_with = inner
+            .prekey
+            .then(|| cairn_crypto::prekey_message_identity(&inner.message));
+        if !matches!(made_with, Some(Ok(key)) if key == *sender_key) {
+            return Err(CoreError::CardMismatch);
+        }
+        if self.db.held_envelopes(sender)?.len() >= MAX_HELD_PER_SENDER
+            || !self.db.set_pending_identity(sender, &sender_key.serialize())?
+        {
+            return Err(CoreError::IdentityChanged(sender.to_owned()));
+        }
+        self.db.hold_envelope(&envelope.id(), sender, bytes, unix_millis())?;
+        Ok(Received {
+            events: vec![Event::IdentityChanged(sender.to_owned())],
+            replies: Vec::new(),
+        })
     }
 
     fn receive_text(
@@ -161,6 +190,13 @@ impl Messenger {
             outgoing: from_own_device,
         })?;
         if !new {
+            // Ids are random: the same id from another sender or conversation is not
+            // a copy but a collision (or an attempt to shadow a message).
+            let existing = self.message(&text.id)?;
+            let stored_sender = if from_own_device { own.as_str() } else { sender };
+            if existing.conversation != conversation || existing.sender != stored_sender {
+                return Err(CoreError::MessageIdCollision);
+            }
             return Ok(());
         }
         out.events.push(Event::Message(self.message(&text.id)?));
@@ -169,11 +205,10 @@ impl Messenger {
                 kind: ReceiptKind::Delivered,
                 message_ids: vec![text.id],
             });
+            // A failed receipt must not undo the message (a card may not have arrived yet).
             match self.envelopes_to(sender, &receipt) {
                 Ok(replies) => out.replies.extend(replies),
-                // A message may overtake the sender's card; the receipt is then skipped.
-                Err(CoreError::UnknownContact(_)) => {}
-                Err(e) => return Err(e),
+                Err(e) => tracing::debug!(sender, %e, "no delivery receipt"),
             }
         }
         Ok(())
@@ -213,13 +248,17 @@ impl Messenger {
         if ids.is_empty() || !self.read_receipts()? {
             return Ok(Vec::new());
         }
-        self.envelopes_to(
-            peer,
-            &Content::Receipt(Receipt {
-                kind: ReceiptKind::Read,
-                message_ids: ids,
-            }),
-        )
+        let receipt = Content::Receipt(Receipt {
+            kind: ReceiptKind::Read,
+            message_ids: ids,
+        });
+        let out = match self.envelopes_to(peer, &receipt) {
+            // Someone who is not a contact gets no receipt; the messages are read all the same.
+            Err(CoreError::UnknownContact(_)) => Vec::new(),
+            other => other?,
+        };
+        self.enqueue(&out)?;
+        Ok(out)
     }
 
     /// Whether read receipts are sent (on unless switched off).

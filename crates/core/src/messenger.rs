@@ -79,6 +79,23 @@ impl Messenger {
 
     /// Creates the account identity key and this device's keys, and stores them.
     pub fn create_account(&mut self, display_name: &str) -> Result<AccountInfo> {
+        self.installing(|this| this.create_account_now(display_name))
+    }
+
+    /// Runs an account installation in one transaction; if it fails, this messenger
+    /// is left without an account, as its database is.
+    pub(crate) fn installing<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.account.is_some() {
+            return Err(CoreError::AccountExists);
+        }
+        let outcome = self.atomically(work);
+        if outcome.is_err() {
+            self.account = None;
+        }
+        outcome
+    }
+
+    fn create_account_now(&mut self, display_name: &str) -> Result<AccountInfo> {
         let identity = AccountIdentity::generate();
         self.install_identity(
             AccountId::generate().to_string(),
@@ -240,8 +257,13 @@ impl Messenger {
             return Err(CoreError::NotOurAccount);
         }
         if let Ok(current) = self.own_device_list() {
+            if current == *signed {
+                return Ok(list);
+            }
             let (current, _) = verify_device_list(&current)?;
-            if list.version < current.version {
+            // Two different lists at one version (two links granted at once) must not
+            // replace each other silently.
+            if list.version <= current.version {
                 return Err(CoreError::DeviceListRollback {
                     have: current.version,
                     got: list.version,
@@ -271,6 +293,12 @@ impl Messenger {
             .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
         let signed: SignedDeviceList = decode_versioned(&contact.device_list, MAX_STORED_RECORD)?;
         let (list, identity) = verify_device_list(&signed)?;
+        // A list signed by a key other than the pinned one (left from before an
+        // accepted identity change) names no device we may seal to.
+        let pinned = self.db.pinned_identity(account_id)?.map(|p| p.identity_key);
+        if pinned.as_deref() != Some(&identity.serialize()[..]) {
+            return Ok((identity, Vec::new()));
+        }
         Ok((identity, list.devices))
     }
 
@@ -287,8 +315,14 @@ impl Messenger {
                     tracing::debug!(account_id, device = device.device_id, "no session or bundle yet");
                     continue;
                 };
-                let bundle: PrekeyBundle = decode_versioned(bytes, MAX_STORED_RECORD)?;
-                cairn_crypto::start_session(&self.db, account_id, &identity, &bundle)?;
+                let started = decode_versioned::<PrekeyBundle>(bytes, MAX_STORED_RECORD)
+                    .map_err(CoreError::from)
+                    .and_then(|bundle| Ok(cairn_crypto::start_session(&self.db, account_id, &identity, &bundle)?));
+                if let Err(e) = started {
+                    // One bad bundle must not cut the contact's other devices off.
+                    tracing::warn!(account_id, device = device.device_id, %e, "skipping a device whose bundle fails");
+                    continue;
+                }
             }
             let ciphertext = cairn_crypto::encrypt(&self.db, account_id, device.device_id, &plaintext)?;
             out.push(self.seal_for(account_id, &identity, &device, ciphertext)?);
@@ -328,18 +362,14 @@ impl Messenger {
     /// Runs `work` in one store transaction: all of its writes land, or none do.
     pub(crate) fn atomically<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.db.begin()?;
-        match work(self) {
-            Ok(value) => {
-                self.db.commit()?;
-                Ok(value)
-            }
-            Err(error) => {
-                if let Err(rollback) = self.db.rollback() {
-                    tracing::error!(%rollback, "rollback failed");
-                }
-                Err(error)
+        let outcome = work(self).and_then(|value| Ok(self.db.commit().map(|()| value)?));
+        if outcome.is_err() {
+            // Also after a failed COMMIT, which can leave the transaction open.
+            if let Err(rollback) = self.db.rollback() {
+                tracing::debug!(%rollback, "rollback after failure");
             }
         }
+        outcome
     }
 
     /// Reads a boolean setting (default when unset).

@@ -1,5 +1,8 @@
 //! The outbox: sealed envelopes kept in the encrypted store until a transport takes
 //! them, so nothing produced while offline (or before the network layer runs) is lost.
+//! Every operation that produces envelopes queues them in the same transaction as the
+//! state change that produced them, and also returns them for a caller that can
+//! deliver at once (it then dequeues them).
 
 use cairn_proto::Envelope;
 

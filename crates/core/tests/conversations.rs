@@ -440,6 +440,7 @@ fn impostor_of(account_id: &str) -> Impostor {
     Impostor { identity, card, store }
 }
 
+use cairn_crypto::IdentityKey;
 use cairn_proto::{ContactCard, Content, DeviceEntry, DeviceList, Envelope, Invite, SealedInner, DEFAULT_TTL_SECS};
 
 #[test]
@@ -521,16 +522,119 @@ fn an_identity_change_warns_blocks_sending_and_holds_envelopes_until_accepted() 
 fn queued_envelopes_survive_a_restart_and_leave_the_outbox_once_delivered() {
     let (mut w, [a1, _a2, b1, _b2]) = alice_and_bob();
     let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    // Queued with the message itself, in one transaction.
     let (_, out) = w.m(a1).send_text(&bob, "queued while offline").unwrap();
-    w.m(a1).enqueue(&out).unwrap();
+    let already_queued = w.m(a1).queued(1000).unwrap().len();
+    assert!(already_queued >= out.len());
     w.reopen_all();
-    let queued = w.m(a1).queued(100).unwrap();
-    assert_eq!(queued.len(), out.len());
-    for q in queued {
+    let queued = w.m(a1).queued(1000).unwrap();
+    assert_eq!(queued.len(), already_queued, "the outbox survived the restart");
+    for q in queued.into_iter().rev().take(out.len()) {
         w.deliver(q.outgoing).unwrap();
         w.m(a1).dequeue(q.seq).unwrap();
     }
+    assert_eq!(
+        w.m(a1).queued(1000).unwrap().len(),
+        already_queued - out.len(),
+        "delivered ones left the outbox"
+    );
     w.deliver_all();
-    assert!(w.m(a1).queued(100).unwrap().is_empty());
     assert_eq!(w.texts(b1, &alice), ["queued while offline"]);
+}
+
+/// Encrypts `content` in a session from `author` to Alice's device 1 (started from
+/// her invite) and seals it as coming from account `claimed` with `claimed_key`.
+fn forged_envelope(
+    author: &Impostor,
+    claimed: &str,
+    claimed_key: &IdentityKey,
+    alice: &str,
+    alice_link: &str,
+) -> Envelope {
+    let card = Invite::from_link(alice_link).unwrap().card;
+    let (list, key) = cairn_crypto::verify_device_list(&card.device_list).unwrap();
+    if !cairn_crypto::has_session(&author.store, alice, 1).unwrap() {
+        cairn_crypto::start_session(&author.store, alice, &key, &card.bundles[0]).unwrap();
+    }
+    let content = Content::Hello {
+        card: author.card.clone(),
+        reply: false,
+    }
+    .to_padded_bytes();
+    let ciphertext = cairn_crypto::encrypt(&author.store, alice, 1, &content).unwrap();
+    let inner = SealedInner {
+        sender_account: claimed.to_owned(),
+        sender_identity: claimed_key.serialize().into_vec(),
+        sender_device: 1,
+        prekey: ciphertext.prekey,
+        message: ciphertext.bytes,
+    };
+    Envelope {
+        mailbox: cairn_crypto::mailbox_of(&list.device(1).unwrap().transport_key),
+        created: 0,
+        ttl: DEFAULT_TTL_SECS,
+        pow: 0,
+        body: cairn_crypto::seal(&key, &inner).unwrap().to_bytes(),
+    }
+}
+
+#[test]
+fn a_key_that_did_not_make_the_message_changes_nothing_and_a_change_can_be_rejected() {
+    let (mut w, [a1, _a2, b1, _b2]) = alice_and_bob();
+    let (alice, bob) = (w.account_id(a1), w.account_id(b1));
+    let link = w.m(a1).account_info().unwrap().invite_link;
+    let (mallory, trudy) = (impostor_of(&bob), impostor_of(&bob));
+    let (mallory_key, trudy_key) = (*mallory.identity.public_key(), *trudy.identity.public_key());
+
+    // Trudy's message dressed up as sealed by Mallory's key: refused, nothing recorded.
+    let forged = forged_envelope(&trudy, &bob, &mallory_key, &alice, &link);
+    assert!(matches!(
+        w.m(a1).receive(&forged.to_bytes()),
+        Err(CoreError::CardMismatch)
+    ));
+    assert!(!w.m(a1).contact(&bob).unwrap().identity_changed);
+
+    // Mallory's own session start: held, with the warning.
+    let genuine = forged_envelope(&mallory, &bob, &mallory_key, &alice, &link);
+    assert_eq!(
+        w.m(a1).receive(&genuine.to_bytes()).unwrap().events,
+        vec![Event::IdentityChanged(bob.clone())]
+    );
+    // Trudy cannot replace the key that is waiting for Alice's decision.
+    let trudys = forged_envelope(&trudy, &bob, &trudy_key, &alice, &link);
+    assert!(matches!(
+        w.m(a1).receive(&trudys.to_bytes()),
+        Err(CoreError::IdentityChanged(_))
+    ));
+
+    // Alice refuses the change: Bob's real key stays, and they go on talking.
+    w.m(a1).reject_identity_change(&bob).unwrap();
+    assert!(!w.m(a1).contact(&bob).unwrap().identity_changed);
+    let (_, out) = w.m(a1).send_text(&bob, "still the real Bob?").unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(w.texts(b1, &alice), ["still the real Bob?"]);
+    assert!(matches!(
+        w.m(a1).accept_identity_change(&bob),
+        Err(CoreError::NoIdentityChange(_))
+    ));
+}
+
+#[test]
+fn two_links_granted_at_once_cannot_both_take_the_same_device_id() {
+    let mut w = World::new();
+    let a1 = w.account("a1", "Alice");
+    let first_grant = w.m(a1).grant_link().unwrap();
+    let second_grant = w.m(a1).grant_link().unwrap();
+    let (d2, d3) = (w.new_profile("a2"), w.new_profile("a3"));
+    let first = w.m(d2).join_account(first_grant).unwrap();
+    let second = w.m(d3).join_account(second_grant).unwrap();
+    let out = w.m(a1).complete_link(first).unwrap();
+    w.send(out);
+    let result = w.m(a1).complete_link(second);
+    assert!(
+        matches!(result, Err(CoreError::DeviceListRollback { .. })),
+        "{:?}",
+        result.map(|o| o.len())
+    );
 }

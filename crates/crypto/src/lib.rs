@@ -23,7 +23,8 @@ pub use prekeys::{
 pub use safety_number::SafetyNumber;
 pub use seal::{seal, unseal};
 pub use session::{
-    decrypt, encrypt, has_session, start_session, Ciphertext, MemorySignalStore, SignalStore, StoreFailure, StoreResult,
+    decrypt, encrypt, has_session, prekey_message_identity, start_session, Ciphertext, MemorySignalStore, SignalStore,
+    StoreFailure, StoreResult,
 };
 
 /// Everything that can go wrong with keys, sessions and sealing.

@@ -303,6 +303,12 @@ pub struct Ciphertext {
     pub bytes: Vec<u8>,
 }
 
+/// The identity key a session-starting message (PreKeySignalMessage) was made with.
+pub fn prekey_message_identity(bytes: &[u8]) -> Result<IdentityKey, CryptoError> {
+    let message = PreKeySignalMessage::try_from(bytes).map_err(|e| CryptoError::InvalidMessage(e.to_string()))?;
+    Ok(*message.identity_key())
+}
+
 /// Encrypts `plaintext` for one peer device over the existing session.
 pub fn encrypt(
     store: &dyn SignalStore,

@@ -216,11 +216,10 @@ impl ProfileDb {
         .transpose()
     }
 
-    /// Saves the account and device records in one transaction: a profile never
-    /// holds one without the other.
-    pub fn save_identity(&mut self, account: &AccountRecord, device: &DeviceRecord) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+    /// Saves the account and device records. Callers run it inside
+    /// [`ProfileDb::begin`]/[`ProfileDb::commit`] with what else makes an account.
+    pub fn save_identity(&self, account: &AccountRecord, device: &DeviceRecord) -> Result<()> {
+        self.conn.execute(
             "INSERT OR REPLACE INTO account (id, account_id, display_name, identity_key, created_at)
              VALUES (1, ?1, ?2, ?3, ?4)",
             params![
@@ -230,7 +229,7 @@ impl ProfileDb {
                 account.created_at
             ],
         )?;
-        tx.execute(
+        self.conn.execute(
             "INSERT OR REPLACE INTO device (id, device_id, registration_id, transport_seed, created_at)
              VALUES (1, ?1, ?2, ?3, ?4)",
             params![
@@ -240,7 +239,6 @@ impl ProfileDb {
                 device.created_at
             ],
         )?;
-        tx.commit()?;
         Ok(())
     }
 

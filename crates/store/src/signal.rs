@@ -75,13 +75,26 @@ impl ProfileDb {
         Ok(())
     }
 
-    /// Records a changed key that waits for the person's acceptance.
-    pub fn set_pending_identity(&self, account_id: &str, key: &[u8]) -> Result<()> {
-        self.conn.execute(
-            "UPDATE identities SET pending_key = ?2 WHERE account_id = ?1 AND identity_key != ?2",
+    /// Records a changed key that waits for the person's acceptance. A pending key
+    /// is never replaced by yet another one: false if a different key is pending.
+    pub fn set_pending_identity(&self, account_id: &str, key: &[u8]) -> Result<bool> {
+        let changed = self.conn.execute(
+            "UPDATE identities SET pending_key = ?2
+             WHERE account_id = ?1 AND identity_key != ?2 AND (pending_key IS NULL OR pending_key = ?2)",
             params![account_id, key],
         )?;
-        Ok(())
+        Ok(changed == 1)
+    }
+
+    /// The person refuses a changed key: it is forgotten with what it sent.
+    pub fn reject_pending_identity(&self, account_id: &str) -> Result<bool> {
+        let changed = self.conn.execute(
+            "UPDATE identities SET pending_key = NULL WHERE account_id = ?1 AND pending_key IS NOT NULL",
+            [account_id],
+        )?;
+        self.conn
+            .execute("DELETE FROM held_envelopes WHERE sender = ?1", [account_id])?;
+        Ok(changed == 1)
     }
 
     /// The person accepted the changed key: pin it, drop verification and the
@@ -205,6 +218,14 @@ impl ProfileDb {
             params![id, record, created_at],
         )?;
         Ok(())
+    }
+
+    /// Deletes signed prekeys created before `cutoff`, except `keep` (the current one).
+    pub fn delete_signed_prekeys_before(&self, cutoff: i64, keep: u32) -> Result<usize> {
+        Ok(self.conn.execute(
+            "DELETE FROM signed_prekeys WHERE created_at < ?1 AND id != ?2",
+            params![cutoff, keep],
+        )?)
     }
 
     /// Stores a Kyber prekey record.

@@ -176,7 +176,7 @@ fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
         created_at: 6,
     };
     {
-        let mut db = profile.create_with_passphrase("pw", quick_kdf()).unwrap();
+        let db = profile.create_with_passphrase("pw", quick_kdf()).unwrap();
         db.save_identity(&account, &device).unwrap();
         write_marker(&db, "once");
         let again = NewMessage {

@@ -130,6 +130,17 @@ async acceptIdentityChange(peer: string) : Promise<Result<ContactItem, AppError>
 }
 },
 /**
+ * Refuses a contact's changed identity key: the old one stays.
+ */
+async rejectIdentityChange(peer: string) : Promise<Result<ContactItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("reject_identity_change", { peer }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
  * Searches every conversation.
  */
 async search(query: string) : Promise<Result<MessageItem[], AppError>> {
