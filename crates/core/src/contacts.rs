@@ -34,7 +34,7 @@ impl Messenger {
             &account_id,
             &Content::Hello {
                 card: self.own_card()?,
-                reply: true,
+                invite_secret: Some(invite.secret),
             },
         )?;
         if is_new {
@@ -135,7 +135,7 @@ impl Messenger {
                 sender,
                 &Content::Hello {
                     card: self.own_card()?,
-                    reply: false,
+                    invite_secret: None,
                 },
             )?);
         }
@@ -217,25 +217,11 @@ impl Messenger {
     /// for this are processed now.
     pub fn accept_identity_change(&mut self, account_id: &str) -> Result<Received> {
         let accepted = self.db.accept_pending_identity(account_id)?;
-        let held = self.db.held_envelopes(account_id)?;
         // Held envelopes left by an interrupted acceptance are drained on a retry.
-        if !accepted && held.is_empty() {
+        if !accepted && self.db.held_envelopes(account_id)?.is_empty() {
             return Err(CoreError::NoIdentityChange(account_id.into()));
         }
-        let mut received = Received::default();
-        for (envelope_id, envelope) in held {
-            match self.receive(&envelope) {
-                // Held again (yet another key): it stays for that decision.
-                Ok(r) if r.events.iter().any(|e| matches!(e, Event::IdentityChanged(_))) => {}
-                Ok(r) => {
-                    received.events.extend(r.events);
-                    received.replies.extend(r.replies);
-                    self.db.release_held_envelope(&envelope_id)?;
-                }
-                Err(CoreError::Duplicate) => self.db.release_held_envelope(&envelope_id)?,
-                Err(e) => tracing::warn!(%e, "a held envelope did not open after accepting the new key"),
-            }
-        }
+        let mut received = self.drain_held(account_id)?;
         received.events.push(Event::ContactChanged(account_id.to_owned()));
         Ok(received)
     }

@@ -113,7 +113,7 @@ impl Messenger {
     fn announce_card(&self) -> Result<Vec<Outgoing>> {
         let hello = Content::Hello {
             card: self.own_card()?,
-            reply: false,
+            invite_secret: None,
         };
         let mut out = self.envelopes_to(&self.account()?.account_id, &hello)?;
         for contact in self.db.contacts()? {

@@ -96,6 +96,12 @@ pub enum CoreError {
     /// No device of the contact can be reached yet (no session, no bundle).
     #[error("no device of {0} can be reached yet")]
     NoReachableDevice(String),
+    /// An envelope from an account that is not a contact (kept until it becomes one).
+    #[error("{0} is not a contact")]
+    UnknownSender(String),
+    /// Someone who does not hold this account's invite tried to introduce themselves.
+    #[error("{0} tried to add you without your invite")]
+    Uninvited(String),
     /// A message id already used by another sender or conversation.
     #[error("a message id collides with another message")]
     MessageIdCollision,

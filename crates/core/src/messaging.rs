@@ -12,6 +12,8 @@ use crate::{CoreError, DeliveryState, Event, MessageView, Outgoing, Received, Re
 
 /// Most envelopes kept for one sender while their new key waits for a decision.
 const MAX_HELD_PER_SENDER: usize = 64;
+/// Most envelopes kept in all, whoever they claim to come from.
+const MAX_HELD: usize = 1024;
 
 /// Setting key: whether this account sends read receipts.
 const READ_RECEIPTS: &str = "read_receipts";
@@ -84,7 +86,60 @@ impl Messenger {
     /// already processed) is [`CoreError::Duplicate`]; anything malformed, tampered
     /// with or not for this device is a typed error and changes nothing stored.
     pub fn receive(&mut self, bytes: &[u8]) -> Result<Received> {
-        self.atomically(|this| this.receive_now(bytes))
+        let mut received = match self.atomically(|this| this.receive_now(bytes)) {
+            // From an account this one does not know (yet): its session state was rolled
+            // back with everything else, and the envelope waits until the account
+            // becomes a contact (a sync from an own device usually follows).
+            Err(CoreError::UnknownSender(sender)) => {
+                self.hold(&sender, bytes)?;
+                return Ok(Received::default());
+            }
+            other => other?,
+        };
+        let new_contacts: Vec<String> = received
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ContactChanged(account) => Some(account.clone()),
+                _ => None,
+            })
+            .collect();
+        for account in new_contacts {
+            let drained = self.drain_held(&account)?;
+            received.events.extend(drained.events);
+            received.replies.extend(drained.replies);
+        }
+        Ok(received)
+    }
+
+    /// Keeps an envelope for later, within per-sender and overall bounds.
+    fn hold(&mut self, sender: &str, bytes: &[u8]) -> Result<()> {
+        if self.db.held_envelopes(sender)?.len() >= MAX_HELD_PER_SENDER || self.db.held_count()? >= MAX_HELD {
+            return Err(CoreError::UnknownSender(sender.to_owned()));
+        }
+        self.db
+            .hold_envelope(&Envelope::from_bytes(bytes)?.id(), sender, bytes, unix_millis())?;
+        Ok(())
+    }
+
+    /// Processes the envelopes held for `account`, releasing each once it went through.
+    pub(crate) fn drain_held(&mut self, account: &str) -> Result<Received> {
+        let mut received = Received::default();
+        for (envelope_id, envelope) in self.db.held_envelopes(account)? {
+            match self.atomically(|this| this.receive_now(&envelope)) {
+                // Held again (yet another key): it stays for that decision.
+                Ok(r) if r.events.iter().any(|e| matches!(e, Event::IdentityChanged(_))) => {}
+                Ok(r) => {
+                    received.events.extend(r.events);
+                    received.replies.extend(r.replies);
+                    self.db.release_held_envelope(&envelope_id)?;
+                }
+                Err(CoreError::Duplicate) => self.db.release_held_envelope(&envelope_id)?,
+                Err(CoreError::UnknownSender(_)) => {}
+                Err(e) => tracing::warn!(%e, "a held envelope did not open"),
+            }
+        }
+        Ok(received)
     }
 
     fn receive_now(&mut self, bytes: &[u8]) -> Result<Received> {
@@ -110,6 +165,8 @@ impl Messenger {
                 }
             }
         }
+        // Known before decrypting: decrypting a session start pins the sender's key.
+        let known = from_own_device || self.db.pinned_identity(&sender)?.is_some();
         let ciphertext = Ciphertext {
             prekey: inner.prekey,
             bytes: inner.message,
@@ -119,11 +176,24 @@ impl Messenger {
             other => other?,
         };
         let content = Content::from_padded_bytes(&plaintext)?;
+        if !known {
+            // Only someone holding this account's invite may introduce themselves.
+            match &content {
+                Content::Hello {
+                    invite_secret: Some(secret),
+                    ..
+                } if *secret == self.invite_secret()? => {}
+                Content::Hello { .. } => return Err(CoreError::Uninvited(sender)),
+                _ => return Err(CoreError::UnknownSender(sender)),
+            }
+        }
         let mut out = Received::default();
         match content {
             Content::Text(text) => self.receive_text(&sender, from_own_device, text, &mut out)?,
             Content::Receipt(receipt) => self.receive_receipt(&sender, receipt, &mut out)?,
-            Content::Hello { card, reply } => self.receive_hello(&sender, card, reply, &mut out)?,
+            Content::Hello { card, invite_secret } => {
+                self.receive_hello(&sender, card, invite_secret.is_some(), &mut out)?
+            }
             Content::ContactSync(card) if from_own_device => self.receive_contact_sync(card, &mut out)?,
             Content::ContactSync(_) => return Err(CoreError::NotFromOwnDevice),
         }

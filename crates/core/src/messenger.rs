@@ -16,6 +16,9 @@ use cairn_store::{AccountRecord, DeviceRecord, KdfParams, KeyVault, ProfileDb, P
 
 use crate::{CoreError, Outgoing, Result};
 
+/// Setting key of the invite secret.
+const INVITE_SECRET: &str = "invite_secret";
+
 /// Largest stored record decoded (bundles, device lists): far above their real size.
 pub(crate) const MAX_STORED_RECORD: usize = 64 * 1024;
 
@@ -160,6 +163,9 @@ impl Messenger {
             self.db
                 .save_signed_prekey(1, &generate_signed_prekey(&account.identity, 1)?, unix_millis())?;
         }
+        if self.db.setting(INVITE_SECRET)?.is_none() {
+            self.new_invite_secret()?;
+        }
         if self.db.latest_kyber_prekey()?.is_none() {
             self.db
                 .save_kyber_prekey(1, &generate_kyber_prekey(&account.identity, 1)?, unix_millis())?;
@@ -202,7 +208,33 @@ impl Messenger {
                 bundles: vec![self.own_bundle()?],
             },
             addresses: Vec::new(),
+            secret: self.invite_secret()?,
         })
+    }
+
+    /// The secret this account's invites carry; made with the account.
+    pub(crate) fn invite_secret(&self) -> Result<[u8; 16]> {
+        let text = self.db.setting(INVITE_SECRET)?.ok_or(CoreError::NoAccount)?;
+        let bytes = data_encoding::HEXLOWER
+            .decode(text.as_bytes())
+            .ok()
+            .and_then(|b| b.try_into().ok());
+        bytes.ok_or_else(|| CoreError::Store(cairn_store::StoreError::Corrupt("invite secret".into())))
+    }
+
+    /// Makes a new invite secret: invites handed out before no longer let anyone
+    /// introduce themselves. Returns the new invite.
+    pub fn reset_invite(&self) -> Result<Invite> {
+        self.new_invite_secret()?;
+        self.invite()
+    }
+
+    fn new_invite_secret(&self) -> Result<()> {
+        let mut secret = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        Ok(self
+            .db
+            .set_setting(INVITE_SECRET, &data_encoding::HEXLOWER.encode(&secret))?)
     }
 
     /// The invite link as a QR code in SVG, for the UI to show.

@@ -455,6 +455,7 @@ fn an_identity_change_warns_blocks_sending_and_holds_envelopes_until_accepted() 
     let link = Invite {
         card: impostor.card.clone(),
         addresses: Vec::new(),
+        secret: [0; 16],
     }
     .to_link();
     assert!(matches!(w.m(a1).accept_invite(&link), Err(CoreError::IdentityChanged(id)) if id == bob));
@@ -478,7 +479,7 @@ fn an_identity_change_warns_blocks_sending_and_holds_envelopes_until_accepted() 
     cairn_crypto::start_session(&impostor.store, &alice, &alice_key, &alice_card.bundles[0]).unwrap();
     let hello = Content::Hello {
         card: impostor.card.clone(),
-        reply: false,
+        invite_secret: None,
     }
     .to_padded_bytes();
     let ciphertext = cairn_crypto::encrypt(&impostor.store, &alice, 1, &hello).unwrap();
@@ -558,7 +559,7 @@ fn forged_envelope(
     }
     let content = Content::Hello {
         card: author.card.clone(),
-        reply: false,
+        invite_secret: None,
     }
     .to_padded_bytes();
     let ciphertext = cairn_crypto::encrypt(&author.store, alice, 1, &content).unwrap();
@@ -637,4 +638,69 @@ fn two_links_granted_at_once_cannot_both_take_the_same_device_id() {
         "{:?}",
         result.map(|o| o.len())
     );
+}
+
+#[test]
+fn only_someone_holding_the_current_invite_can_introduce_themselves() {
+    let mut w = World::new();
+    let alice = w.account("a1", "Alice");
+    let carol = w.account("c1", "Carol");
+    let old_link = w.m(alice).account_info().unwrap().invite_link;
+    w.m(alice).reset_invite().unwrap();
+    // Carol uses the link Alice has since reset: her introduction is refused.
+    let (_, out) = w.m(carol).accept_invite(&old_link).unwrap();
+    let carol_id = w.account_id(carol);
+    for o in out.into_iter().filter(|o| o.account_id != carol_id) {
+        assert!(matches!(w.deliver(o), Err(CoreError::Uninvited(id)) if id == carol_id));
+    }
+    assert!(
+        w.m(alice).contacts().unwrap().is_empty(),
+        "nothing stored for an uninvited stranger"
+    );
+    // With the current link she gets in.
+    let link = w.m(alice).account_info().unwrap().invite_link;
+    let (_, out) = w.m(carol).accept_invite(&link).unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(w.m(alice).contact(&carol_id).unwrap().display_name, "Carol");
+}
+
+#[test]
+fn a_message_that_overtakes_the_news_of_its_sender_waits_for_it() {
+    let mut w = World::new();
+    let a1 = w.account("a1", "Alice");
+    let a2 = w.link(a1, "a2");
+    let carol = w.account("c1", "Carol");
+    let (alice, carol_id) = (w.account_id(a1), w.account_id(carol));
+    let link = w.m(a1).account_info().unwrap().invite_link;
+    let (_, hello) = w.m(carol).accept_invite(&link).unwrap();
+    // a1 takes Carol's introduction; its sync to a2 is held back for now.
+    let mut to_a2 = Vec::new();
+    for o in hello {
+        let to = w.device_for(&o);
+        let received = w.m(to).receive(&o.envelope.to_bytes());
+        for reply in received.unwrap().replies {
+            if w.device_for(&reply) == a2 {
+                to_a2.push(reply);
+            } else {
+                w.send(vec![reply]);
+            }
+        }
+    }
+    w.deliver_all();
+    // Carol writes; the copy for a2 arrives before a2 has heard of Carol: it waits.
+    let (_, out) = w.m(carol).send_text(&alice, "hi from Carol").unwrap();
+    let (for_a2, rest): (Vec<_>, Vec<_>) = out.into_iter().partition(|o| w.device_for(o) == a2);
+    assert_eq!(for_a2.len(), 1);
+    assert!(
+        w.deliver(for_a2[0].clone()).unwrap().is_empty(),
+        "held, nothing shown yet"
+    );
+    assert!(w.texts(a2, &carol_id).is_empty());
+    // The sync arrives: Carol becomes a contact on a2 and her message appears.
+    w.send(to_a2);
+    w.send(rest);
+    w.deliver_all();
+    assert_eq!(w.texts(a2, &carol_id), ["hi from Carol"]);
+    assert_eq!(w.texts(a1, &carol_id), ["hi from Carol"]);
 }

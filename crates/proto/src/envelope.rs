@@ -161,12 +161,13 @@ pub enum Content {
     /// A receipt for earlier messages.
     Receipt(Receipt),
     /// "This is me": sent to a contact's devices when a contact is made or the
-    /// sender's devices change. `reply` asks the receiver for its own card.
+    /// sender's devices change.
     Hello {
         /// The sender's card.
         card: ContactCard,
-        /// Whether the receiver should answer with its card.
-        reply: bool,
+        /// Set when the sender accepted the receiver's invite: that invite's secret,
+        /// which lets a stranger become a contact (and asks for a card in return).
+        invite_secret: Option<[u8; 16]>,
     },
     /// To the sender's own other devices: "I added this contact".
     ContactSync(ContactCard),

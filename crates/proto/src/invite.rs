@@ -62,6 +62,9 @@ pub struct Invite {
     pub card: ContactCard,
     /// Transport addresses (multiaddrs) where the inviting device may be reached.
     pub addresses: Vec<String>,
+    /// The inviter's current invite secret: whoever presents it may introduce
+    /// themselves. Resetting it makes links handed out before stop working.
+    pub secret: [u8; 16],
 }
 
 impl Invite {
@@ -149,6 +152,7 @@ pub(crate) mod tests {
                 }],
             },
             addresses: vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
+            secret: [4; 16],
         }
     }
 

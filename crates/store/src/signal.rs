@@ -272,6 +272,13 @@ impl ProfileDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// How many envelopes are held in all.
+    pub fn held_count(&self) -> Result<usize> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM held_envelopes", [], |r| r.get::<_, i64>(0))? as usize)
+    }
+
     /// Forgets a held envelope once it has been processed.
     pub fn release_held_envelope(&self, envelope_id: &[u8]) -> Result<()> {
         self.conn
