@@ -8,6 +8,7 @@ use cairn_core::{ContactView, CoreError, DeliveryState, KeyVault, MessageView, M
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
 use specta::Type;
+use tauri::AppHandle;
 
 /// Shortest passphrase accepted when the keyring is not used.
 const MIN_PASSPHRASE_CHARS: usize = 8;
@@ -15,8 +16,11 @@ const MIN_PASSPHRASE_CHARS: usize = 8;
 /// What the shell keeps between commands.
 pub struct AppState {
     profile: ProfileDir,
-    messenger: Mutex<Option<Messenger>>,
+    pub(crate) messenger: Mutex<Option<Messenger>>,
     vault: OnceLock<Result<KeyVault, String>>,
+    /// The network node, once started.
+    pub(crate) network: OnceLock<crate::network::Network>,
+    pub(crate) network_starting: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -26,6 +30,8 @@ impl AppState {
             profile: ProfileDir::new(dir),
             messenger: Mutex::new(None),
             vault: OnceLock::new(),
+            network: OnceLock::new(),
+            network_starting: Default::default(),
         }
     }
 
@@ -48,6 +54,8 @@ pub struct AccountView {
     invite_link: String,
     /// The invite link as a QR code, an SVG document made by the `qrcode` crate.
     invite_qr_svg: String,
+    /// How many addresses the invite carries (0 until the network listens).
+    addresses: u32,
 }
 
 impl AccountView {
@@ -59,6 +67,7 @@ impl AccountView {
             device_id: info.device_id,
             invite_link: info.invite_link,
             invite_qr_svg: messenger.invite_qr_svg()?,
+            addresses: messenger.invite()?.addresses.len() as u32,
         })
     }
 }
@@ -178,7 +187,13 @@ fn status_of(messenger: &Messenger) -> Result<ProfileStatus, AppError> {
 /// Where the profile stands. A keyring profile is opened here, without a prompt.
 #[tauri::command]
 #[specta::specta]
-pub async fn profile_status(state: tauri::State<'_, AppState>) -> Result<ProfileStatus, AppError> {
+pub async fn profile_status(app: AppHandle, state: tauri::State<'_, AppState>) -> Result<ProfileStatus, AppError> {
+    let status = profile_status_now(&state);
+    crate::network::ensure_started(&app);
+    status
+}
+
+fn profile_status_now(state: &AppState) -> Result<ProfileStatus, AppError> {
     let mut slot = state.messenger.lock().expect("messenger lock");
     if let Some(messenger) = slot.as_ref() {
         return status_of(messenger);
@@ -200,7 +215,18 @@ pub async fn profile_status(state: tauri::State<'_, AppState>) -> Result<Profile
 #[tauri::command]
 #[specta::specta]
 pub async fn create_account(
+    app: AppHandle,
     state: tauri::State<'_, AppState>,
+    display_name: String,
+    passphrase: Option<String>,
+) -> Result<AccountView, AppError> {
+    let view = create_account_now(&state, display_name, passphrase);
+    crate::network::ensure_started(&app);
+    view
+}
+
+fn create_account_now(
+    state: &AppState,
     display_name: String,
     passphrase: Option<String>,
 ) -> Result<AccountView, AppError> {
@@ -230,12 +256,38 @@ pub async fn create_account(
 /// Opens a passphrase profile.
 #[tauri::command]
 #[specta::specta]
-pub async fn unlock(state: tauri::State<'_, AppState>, passphrase: String) -> Result<ProfileStatus, AppError> {
-    let mut slot = state.messenger.lock().expect("messenger lock");
-    if slot.is_none() {
-        *slot = Some(open(&state.profile, Unlock::Passphrase(&passphrase))?);
+pub async fn unlock(
+    app: AppHandle,
+    state: tauri::State<'_, AppState>,
+    passphrase: String,
+) -> Result<ProfileStatus, AppError> {
+    let status = {
+        let mut slot = state.messenger.lock().expect("messenger lock");
+        if slot.is_none() {
+            *slot = Some(open(&state.profile, Unlock::Passphrase(&passphrase))?);
+        }
+        status_of(slot.as_ref().expect("just opened"))
+    };
+    crate::network::ensure_started(&app);
+    status
+}
+
+/// The account as it stands now (its invite carries the addresses the node listens on).
+#[tauri::command]
+#[specta::specta]
+pub async fn account(state: tauri::State<'_, AppState>) -> Result<AccountView, AppError> {
+    let slot = state.messenger.lock().expect("messenger lock");
+    AccountView::of(slot.as_ref().ok_or_else(|| AppError {
+        code: ErrorCode::NotOpen,
+        message: "The profile is not open yet.".into(),
+    })?)
+}
+
+/// Wakes the delivery loop, if the network runs.
+fn wake_network(state: &AppState) {
+    if let Some(network) = state.network.get() {
+        network.wake();
     }
-    status_of(slot.as_ref().expect("just opened"))
 }
 
 /// Opens the profile and does what is due on every start: a signed prekey older than
@@ -360,7 +412,11 @@ pub async fn contacts(state: tauri::State<'_, AppState>) -> Result<Vec<ContactIt
 #[tauri::command]
 #[specta::specta]
 pub async fn accept_invite(state: tauri::State<'_, AppState>, link: String) -> Result<ContactItem, AppError> {
-    with_messenger(&state, |m| Ok(m.accept_invite(&link)?.0.into()))
+    let contact = with_messenger(&state, |m| Ok(m.accept_invite(&link)?.0.into()))?;
+    if let (Some(network), Ok((key, addresses))) = (state.network.get(), cairn_core::invite_route(&link)) {
+        network.reach_inviter(key, addresses).await;
+    }
+    Ok(contact)
 }
 
 /// Reads an invite link from a picture of its QR code (PNG or JPEG bytes).
@@ -378,6 +434,7 @@ pub async fn conversation(state: tauri::State<'_, AppState>, peer: String) -> Re
         m.mark_read(&peer)?;
         Ok(m.conversation(&peer, 500)?.into_iter().map(MessageItem::from).collect())
     })
+    .inspect(|_| wake_network(&state))
 }
 
 /// Sends a text to a contact.

@@ -3,6 +3,7 @@
 //! lives here.
 
 mod commands;
+mod network;
 
 use std::path::PathBuf;
 
@@ -30,6 +31,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::profile_status,
         commands::create_account,
         commands::unlock,
+        commands::account,
         commands::contacts,
         commands::accept_invite,
         commands::read_qr_image,

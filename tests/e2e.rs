@@ -37,6 +37,9 @@ impl Driver {
         command
             .args(["--port", &port.to_string(), "--native-port", &native_port.to_string()])
             .env("XDG_DATA_HOME", data_home)
+            // Loopback only, no multicast: nothing leaves this machine.
+            .env("CAIRN_LISTEN", "/ip4/127.0.0.1/tcp/0")
+            .env("CAIRN_MDNS", "0")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -344,12 +347,16 @@ async fn two_app_instances_exchange_invites_by_paste_and_qr_picture_and_show_the
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
-        // Alice writes to Bob: the message shows, waiting for the network to carry it.
+        // Alice writes to Bob from the conversation view: the message shows with its state.
         click(&alice, "contact").await?;
         paste(&alice, "message-input", "hello Bob").await?;
         click(&alice, "send").await?;
         assert_eq!(text_of(&alice, "message-body").await?, "hello Bob");
-        assert_eq!(text_of(&alice, "message-state").await?, "sending");
+        let state = text_of(&alice, "message-state").await?;
+        assert!(
+            ["sending", "sent", "delivered", "read"].contains(&state.as_str()),
+            "{state}"
+        );
         screenshot(&alice, "conversation").await?;
 
         // A pasted invite that is not one is refused in plain words.
@@ -357,6 +364,76 @@ async fn two_app_instances_exchange_invites_by_paste_and_qr_picture_and_show_the
         paste(&bob, "invite-input", "cairn://invite/not-an-invite").await?;
         click(&bob, "accept-invite").await?;
         assert!(text_of(&bob, "error").await?.contains("not a valid Cairn invite"));
+        alice.close().await?;
+        bob.close().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Waits until `test_id`'s text satisfies `done`.
+async fn wait_text(client: &Client, test_id: &str, done: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let text = text_of(client, test_id).await.unwrap_or_default();
+        if done(&text) {
+            return Ok(text);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("[data-testid='{test_id}'] still reads {text:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network() -> Result<()> {
+    with_timeout(async {
+        let data = tempfile::tempdir()?;
+        let (alice_driver, bob_driver) = (Driver::start(data.path(), &[])?, Driver::start(data.path(), &[])?);
+        let alice = alice_driver.launch("alice").await?;
+        let bob = bob_driver.launch("bob").await?;
+        onboard(&alice, "Alice").await?;
+        onboard(&bob, "Bob").await?;
+        // Alice's invite carries her node's loopback address once it listens.
+        wait_text(&alice, "invite-addresses", |n| n != "0").await?;
+        let alice_link = full_text(&alice, "invite-link").await?;
+
+        // Bob adds Alice; his introduction crosses the network and Alice sees him.
+        click(&bob, "add-contact").await?;
+        paste(&bob, "invite-input", &alice_link).await?;
+        click(&bob, "accept-invite").await?;
+        assert_eq!(text_of(&bob, "conversation-title").await?, "Alice");
+        let bob_in_alices_list = element(&alice, "contact").await?;
+        assert_eq!(bob_in_alices_list.attr("data-name").await?.as_deref(), Some("Bob"));
+
+        // Alice writes; Bob reads; Alice sees it delivered, then read.
+        bob_in_alices_list.click().await?;
+        paste(&alice, "message-input", "hello over the network").await?;
+        click(&alice, "send").await?;
+        wait_text(&bob, "message-body", |t| t == "hello over the network").await?;
+        wait_text(&alice, "message-state", |s| s == "delivered" || s == "read").await?;
+        screenshot(&bob, "network-conversation").await?;
+
+        // And back.
+        paste(&bob, "message-input", "hello Alice").await?;
+        click(&bob, "send").await?;
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let bodies = alice.find_all(Locator::Css("[data-testid='message-body']")).await?;
+            let mut texts = Vec::new();
+            for body in bodies {
+                texts.push(body.text().await?);
+            }
+            if texts == ["hello over the network", "hello Alice"] {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Alice got Bob's reply: {texts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         alice.close().await?;
         bob.close().await?;
         Ok(())

@@ -19,7 +19,7 @@ mod views;
 pub use cairn_crypto::SafetyNumber;
 pub use cairn_store::KeyVault;
 pub use devices::LinkGrant;
-pub use messenger::{normalize_display_name, AccountInfo, Messenger, Unlock};
+pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use outbox::QueuedEnvelope;
 pub use paths::{default_profile_dir, validate_profile_name, DEFAULT_PROFILE};
 pub use qr::{qr_svg, read_qr_image};

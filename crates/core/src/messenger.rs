@@ -54,6 +54,8 @@ pub(crate) struct Account {
 pub struct Messenger {
     pub(crate) db: ProfileDb,
     pub(crate) account: Option<Account>,
+    /// Where this device can be reached now (set by the network layer), for invites.
+    addresses: Vec<String>,
 }
 
 impl Messenger {
@@ -63,7 +65,11 @@ impl Messenger {
             Unlock::Keyring(vault) => dir.create_with_keyring(vault)?,
             Unlock::Passphrase(passphrase) => dir.create_with_passphrase(passphrase, KdfParams::recommended())?,
         };
-        Ok(Self { db, account: None })
+        Ok(Self {
+            db,
+            account: None,
+            addresses: Vec::new(),
+        })
     }
 
     /// Opens the existing profile in `dir`.
@@ -73,7 +79,11 @@ impl Messenger {
             Unlock::Passphrase(passphrase) => dir.open_with_passphrase(passphrase)?,
         };
         let account = load_account(&db)?;
-        let messenger = Self { db, account };
+        let messenger = Self {
+            db,
+            account,
+            addresses: Vec::new(),
+        };
         if messenger.account.is_some() {
             messenger.ensure_device_material()?;
         }
@@ -207,7 +217,7 @@ impl Messenger {
                 device_list: self.own_device_list()?,
                 bundles: vec![self.own_bundle()?],
             },
-            addresses: Vec::new(),
+            addresses: self.addresses.clone(),
             secret: self.invite_secret()?,
         })
     }
@@ -235,6 +245,27 @@ impl Messenger {
         Ok(self
             .db
             .set_setting(INVITE_SECRET, &data_encoding::HEXLOWER.encode(&secret))?)
+    }
+
+    /// Tells the messenger where this device can be reached (multiaddrs); invites
+    /// carry them from now on.
+    pub fn set_addresses(&mut self, addresses: Vec<String>) {
+        self.addresses = addresses;
+    }
+
+    /// This device's transport seed, from which the network layer derives its peer id.
+    pub fn transport_seed(&self) -> Result<[u8; 32]> {
+        Ok(*self.account()?.device.transport_seed())
+    }
+
+    /// The transport public key of a device of `account_id` (a contact's or this
+    /// account's), if its device list names it.
+    pub fn transport_key_of(&self, account_id: &str, device_id: u8) -> Result<Option<[u8; 32]>> {
+        let (_, devices) = self.devices_of(account_id)?;
+        Ok(devices
+            .iter()
+            .find(|d| d.device_id == device_id)
+            .map(|d| d.transport_key))
     }
 
     /// The invite link as a QR code in SVG, for the UI to show.
@@ -413,6 +444,20 @@ impl Messenger {
     pub(crate) fn set_flag(&self, key: &str, on: bool) -> Result<()> {
         Ok(self.db.set_setting(key, if on { "on" } else { "off" })?)
     }
+}
+
+/// Where the device that made an invite can be reached: its transport key and the
+/// addresses the invite carries (checked: the device is in the signed list).
+pub fn invite_route(link: &str) -> Result<([u8; 32], Vec<String>)> {
+    let invite = Invite::from_link(link)?;
+    let (list, _) = verify_device_list(&invite.card.device_list)?;
+    let device = invite
+        .card
+        .bundles
+        .first()
+        .and_then(|b| list.device(b.device_id))
+        .ok_or(CoreError::NoAccount)?;
+    Ok((device.transport_key, invite.addresses))
 }
 
 /// Trims a display name and checks that 1 to 64 characters remain.

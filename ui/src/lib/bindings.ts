@@ -42,6 +42,17 @@ async unlock(passphrase: string) : Promise<Result<ProfileStatus, AppError>> {
 }
 },
 /**
+ * The account as it stands now (its invite carries the addresses the node listens on).
+ */
+async account() : Promise<Result<AccountView, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("account") };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
  * All contacts, by name.
  */
 async contacts() : Promise<Result<ContactItem[], AppError>> {
@@ -192,7 +203,11 @@ export type AccountView = { accountId: string; displayName: string; deviceId: nu
 /**
  * The invite link as a QR code, an SVG document made by the `qrcode` crate.
  */
-inviteQrSvg: string }
+inviteQrSvg: string; 
+/**
+ * How many addresses the invite carries (0 until the network listens).
+ */
+addresses: number }
 /**
  * A failed command: a code for the UI's logic and a sentence for the person.
  */
