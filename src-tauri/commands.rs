@@ -2,9 +2,9 @@
 //! errors to the plain words the UI shows.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
-use cairn_core::{ContactView, CoreError, DeliveryState, KeyVault, MessageView, Messenger, Unlock};
+use cairn_core::{ContactView, CoreError, DeliveryState, KeyVault, MessageView, Messenger, SharedMessenger, Unlock};
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
 use specta::Type;
@@ -16,10 +16,10 @@ const MIN_PASSPHRASE_CHARS: usize = 8;
 /// What the shell keeps between commands.
 pub struct AppState {
     profile: ProfileDir,
-    pub(crate) messenger: Mutex<Option<Messenger>>,
+    pub(crate) messenger: SharedMessenger,
     vault: OnceLock<Result<KeyVault, String>>,
     /// The network node, once started.
-    pub(crate) network: OnceLock<crate::network::Network>,
+    pub(crate) network: OnceLock<cairn_core::Courier>,
     pub(crate) network_starting: std::sync::atomic::AtomicBool,
 }
 
@@ -28,7 +28,7 @@ impl AppState {
     pub fn new(dir: PathBuf) -> Self {
         Self {
             profile: ProfileDir::new(dir),
-            messenger: Mutex::new(None),
+            messenger: SharedMessenger::default(),
             vault: OnceLock::new(),
             network: OnceLock::new(),
             network_starting: Default::default(),
@@ -413,8 +413,10 @@ pub async fn contacts(state: tauri::State<'_, AppState>) -> Result<Vec<ContactIt
 #[specta::specta]
 pub async fn accept_invite(state: tauri::State<'_, AppState>, link: String) -> Result<ContactItem, AppError> {
     let contact = with_messenger(&state, |m| Ok(m.accept_invite(&link)?.0.into()))?;
-    if let (Some(network), Ok((key, addresses))) = (state.network.get(), cairn_core::invite_route(&link)) {
-        network.reach_inviter(key, addresses).await;
+    if let Some(courier) = state.network.get() {
+        if let Err(e) = courier.reach_inviter(&link).await {
+            tracing::debug!(%e, "the invite names no address to reach");
+        }
     }
     Ok(contact)
 }

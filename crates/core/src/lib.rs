@@ -8,6 +8,7 @@
 //! in the app, store and proto crates.
 
 mod contacts;
+mod courier;
 mod devices;
 mod messaging;
 mod messenger;
@@ -17,7 +18,9 @@ mod qr;
 mod views;
 
 pub use cairn_crypto::SafetyNumber;
+pub use cairn_net::{Multiaddr, NodeConfig};
 pub use cairn_store::KeyVault;
+pub use courier::{Courier, SharedMessenger};
 pub use devices::LinkGrant;
 pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use outbox::QueuedEnvelope;
@@ -108,6 +111,9 @@ pub enum CoreError {
     /// The account already has as many devices as a device list may hold.
     #[error("the account has as many devices as it can")]
     TooManyDevices,
+    /// The network layer failed.
+    #[error(transparent)]
+    Net(#[from] cairn_net::NetError),
     /// A QR code could not be rendered.
     #[error("QR code: {0}")]
     QrCode(String),
