@@ -1,0 +1,168 @@
+//! `cairnd`: the headless Cairn node. It runs the same core as the desktop app: as an
+//! always-on peer (`cairnd node`) and as a command-line client for scripts and tests
+//! (`init`, `invite`, `add-contact`, `contacts`, `send`, `listen`, `safety-number`).
+//!
+//! Output is one line per fact, `key value…`, so scripts can read it. The profile key
+//! comes from `CAIRND_PASSPHRASE` when set (Argon2id), otherwise from the OS keyring.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use cairn_core::{Courier, KeyVault, Messenger, Multiaddr, NodeConfig, SharedMessenger, Unlock};
+use cairn_store::ProfileDir;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cairnd", version, about = "Cairn's headless node and command-line client")]
+struct Options {
+    /// The profile directory.
+    #[arg(long, env = "CAIRND_PROFILE_DIR")]
+    profile_dir: PathBuf,
+    /// Addresses to listen on (repeatable).
+    #[arg(long = "listen", env = "CAIRND_LISTEN", value_delimiter = ',')]
+    listen: Vec<Multiaddr>,
+    /// Peers to dial at start (repeatable).
+    #[arg(long = "bootstrap", env = "CAIRND_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<Multiaddr>,
+    /// Do not look for peers on the LAN with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates the profile and its account.
+    Init {
+        /// The display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Prints this account's invite link (without addresses; `listen` prints one with).
+    Invite,
+    /// Adds the person behind an invite link; prints their account id.
+    AddContact { link: String },
+    /// Lists contacts: `contact ACCOUNT_ID NAME`.
+    Contacts,
+    /// Queues a text to a contact; it leaves with the next `listen`/`node`.
+    Send { account: String, text: String },
+    /// Prints the safety number with a contact.
+    SafetyNumber { account: String },
+    /// Runs the node: delivers the outbox and prints what arrives, until SIGTERM,
+    /// Ctrl-C, or `--for` seconds.
+    Listen {
+        #[arg(long = "for")]
+        seconds: Option<u64>,
+    },
+    /// The always-on node (the same as `listen` without a time limit).
+    Node,
+}
+
+fn open(dir: &ProfileDir) -> Result<Messenger> {
+    Ok(match std::env::var("CAIRND_PASSPHRASE") {
+        Ok(passphrase) => Messenger::open_profile(dir, Unlock::Passphrase(&passphrase))?,
+        Err(_) => Messenger::open_profile(dir, Unlock::Keyring(&KeyVault::os()?))?,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let options = Options::parse();
+    let dir = ProfileDir::new(&options.profile_dir);
+    match options.command {
+        Command::Init { ref name } => {
+            std::fs::create_dir_all(&options.profile_dir)?;
+            let mut messenger = match std::env::var("CAIRND_PASSPHRASE") {
+                Ok(passphrase) => Messenger::create_profile(&dir, Unlock::Passphrase(&passphrase))?,
+                Err(_) => Messenger::create_profile(&dir, Unlock::Keyring(&KeyVault::os()?))?,
+            };
+            let account = messenger.create_account(name)?;
+            println!("account {}", account.account_id);
+        }
+        Command::Invite => println!("invite {}", open(&dir)?.account_info()?.invite_link),
+        Command::AddContact { ref link } => {
+            let (contact, _) = open(&dir)?.accept_invite(link)?;
+            println!("contact {} {}", contact.account_id, contact.display_name);
+        }
+        Command::Contacts => {
+            for contact in open(&dir)?.contacts()? {
+                println!("contact {} {}", contact.account_id, contact.display_name);
+            }
+        }
+        Command::Send { ref account, ref text } => {
+            let (message, _) = open(&dir)?.send_text(account, text)?;
+            println!(
+                "queued {}",
+                message.id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+        }
+        Command::SafetyNumber { ref account } => {
+            println!(
+                "safety-number {}",
+                open(&dir)?.safety_number(account)?.groups().join(" ")
+            );
+        }
+        Command::Listen { seconds } => run(&options, &dir, seconds.map(Duration::from_secs)).await?,
+        Command::Node => run(&options, &dir, None).await?,
+    }
+    Ok(())
+}
+
+/// Runs the courier and prints what arrives until told to stop.
+async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Result<()> {
+    let messenger: SharedMessenger = std::sync::Arc::new(std::sync::Mutex::new(Some(open(dir)?)));
+    let mut config = NodeConfig {
+        bootstrap: options.bootstrap.clone(),
+        mdns: !options.no_mdns,
+        ..NodeConfig::default()
+    };
+    if !options.listen.is_empty() {
+        config.listen = options.listen.clone();
+    }
+    let (changes, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let courier = Courier::start(messenger.clone(), config, move || {
+        let _ = changes.send(());
+    })?;
+    println!("peer {}", courier.node().peer_id());
+    let mut printed_invite = false;
+    let mut printed = std::collections::HashSet::new();
+    let deadline = async {
+        match limit {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            Some(()) = changed.recv() => {
+                let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(m) = guard.as_ref() else { bail!("the profile closed") };
+                let info = m.account_info()?;
+                if !printed_invite && !m.invite()?.addresses.is_empty() {
+                    println!("invite {}", info.invite_link);
+                    printed_invite = true;
+                }
+                // Print each received message once.
+                for contact in m.contacts()? {
+                    for message in m.conversation(&contact.account_id, 1000)? {
+                        if !message.outgoing && printed.insert(message.id) {
+                            println!("message {} {}", message.sender, message.body);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
