@@ -132,6 +132,17 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
     println!("peer {}", courier.node().peer_id());
     let mut printed_invite = false;
     let mut printed = std::collections::HashSet::new();
+    let mut known: std::collections::HashSet<String> = {
+        let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .map(|m| m.contacts())
+            .transpose()?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.account_id)
+            .collect()
+    };
     let deadline = async {
         match limit {
             Some(limit) => tokio::time::sleep(limit).await,
@@ -153,8 +164,11 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
                     println!("invite {}", info.invite_link);
                     printed_invite = true;
                 }
-                // Print each received message once.
+                // Print each new contact and each received message once.
                 for contact in m.contacts()? {
+                    if known.insert(contact.account_id.clone()) {
+                        println!("contact {} {}", contact.account_id, contact.display_name);
+                    }
                     for message in m.conversation(&contact.account_id, 1000)? {
                         if !message.outgoing && printed.insert(message.id) {
                             println!("message {} {}", message.sender, message.body);

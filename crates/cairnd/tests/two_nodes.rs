@@ -107,3 +107,37 @@ fn invite_address(invite: &str) -> String {
         .next()
         .expect("the invite carries an address")
 }
+
+#[test]
+fn a_message_for_an_offline_bob_waits_in_alices_outbox_across_her_restart_and_reaches_him_when_he_returns() {
+    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(alice_dir.path(), &["init", "--name", "Alice"]);
+    let bob_id = run(bob_dir.path(), &["init", "--name", "Bob"])
+        .trim()
+        .strip_prefix("account ")
+        .unwrap()
+        .to_owned();
+
+    // They become contacts while both are online.
+    let alice = Running::start(alice_dir.path(), &["node"]);
+    let invite = alice.line_starting("invite ");
+    run(bob_dir.path(), &["add-contact", &invite]);
+    {
+        let _bob = Running::start(bob_dir.path(), &["--bootstrap", &invite_address(&invite), "node"]);
+        assert!(
+            alice.line_starting("contact ").starts_with(&bob_id),
+            "Alice's node took Bob's introduction"
+        );
+    }
+    drop(alice);
+
+    // Bob is offline. Alice writes, and her node restarts before he comes back.
+    run(alice_dir.path(), &["send", &bob_id, "written while you were away"]);
+    let alice = Running::start(alice_dir.path(), &["node"]);
+    let invite = alice.line_starting("invite ");
+
+    // Bob comes back and reaches Alice; her outbox delivers to him.
+    let bob = Running::start(bob_dir.path(), &["--bootstrap", &invite_address(&invite), "node"]);
+    let message = bob.line_starting("message ");
+    assert!(message.ends_with(" written while you were away"), "{message}");
+}
