@@ -323,6 +323,8 @@ pub struct ContactItem {
     /// Their identity key changed; the conversation shows a warning and sending is off.
     identity_changed: bool,
     devices: u32,
+    /// A device of theirs is connected to this one now.
+    online: bool,
 }
 
 impl From<ContactView> for ContactItem {
@@ -333,6 +335,7 @@ impl From<ContactView> for ContactItem {
             verified: c.verified,
             identity_changed: c.identity_changed,
             devices: c.devices as u32,
+            online: false,
         }
     }
 }
@@ -404,7 +407,17 @@ pub struct Settings {
 #[specta::specta]
 pub async fn contacts(state: tauri::State<'_, AppState>) -> Result<Vec<ContactItem>, AppError> {
     with_messenger(&state, |m| {
-        Ok(m.contacts()?.into_iter().map(ContactItem::from).collect())
+        m.contacts()?
+            .into_iter()
+            .map(|c| {
+                let keys = m.transport_keys_of(&c.account_id)?;
+                let online = state.network.get().is_some_and(|courier| courier.any_online(&keys));
+                Ok(ContactItem {
+                    online,
+                    ..ContactItem::from(c)
+                })
+            })
+            .collect()
     })
 }
 

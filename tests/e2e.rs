@@ -406,6 +406,7 @@ async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network
         assert_eq!(text_of(&bob, "conversation-title").await?, "Alice");
         let bob_in_alices_list = element(&alice, "contact").await?;
         assert_eq!(bob_in_alices_list.attr("data-name").await?.as_deref(), Some("Bob"));
+        wait_attr(&alice, "contact", "data-online", "true").await?;
 
         // Alice writes; Bob reads; Alice sees it delivered, then read.
         bob_in_alices_list.click().await?;
@@ -434,9 +435,27 @@ async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        alice.close().await?;
+        // Bob quits: Alice sees him go offline.
         bob.close().await?;
+        wait_attr(&alice, "contact", "data-online", "false").await?;
+        assert_eq!(text_of(&alice, "presence").await?, "offline");
+        alice.close().await?;
         Ok(())
     })
     .await
+}
+
+/// Waits until `test_id`'s attribute `name` reads `value`.
+async fn wait_attr(client: &Client, test_id: &str, name: &str, value: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let current = element(client, test_id).await?.attr(name).await?;
+        if current.as_deref() == Some(value) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("[data-testid='{test_id}'] {name} is still {current:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -6,7 +6,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_net::{peer_id_of, Delivery, NetEvent, NodeConfig, NodeHandle};
+use std::collections::HashSet;
+
+use cairn_net::{peer_id_of, Delivery, NetEvent, NodeConfig, NodeHandle, PeerId};
 use tokio::sync::{mpsc, Notify};
 
 use crate::{CoreError, Messenger, Result};
@@ -24,6 +26,8 @@ const BATCH: usize = 64;
 pub struct Courier {
     handle: NodeHandle,
     wake: Arc<Notify>,
+    /// Peers with an open connection now.
+    online: Arc<Mutex<HashSet<PeerId>>>,
 }
 
 impl Courier {
@@ -41,6 +45,7 @@ impl Courier {
         let courier = Self {
             handle,
             wake: Arc::new(Notify::new()),
+            online: Arc::default(),
         };
         tokio::spawn(courier.clone().run(messenger, events, on_change));
         Ok(courier)
@@ -61,6 +66,15 @@ impl Courier {
     /// Retries the outbox now.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Whether any of these devices (by transport key) is connected now.
+    pub fn any_online(&self, transport_keys: &[[u8; 32]]) -> bool {
+        let online = self.online.lock().unwrap_or_else(|p| p.into_inner());
+        transport_keys
+            .iter()
+            .filter_map(|k| peer_id_of(k).ok())
+            .any(|peer| online.contains(&peer))
     }
 
     /// The node's handle (peer id, dialing, listeners).
@@ -98,7 +112,15 @@ impl Courier {
                         on_change();
                         self.deliver(&messenger, &on_change).await;
                     }
-                    Some(NetEvent::Connected(_)) => self.deliver(&messenger, &on_change).await,
+                    Some(NetEvent::Connected(peer)) => {
+                        self.online.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
+                        on_change();
+                        self.deliver(&messenger, &on_change).await;
+                    }
+                    Some(NetEvent::Disconnected(peer)) => {
+                        self.online.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+                        on_change();
+                    }
                     Some(_) => {}
                 },
                 _ = retry.tick() => self.deliver(&messenger, &on_change).await,

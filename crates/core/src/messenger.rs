@@ -258,6 +258,11 @@ impl Messenger {
         Ok(*self.account()?.device.transport_seed())
     }
 
+    /// The transport public keys of all devices of `account_id` (for presence).
+    pub fn transport_keys_of(&self, account_id: &str) -> Result<Vec<[u8; 32]>> {
+        Ok(self.devices_of(account_id)?.1.iter().map(|d| d.transport_key).collect())
+    }
+
     /// The transport public key of a device of `account_id` (a contact's or this
     /// account's), if its device list names it.
     pub fn transport_key_of(&self, account_id: &str, device_id: u8) -> Result<Option<[u8; 32]>> {

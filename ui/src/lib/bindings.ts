@@ -219,7 +219,11 @@ export type ContactItem = { accountId: string; displayName: string; verified: bo
 /**
  * Their identity key changed; the conversation shows a warning and sending is off.
  */
-identityChanged: boolean; devices: number }
+identityChanged: boolean; devices: number; 
+/**
+ * A device of theirs is connected to this one now.
+ */
+online: boolean }
 /**
  * Error kinds the UI can react to.
  */
