@@ -300,11 +300,7 @@ async fn without_a_keyring_the_profile_is_locked_by_a_passphrase() -> Result<()>
 async fn two_app_instances_exchange_invites_by_paste_and_qr_picture_and_show_the_same_safety_number() -> Result<()> {
     with_timeout(async {
         let data = tempfile::tempdir()?;
-        let (alice_driver, bob_driver) = (Driver::start(data.path(), &[])?, Driver::start(data.path(), &[])?);
-        let alice = alice_driver.launch("alice").await?;
-        let bob = bob_driver.launch("bob").await?;
-        onboard(&alice, "Alice").await?;
-        onboard(&bob, "Bob").await?;
+        let ((_alice_driver, alice), (_bob_driver, bob)) = onboarded_pair(data.path()).await?;
         let alice_link = full_text(&alice, "invite-link").await?;
         let bob_link = full_text(&bob, "invite-link").await?;
 
@@ -341,11 +337,7 @@ async fn two_app_instances_exchange_invites_by_paste_and_qr_picture_and_show_the
         assert_eq!(at_alice, at_bob, "both sides show the same safety number");
 
         click(&alice, "mark-verified").await?;
-        let deadline = tokio::time::Instant::now() + STEP;
-        while text_of(&alice, "verified-state").await? != "Verified" {
-            assert!(tokio::time::Instant::now() < deadline, "the contact is marked verified");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_text(&alice, "verified-state", |t| t == "Verified").await?;
 
         // Alice writes to Bob from the conversation view: the message shows with its state.
         click(&alice, "contact").await?;
@@ -371,6 +363,16 @@ async fn two_app_instances_exchange_invites_by_paste_and_qr_picture_and_show_the
     .await
 }
 
+/// Alice and Bob, each onboarded in an app instance of their own (with its driver).
+async fn onboarded_pair(data: &Path) -> Result<((Driver, Client), (Driver, Client))> {
+    let (alice_driver, bob_driver) = (Driver::start(data, &[])?, Driver::start(data, &[])?);
+    let alice = alice_driver.launch("alice").await?;
+    let bob = bob_driver.launch("bob").await?;
+    onboard(&alice, "Alice").await?;
+    onboard(&bob, "Bob").await?;
+    Ok(((alice_driver, alice), (bob_driver, bob)))
+}
+
 /// Waits until `test_id`'s text satisfies `done`.
 async fn wait_text(client: &Client, test_id: &str, done: impl Fn(&str) -> bool) -> Result<String> {
     let deadline = tokio::time::Instant::now() + STEP;
@@ -390,11 +392,7 @@ async fn wait_text(client: &Client, test_id: &str, done: impl Fn(&str) -> bool) 
 async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network() -> Result<()> {
     with_timeout(async {
         let data = tempfile::tempdir()?;
-        let (alice_driver, bob_driver) = (Driver::start(data.path(), &[])?, Driver::start(data.path(), &[])?);
-        let alice = alice_driver.launch("alice").await?;
-        let bob = bob_driver.launch("bob").await?;
-        onboard(&alice, "Alice").await?;
-        onboard(&bob, "Bob").await?;
+        let ((_alice_driver, alice), (_bob_driver, bob)) = onboarded_pair(data.path()).await?;
         // Alice's invite carries her node's loopback address once it listens.
         wait_text(&alice, "invite-addresses", |n| n != "0").await?;
         let alice_link = full_text(&alice, "invite-link").await?;
