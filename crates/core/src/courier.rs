@@ -114,6 +114,8 @@ impl Courier {
                     }
                     Some(NetEvent::Connected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
+                        // Whatever waited for this peer (or any) is worth trying at once.
+                        with(&messenger, |m| m.retry_now());
                         on_change();
                         self.deliver(&messenger, &on_change).await;
                     }
@@ -160,7 +162,10 @@ impl Courier {
                     }
                     progressed = true;
                 }
-                Err(e) => tracing::debug!(%peer, %e, "not delivered yet"),
+                Err(e) => {
+                    tracing::debug!(%peer, %e, "not delivered yet");
+                    with(messenger, |m| m.defer(seq));
+                }
             }
         }
         if progressed {

@@ -28,10 +28,10 @@ impl Messenger {
         Ok(())
     }
 
-    /// The oldest `limit` envelopes waiting for a transport.
+    /// The oldest `limit` envelopes waiting for a transport and due now.
     pub fn queued(&self, limit: usize) -> Result<Vec<QueuedEnvelope>> {
         self.db
-            .queued_envelopes(limit)?
+            .queued_envelopes(limit, unix_millis())?
             .into_iter()
             .map(|row| {
                 let envelope = Envelope::from_bytes(&row.envelope)?;
@@ -45,6 +45,16 @@ impl Messenger {
                 })
             })
             .collect()
+    }
+
+    /// A delivery attempt for `seq` failed: try again later, backing off.
+    pub fn defer(&self, seq: i64) -> Result<()> {
+        Ok(self.db.defer_envelope(seq, unix_millis())?)
+    }
+
+    /// Makes every queued envelope due now (a peer came online).
+    pub fn retry_now(&self) -> Result<()> {
+        Ok(self.db.retry_envelopes_now()?)
     }
 
     /// A transport delivered the queued envelope `seq`.

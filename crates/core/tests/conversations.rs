@@ -704,3 +704,20 @@ fn a_message_that_overtakes_the_news_of_its_sender_waits_for_it() {
     assert_eq!(w.texts(a2, &carol_id), ["hi from Carol"]);
     assert_eq!(w.texts(a1, &carol_id), ["hi from Carol"]);
 }
+
+#[test]
+fn a_failed_delivery_is_retried_later_and_at_once_when_a_peer_comes_online() {
+    let (mut w, [a1, _a2, b1, _b2]) = alice_and_bob();
+    let bob = w.account_id(b1);
+    let before = w.m(a1).queued(1000).unwrap().len();
+    let (_, out) = w.m(a1).send_text(&bob, "try again").unwrap();
+    let queued = w.m(a1).queued(1000).unwrap();
+    assert_eq!(queued.len(), before + out.len());
+    let last = queued.last().unwrap().seq;
+    w.m(a1).defer(last).unwrap();
+    let due: Vec<i64> = w.m(a1).queued(1000).unwrap().iter().map(|q| q.seq).collect();
+    assert!(!due.contains(&last), "a deferred envelope waits");
+    w.m(a1).retry_now().unwrap();
+    let due: Vec<i64> = w.m(a1).queued(1000).unwrap().iter().map(|q| q.seq).collect();
+    assert!(due.contains(&last), "and is due again once a peer comes online");
+}

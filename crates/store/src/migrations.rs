@@ -121,9 +121,12 @@ CREATE TABLE outbox (
     seq         INTEGER PRIMARY KEY,
     account_id  TEXT    NOT NULL,
     device_id   INTEGER NOT NULL,
-    envelope    BLOB    NOT NULL,
-    created_at  INTEGER NOT NULL
+    envelope      BLOB    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_attempt  INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX outbox_due ON outbox (next_attempt, seq);
 ALTER TABLE messages ADD COLUMN outgoing INTEGER NOT NULL DEFAULT 0;
 ";
 

@@ -295,12 +295,30 @@ impl ProfileDb {
         Ok(())
     }
 
-    /// The oldest `limit` queued envelopes.
-    pub fn queued_envelopes(&self, limit: usize) -> Result<Vec<QueuedRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, account_id, device_id, envelope FROM outbox ORDER BY seq LIMIT ?1")?;
-        let rows = stmt.query_map([limit as i64], |r| {
+    /// Puts a queued envelope off after a failed attempt: 2 s, doubling per attempt,
+    /// at most 5 minutes.
+    pub fn defer_envelope(&self, seq: i64, now: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1,
+                 next_attempt = ?2 + min(2000 * (1 << min(attempts, 8)), 300000)
+             WHERE seq = ?1",
+            params![seq, now],
+        )?;
+        Ok(())
+    }
+
+    /// Makes every queued envelope due now (a peer came online).
+    pub fn retry_envelopes_now(&self) -> Result<()> {
+        self.conn.execute("UPDATE outbox SET next_attempt = 0", [])?;
+        Ok(())
+    }
+
+    /// The oldest `limit` queued envelopes that are due at `now`.
+    pub fn queued_envelopes(&self, limit: usize, now: i64) -> Result<Vec<QueuedRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, account_id, device_id, envelope FROM outbox WHERE next_attempt <= ?2 ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64, now], |r| {
             Ok(QueuedRecord {
                 seq: r.get(0)?,
                 account_id: r.get(1)?,
