@@ -410,7 +410,11 @@ pub async fn contacts(state: tauri::State<'_, AppState>) -> Result<Vec<ContactIt
         m.contacts()?
             .into_iter()
             .map(|c| {
-                let keys = m.transport_keys_of(&c.account_id)?;
+                let keys: Vec<[u8; 32]> = m
+                    .device_keys_of(&c.account_id)?
+                    .into_iter()
+                    .map(|(_, key)| key)
+                    .collect();
                 let online = state.network.get().is_some_and(|courier| courier.any_online(&keys));
                 Ok(ContactItem {
                     online,
@@ -456,7 +460,7 @@ pub async fn conversation(state: tauri::State<'_, AppState>, peer: String) -> Re
 #[tauri::command]
 #[specta::specta]
 pub async fn send_text(state: tauri::State<'_, AppState>, peer: String, body: String) -> Result<MessageItem, AppError> {
-    with_messenger(&state, |m| Ok(m.send_text(&peer, &body)?.0.into()))
+    with_messenger(&state, |m| Ok(m.send_text(&peer, &body)?.0.into())).inspect(|_| wake_network(&state))
 }
 
 /// The safety number with a contact.

@@ -55,7 +55,11 @@ pub fn ensure_started(app: &AppHandle) {
             Ok(courier) => {
                 let _ = state.network.set(courier);
             }
-            Err(e) => tracing::error!(%e, "the network node did not start; messages wait in the outbox"),
+            Err(e) => {
+                tracing::error!(%e, "the network node did not start; messages wait in the outbox");
+                // Let a later call try again.
+                state.network_starting.store(false, Ordering::SeqCst);
+            }
         }
     });
 }

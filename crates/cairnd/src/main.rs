@@ -131,7 +131,16 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
     })?;
     println!("peer {}", courier.node().peer_id());
     let mut printed_invite = false;
-    let mut printed = std::collections::HashSet::new();
+    // Only what arrives from now on is printed.
+    let mut printed: std::collections::HashSet<_> = {
+        let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
+        let m = guard.as_ref().expect("opened above");
+        m.contacts()?
+            .iter()
+            .flat_map(|c| m.conversation(&c.account_id, 1000).unwrap_or_default())
+            .map(|message| message.id)
+            .collect()
+    };
     let mut known: std::collections::HashSet<String> = {
         let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
         guard
@@ -157,6 +166,8 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             Some(()) = changed.recv() => {
+                // One scan for however many changes piled up.
+                while changed.try_recv().is_ok() {}
                 let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(m) = guard.as_ref() else { bail!("the profile closed") };
                 let info = m.account_info()?;

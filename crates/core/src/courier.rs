@@ -2,12 +2,16 @@
 //! device's libp2p node, delivers what waits in the outbox, hands arriving envelopes
 //! to the messenger and answers them, and says when something changed. The desktop
 //! app and `cairnd` both drive the messenger through it.
+//!
+//! Arrivals are handled on the event loop; deliveries run as one pass at a time on a
+//! task of their own, so a slow or unreachable peer never holds up what comes in.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::collections::HashSet;
-
+use cairn_crypto::CryptoError;
 use cairn_net::{peer_id_of, Delivery, NetEvent, NodeConfig, NodeHandle, PeerId};
 use tokio::sync::{mpsc, Notify};
 
@@ -16,10 +20,12 @@ use crate::{CoreError, Messenger, Result};
 /// A messenger shared between the UI (or CLI) and the courier; `None` until open.
 pub type SharedMessenger = Arc<Mutex<Option<Messenger>>>;
 
-/// How often the outbox is retried when nothing else wakes the courier.
+/// How often the outbox is looked at when nothing else wakes the courier.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
-/// Envelopes sent per pass over the outbox.
+/// Envelopes taken per pass over the outbox.
 const BATCH: usize = 64;
+
+type OnChange = Arc<dyn Fn() + Send + Sync>;
 
 /// A running courier.
 #[derive(Clone)]
@@ -28,12 +34,16 @@ pub struct Courier {
     wake: Arc<Notify>,
     /// Peers with an open connection now.
     online: Arc<Mutex<HashSet<PeerId>>>,
+    /// A delivery pass is running; `again` asks it for one more.
+    delivering: Arc<AtomicBool>,
+    again: Arc<AtomicBool>,
 }
 
 impl Courier {
     /// Starts the node for the open messenger's device and the delivery loop; must be
     /// called inside a Tokio runtime. `on_change` runs whenever stored state changed
-    /// (a message or receipt arrived, the outbox moved, the node's addresses changed).
+    /// (a message or receipt arrived, the outbox moved, the node's addresses or a
+    /// peer's presence changed).
     pub fn start(
         messenger: SharedMessenger,
         config: NodeConfig,
@@ -46,8 +56,10 @@ impl Courier {
             handle,
             wake: Arc::new(Notify::new()),
             online: Arc::default(),
+            delivering: Arc::default(),
+            again: Arc::default(),
         };
-        tokio::spawn(courier.clone().run(messenger, events, on_change));
+        tokio::spawn(courier.clone().run(messenger, events, Arc::new(on_change)));
         Ok(courier)
     }
 
@@ -63,7 +75,7 @@ impl Courier {
         Ok(())
     }
 
-    /// Retries the outbox now.
+    /// Looks at the outbox now.
     pub fn wake(&self) {
         self.wake.notify_one();
     }
@@ -82,14 +94,10 @@ impl Courier {
         &self.handle
     }
 
-    async fn run(
-        self,
-        messenger: SharedMessenger,
-        mut events: mpsc::Receiver<NetEvent>,
-        on_change: impl Fn() + Send + Sync + 'static,
-    ) {
+    async fn run(self, messenger: SharedMessenger, mut events: mpsc::Receiver<NetEvent>, on_change: OnChange) {
         let mut retry = tokio::time::interval(RETRY_EVERY);
-        let mut addresses = Vec::new();
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut addresses: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 event = events.recv() => match event {
@@ -99,77 +107,150 @@ impl Courier {
                         with(&messenger, |m| m.set_addresses(addresses.clone()));
                         on_change();
                     }
+                    Some(NetEvent::ListenerGone(address)) => {
+                        let gone = format!("{address}/p2p/{}", self.handle.peer_id());
+                        addresses.retain(|a| *a != gone);
+                        with(&messenger, |m| m.set_addresses(addresses.clone()));
+                        on_change();
+                    }
                     Some(NetEvent::Envelope { bytes, inbound, from }) => {
                         let delivery = match with(&messenger, |m| m.receive(&bytes)) {
                             Some(Ok(_)) | Some(Err(CoreError::Duplicate)) => Delivery::Accepted,
+                            Some(Err(e)) if is_temporary(&e) => {
+                                tracing::debug!(%from, %e, "cannot take an envelope now");
+                                Delivery::Later
+                            }
                             Some(Err(e)) => {
                                 tracing::debug!(%from, %e, "refused an envelope");
                                 Delivery::Refused
                             }
-                            None => Delivery::Refused,
+                            None => Delivery::Later,
                         };
                         let _ = self.handle.answer(inbound, delivery).await;
                         on_change();
-                        self.deliver(&messenger, &on_change).await;
+                        self.kick(&messenger, &on_change);
                     }
                     Some(NetEvent::Connected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
-                        // Whatever waited for this peer (or any) is worth trying at once.
-                        with(&messenger, |m| m.retry_now());
+                        // What waited for this peer is worth trying at once.
+                        with(&messenger, |m| retry_for_peer(m, peer));
                         on_change();
-                        self.deliver(&messenger, &on_change).await;
+                        self.kick(&messenger, &on_change);
                     }
                     Some(NetEvent::Disconnected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
                         on_change();
                     }
-                    Some(_) => {}
+                    Some(NetEvent::Discovered(_)) => {}
                 },
-                _ = retry.tick() => self.deliver(&messenger, &on_change).await,
-                _ = self.wake.notified() => self.deliver(&messenger, &on_change).await,
+                _ = retry.tick() => self.kick(&messenger, &on_change),
+                _ = self.wake.notified() => self.kick(&messenger, &on_change),
             }
         }
     }
 
-    /// One pass over the outbox: each envelope goes to its device's peer; answered ones
-    /// (taken or refused) leave the queue, unreachable ones stay for the next pass.
-    async fn deliver(&self, messenger: &SharedMessenger, on_change: &impl Fn()) {
-        let batch = with(messenger, |m| -> Result<Vec<_>> {
-            m.queued(BATCH)?
-                .into_iter()
-                .map(|q| {
-                    Ok((
-                        q.seq,
-                        m.transport_key_of(&q.outgoing.account_id, q.outgoing.device_id)?,
-                        q.outgoing,
-                    ))
-                })
-                .collect()
-        });
-        let Some(Ok(batch)) = batch else { return };
-        let mut progressed = false;
-        for (seq, key, outgoing) in batch {
-            let Some(peer) = key.and_then(|k| peer_id_of(&k).ok()) else {
-                continue;
-            };
-            match self.handle.send(peer, outgoing.envelope.to_bytes()).await {
-                Ok(answer) => {
-                    if answer == Delivery::Refused {
-                        tracing::warn!(%peer, "an envelope was refused; dropping it");
-                    }
-                    if let Some(Err(e)) = with(messenger, |m| m.dequeue(seq)) {
-                        tracing::error!(%e, "could not dequeue a delivered envelope");
-                    }
-                    progressed = true;
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, %e, "not delivered yet");
-                    with(messenger, |m| m.defer(seq));
+    /// Starts a delivery pass on its own task, or asks the running one for another.
+    fn kick(&self, messenger: &SharedMessenger, on_change: &OnChange) {
+        if self.delivering.swap(true, Ordering::SeqCst) {
+            self.again.store(true, Ordering::SeqCst);
+            return;
+        }
+        let (courier, messenger, on_change) = (self.clone(), messenger.clone(), on_change.clone());
+        tokio::spawn(async move {
+            loop {
+                courier.deliver(&messenger, &on_change).await;
+                if !courier.again.swap(false, Ordering::SeqCst) {
+                    break;
                 }
             }
+            courier.delivering.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// One pass over the due part of the outbox. Taken or refused envelopes leave the
+    /// queue; the others back off. After one failure for a peer, its other envelopes
+    /// wait for the next pass instead of failing one by one.
+    async fn deliver(&self, messenger: &SharedMessenger, on_change: &OnChange) {
+        let batch = match with(messenger, |m| m.queued(BATCH)) {
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) => {
+                tracing::error!(%e, "cannot read the outbox");
+                return;
+            }
+            None => return,
+        };
+        let mut unreachable = HashSet::new();
+        let mut progressed = false;
+        for queued in batch {
+            let (account, device) = (&queued.outgoing.account_id, queued.outgoing.device_id);
+            let route = with(messenger, |m| m.transport_key_of(account, device)).and_then(|r| r.ok().flatten());
+            let Some(peer) = route.and_then(|key| peer_id_of(&key).ok()) else {
+                // No device to send to (yet): keep it, backing off.
+                with(messenger, |m| m.defer(queued.seq));
+                continue;
+            };
+            if unreachable.contains(&peer) {
+                with(messenger, |m| m.defer(queued.seq));
+                continue;
+            }
+            let outcome = self.handle.send(peer, queued.outgoing.envelope.to_bytes()).await;
+            let done = match outcome {
+                Ok(Delivery::Accepted) => true,
+                Ok(Delivery::Refused) => {
+                    tracing::warn!(%peer, "an envelope was refused for good; dropping it");
+                    true
+                }
+                Ok(Delivery::Later) => false,
+                Err(e) => {
+                    tracing::debug!(%peer, %e, "not delivered yet");
+                    unreachable.insert(peer);
+                    false
+                }
+            };
+            let result = with(messenger, |m| {
+                if done {
+                    m.dequeue(queued.seq)
+                } else {
+                    m.defer(queued.seq)
+                }
+            });
+            if let Some(Err(e)) = result {
+                tracing::error!(%e, "could not update the outbox");
+            }
+            progressed |= done;
         }
         if progressed {
             on_change();
+        }
+    }
+}
+
+/// Errors after which the same envelope may well go through later (so the sender
+/// should keep it), as opposed to ones it never will.
+fn is_temporary(error: &CoreError) -> bool {
+    matches!(
+        error,
+        CoreError::Store(_)
+            | CoreError::Crypto(CryptoError::Store(_))
+            | CoreError::UnknownSender(_)
+            | CoreError::IdentityChanged(_)
+            | CoreError::NoAccount
+            | CoreError::Net(_)
+    )
+}
+
+/// Makes what is queued for the devices behind `peer` due now.
+fn retry_for_peer(messenger: &mut Messenger, peer: PeerId) {
+    let Ok(accounts) = messenger.known_accounts() else {
+        return;
+    };
+    for account in accounts {
+        for (device, key) in messenger.device_keys_of(&account).unwrap_or_default() {
+            if peer_id_of(&key).is_ok_and(|p| p == peer) {
+                if let Err(e) = messenger.retry_now_for(&account, device) {
+                    tracing::error!(%e, "could not update the outbox");
+                }
+            }
         }
     }
 }

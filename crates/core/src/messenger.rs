@@ -258,9 +258,22 @@ impl Messenger {
         Ok(*self.account()?.device.transport_seed())
     }
 
-    /// The transport public keys of all devices of `account_id` (for presence).
-    pub fn transport_keys_of(&self, account_id: &str) -> Result<Vec<[u8; 32]>> {
-        Ok(self.devices_of(account_id)?.1.iter().map(|d| d.transport_key).collect())
+    /// The devices of `account_id` with their transport public keys (for routing and
+    /// presence).
+    pub fn device_keys_of(&self, account_id: &str) -> Result<Vec<(u8, [u8; 32])>> {
+        Ok(self
+            .devices_of(account_id)?
+            .1
+            .iter()
+            .map(|d| (d.device_id, d.transport_key))
+            .collect())
+    }
+
+    /// Every account this device talks to: its contacts and its own account.
+    pub fn known_accounts(&self) -> Result<Vec<String>> {
+        let mut accounts: Vec<String> = self.db.contacts()?.into_iter().map(|c| c.account_id).collect();
+        accounts.push(self.account()?.account_id.clone());
+        Ok(accounts)
     }
 
     /// The transport public key of a device of `account_id` (a contact's or this

@@ -30,21 +30,25 @@ impl Messenger {
 
     /// The oldest `limit` envelopes waiting for a transport and due now.
     pub fn queued(&self, limit: usize) -> Result<Vec<QueuedEnvelope>> {
-        self.db
-            .queued_envelopes(limit, unix_millis())?
-            .into_iter()
-            .map(|row| {
-                let envelope = Envelope::from_bytes(&row.envelope)?;
-                Ok(QueuedEnvelope {
+        let mut queued = Vec::new();
+        for row in self.db.queued_envelopes(limit, unix_millis())? {
+            match Envelope::from_bytes(&row.envelope) {
+                Ok(envelope) => queued.push(QueuedEnvelope {
                     seq: row.seq,
                     outgoing: Outgoing {
                         account_id: row.account_id,
                         device_id: row.device_id,
                         envelope,
                     },
-                })
-            })
-            .collect()
+                }),
+                // A row we cannot read would block the queue forever: drop it, loudly.
+                Err(e) => {
+                    tracing::error!(seq = row.seq, %e, "dropping an unreadable outbox entry");
+                    self.db.dequeue_envelope(row.seq)?;
+                }
+            }
+        }
+        Ok(queued)
     }
 
     /// A delivery attempt for `seq` failed: try again later, backing off.
@@ -52,9 +56,14 @@ impl Messenger {
         Ok(self.db.defer_envelope(seq, unix_millis())?)
     }
 
-    /// Makes every queued envelope due now (a peer came online).
+    /// Makes every queued envelope due now.
     pub fn retry_now(&self) -> Result<()> {
-        Ok(self.db.retry_envelopes_now()?)
+        Ok(self.db.retry_envelopes_now(None)?)
+    }
+
+    /// Makes the envelopes queued for one device due now (it came online).
+    pub fn retry_now_for(&self, account_id: &str, device_id: u8) -> Result<()> {
+        Ok(self.db.retry_envelopes_now(Some((account_id, device_id)))?)
     }
 
     /// A transport delivered the queued envelope `seq`.

@@ -16,9 +16,12 @@ pub const ENVELOPE_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/envelo
 pub enum Delivery {
     /// Stored or processed: the sender may drop its copy.
     Accepted,
-    /// Not taken (malformed, not for this device, over a limit): keep or drop, but
-    /// do not retry to this peer unchanged.
+    /// Not taken, for good (malformed, not for this device, does not decrypt):
+    /// retrying it unchanged cannot help.
     Refused,
+    /// Not taken now (the receiver's store failed, or it is holding too much):
+    /// try again later.
+    Later,
 }
 
 /// Codec for [`ENVELOPE_PROTOCOL`].
@@ -43,8 +46,15 @@ impl libp2p::request_response::Codec for EnvelopeCodec {
                 format!("envelope of {len} bytes is over the limit"),
             ));
         }
-        let mut bytes = vec![0u8; len];
-        io.read_exact(&mut bytes).await?;
+        // Grow with what actually arrives rather than trusting the prefix up front.
+        let mut bytes = Vec::new();
+        io.take(len as u64).read_to_end(&mut bytes).await?;
+        if bytes.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "envelope shorter than its length prefix",
+            ));
+        }
         Ok(bytes)
     }
 
@@ -57,6 +67,7 @@ impl libp2p::request_response::Codec for EnvelopeCodec {
         match byte[0] {
             1 => Ok(Delivery::Accepted),
             0 => Ok(Delivery::Refused),
+            2 => Ok(Delivery::Later),
             other => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("unknown delivery answer {other}"),
@@ -81,7 +92,12 @@ impl libp2p::request_response::Codec for EnvelopeCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&[u8::from(delivery == Delivery::Accepted)]).await?;
+        let byte = match delivery {
+            Delivery::Refused => 0,
+            Delivery::Accepted => 1,
+            Delivery::Later => 2,
+        };
+        io.write_all(&[byte]).await?;
         io.close().await
     }
 }

@@ -46,6 +46,8 @@ impl Default for NodeConfig {
 pub enum NetEvent {
     /// The node listens on a new address.
     Listening(Multiaddr),
+    /// The node no longer listens on this address.
+    ListenerGone(Multiaddr),
     /// An envelope arrived; answer it with [`NodeHandle::answer`] once it is stored.
     Envelope {
         /// The sending peer (a device, or a cache node relaying).
@@ -137,7 +139,10 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
             Ok(Behaviour {
                 envelopes: request_response::Behaviour::new(
                     [(ENVELOPE_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(config.request_timeout),
+                    request_response::Config::default()
+                        .with_request_timeout(config.request_timeout)
+                        // Bounds what one connection can make us buffer at once.
+                        .with_max_concurrent_streams(16),
                 ),
                 identify: identify::Behaviour::new(identify::Config::new("/cairn/id/1".into(), key.public())),
                 ping: ping::Behaviour::default(),
@@ -245,7 +250,7 @@ impl Driver {
                     Some(command) => self.command(command),
                 },
                 event = self.swarm.select_next_some() => {
-                    if self.handle(event).await.is_err() {
+                    if self.handle(event).is_err() {
                         break;
                     }
                 }
@@ -287,11 +292,31 @@ impl Driver {
         }
     }
 
+    /// Passes an event on without ever waiting: the driver must keep serving the
+    /// swarm and commands whatever the consumer does. When the queue is full the event
+    /// is dropped (an envelope's request then fails and its sender retries later).
+    /// `Err` when nobody listens any more.
+    fn emit(&mut self, event: NetEvent) -> Result<(), ()> {
+        match self.events.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(NetEvent::Envelope { inbound, .. })) => {
+                tracing::warn!("event queue full: an inbound envelope is dropped for its sender to retry");
+                self.inbound.remove(&inbound);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                tracing::debug!(?event, "event queue full: dropped");
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        }
+    }
+
     /// Handles one swarm event; `Err` when nobody listens for events any more.
-    async fn handle(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), ()> {
-        let emit = |e| self.events.send(e);
+    fn handle(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), ()> {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => emit(NetEvent::Listening(address)).await.map_err(drop)?,
+            SwarmEvent::NewListenAddr { address, .. } => self.emit(NetEvent::Listening(address))?,
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.emit(NetEvent::ListenerGone(address))?,
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
@@ -302,7 +327,7 @@ impl Driver {
                     let _ = done.send(Ok(()));
                 }
                 if num_established.get() == 1 {
-                    self.events.send(NetEvent::Connected(peer_id)).await.map_err(drop)?
+                    self.emit(NetEvent::Connected(peer_id))?
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -316,21 +341,18 @@ impl Driver {
                 peer_id,
                 num_established: 0,
                 ..
-            } => emit(NetEvent::Disconnected(peer_id)).await.map_err(drop)?,
+            } => self.emit(NetEvent::Disconnected(peer_id))?,
             SwarmEvent::Behaviour(BehaviourEvent::Envelopes(event)) => match event {
                 request_response::Event::Message { peer, message, .. } => match message {
                     request_response::Message::Request { request, channel, .. } => {
                         let inbound = InboundId(self.next_inbound);
                         self.next_inbound += 1;
                         self.inbound.insert(inbound, channel);
-                        self.events
-                            .send(NetEvent::Envelope {
-                                from: peer,
-                                bytes: request,
-                                inbound,
-                            })
-                            .await
-                            .map_err(drop)?;
+                        self.emit(NetEvent::Envelope {
+                            from: peer,
+                            bytes: request,
+                            inbound,
+                        })?;
                     }
                     request_response::Message::Response { request_id, response } => {
                         if let Some(done) = self.pending.remove(&request_id) {
@@ -352,7 +374,7 @@ impl Driver {
                 for (peer, address) in found {
                     self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
                     self.swarm.add_peer_address(peer, address);
-                    self.events.send(NetEvent::Discovered(peer)).await.map_err(drop)?;
+                    self.emit(NetEvent::Discovered(peer))?;
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {

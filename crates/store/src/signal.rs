@@ -307,9 +307,15 @@ impl ProfileDb {
         Ok(())
     }
 
-    /// Makes every queued envelope due now (a peer came online).
-    pub fn retry_envelopes_now(&self) -> Result<()> {
-        self.conn.execute("UPDATE outbox SET next_attempt = 0", [])?;
+    /// Makes queued envelopes due now: all of them, or those for one device.
+    pub fn retry_envelopes_now(&self, device: Option<(&str, u8)>) -> Result<()> {
+        match device {
+            None => self.conn.execute("UPDATE outbox SET next_attempt = 0", [])?,
+            Some((account_id, device_id)) => self.conn.execute(
+                "UPDATE outbox SET next_attempt = 0 WHERE account_id = ?1 AND device_id = ?2",
+                params![account_id, device_id],
+            )?,
+        };
         Ok(())
     }
 
