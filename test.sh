@@ -18,6 +18,23 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== LAN discovery (mDNS) inside a private network namespace"
+# mDNS multicasts on every interface, so this test runs only where it can reach no
+# one else: a namespace of its own with a veth pair (addresses private to it).
+ns="cairn-mdns-$$"
+if ip netns add "$ns" 2>/dev/null; then
+  ip netns exec "$ns" sh -c 'ip link set lo up
+    ip link add cairn0 type veth peer name cairn1
+    ip addr add 10.201.0.1/24 dev cairn0 && ip addr add 10.201.0.2/24 dev cairn1
+    ip link set cairn0 up && ip link set cairn1 up'
+  status=0
+  ip netns exec "$ns" cargo test -p cairn-net --locked --offline --test loopback -- --ignored mdns || status=$?
+  ip netns del "$ns"
+  [ "$status" -eq 0 ] || exit "$status"
+else
+  echo "skipped: this user may not create network namespaces (needs root or CAP_SYS_ADMIN)"
+fi
+
 echo "== tests (Xvfb display, private D-Bus session with gnome-keyring)"
 runner="nextest run --no-fail-fast"
 cargo nextest --version >/dev/null 2>&1 || runner="test --no-fail-fast"

@@ -106,8 +106,8 @@ fn the_peer_id_follows_from_the_transport_key_in_the_device_list() {
 }
 
 /// mDNS multicasts on every interface, so outside a private network namespace this
-/// would send traffic beyond loopback: run it inside one
-/// (`ip netns exec NS cargo test -p cairn-net -- --ignored`).
+/// would send traffic beyond this machine: `./test.sh` runs it inside one it creates
+/// (with a veth pair), and it is ignored in plain `cargo test` runs.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "multicasts on every interface; run inside a private network namespace"]
 async fn two_nodes_with_no_bootstrap_address_find_each_other_with_mdns_and_talk() {
