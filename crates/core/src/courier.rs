@@ -141,7 +141,11 @@ impl Courier {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
                         on_change();
                     }
-                    Some(NetEvent::Discovered(_)) => {}
+                    Some(NetEvent::Discovered(peer)) => {
+                        // Now there is a way to it: what waits for it can go.
+                        with(&messenger, |m| retry_for_peer(m, peer));
+                        self.kick(&messenger, &on_change);
+                    }
                 },
                 _ = retry.tick() => self.kick(&messenger, &on_change),
                 _ = self.wake.notified() => self.kick(&messenger, &on_change),

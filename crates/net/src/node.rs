@@ -57,7 +57,7 @@ pub enum NetEvent {
         /// What to pass to [`NodeHandle::answer`].
         inbound: InboundId,
     },
-    /// A peer was found on the local network.
+    /// A peer's addresses were found (on the local network, or through the DHT).
     Discovered(PeerId),
     /// A connection to a peer is up.
     Connected(PeerId),
@@ -153,6 +153,8 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
         .map_err(|e| transport(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
+    // Every node answers DHT queries: peers find each other through any node they share.
+    swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     for address in &config.listen {
         swarm.listen_on(address.clone()).map_err(|e| transport(&e))?;
     }
@@ -172,6 +174,7 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
             inbound: HashMap::new(),
             next_inbound: 0,
             dials: HashMap::new(),
+            lookups: HashMap::new(),
         }
         .run(),
     );
@@ -239,6 +242,8 @@ struct Driver {
     inbound: HashMap<InboundId, ResponseChannel<Delivery>>,
     next_inbound: u64,
     dials: HashMap<ConnectionId, oneshot::Sender<Result<(), NetError>>>,
+    /// DHT lookups under way, by the peer they look for.
+    lookups: HashMap<kad::QueryId, PeerId>,
 }
 
 impl Driver {
@@ -360,9 +365,21 @@ impl Driver {
                         }
                     }
                 },
-                request_response::Event::OutboundFailure { request_id, error, .. } => {
+                request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    peer,
+                    ..
+                } => {
                     if let Some(done) = self.pending.remove(&request_id) {
                         let _ = done.send(Err(NetError::Unreachable(error.to_string())));
+                    }
+                    // No way to the peer: ask the DHT where it is (once at a time).
+                    if matches!(error, request_response::OutboundFailure::DialFailure)
+                        && !self.lookups.values().any(|p| *p == peer)
+                    {
+                        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                        self.lookups.insert(query, peer);
                     }
                 }
                 request_response::Event::InboundFailure { peer, error, .. } => {
@@ -380,6 +397,29 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 for address in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, address);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            })) => {
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let wanted = self.lookups.get(&id).copied();
+                for info in peers {
+                    for address in &info.addrs {
+                        self.swarm.add_peer_address(info.peer_id, address.clone());
+                    }
+                    if Some(info.peer_id) == wanted && !info.addrs.is_empty() {
+                        self.emit(NetEvent::Discovered(info.peer_id))?;
+                    }
+                }
+                if step.last {
+                    self.lookups.remove(&id);
                 }
             }
             _ => {}

@@ -139,3 +139,66 @@ async fn two_nodes_with_no_bootstrap_address_find_each_other_with_mdns_and_talk(
     bob.answer(inbound, Delivery::Accepted).await.unwrap();
     assert_eq!(sending.await.unwrap().unwrap(), Delivery::Accepted);
 }
+
+/// Waits for an event matching `pick`.
+async fn wait_for(events: &mut mpsc::Receiver<NetEvent>, pick: impl Fn(&NetEvent) -> bool) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.recv().await {
+                Some(event) if pick(&event) => return,
+                Some(_) => continue,
+                None => panic!("node stopped"),
+            }
+        }
+    })
+    .await
+    .expect("the event in time");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_peers_that_share_only_a_bootstrap_node_find_each_other_through_the_dht() {
+    let (hub, _hub_events) = node(21).await;
+    let hub_address = hub
+        .listeners()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.to_string().contains("/tcp/"))
+        .unwrap();
+    let through_hub = |seed: u8| {
+        let mut config = loopback(false);
+        config.bootstrap = vec![hub_address.clone()];
+        start([seed; 32], config).unwrap()
+    };
+    let (alice, mut alice_events) = through_hub(22);
+    let (bob, mut bob_events) = through_hub(23);
+    let hub_id = hub.peer_id();
+    wait_for(
+        &mut alice_events,
+        |e| matches!(e, NetEvent::Connected(p) if *p == hub_id),
+    )
+    .await;
+    wait_for(&mut bob_events, |e| matches!(e, NetEvent::Connected(p) if *p == hub_id)).await;
+    // Give identify a moment to tell the hub where Bob listens.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Alice knows Bob only by peer id: the first try fails and starts a DHT lookup.
+    assert!(matches!(
+        alice.send(bob.peer_id(), b"first".to_vec()).await,
+        Err(NetError::Unreachable(_))
+    ));
+    let bob_id = bob.peer_id();
+    wait_for(
+        &mut alice_events,
+        |e| matches!(e, NetEvent::Discovered(p) if *p == bob_id),
+    )
+    .await;
+    let sending = tokio::spawn({
+        let (alice, to) = (alice.clone(), bob.peer_id());
+        async move { alice.send(to, b"found through the hub".to_vec()).await }
+    });
+    let (bytes, inbound) = next_envelope(&mut bob_events).await;
+    assert_eq!(bytes, b"found through the hub");
+    bob.answer(inbound, Delivery::Accepted).await.unwrap();
+    assert_eq!(sending.await.unwrap().unwrap(), Delivery::Accepted);
+}
