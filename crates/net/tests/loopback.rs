@@ -179,26 +179,35 @@ async fn two_peers_that_share_only_a_bootstrap_node_find_each_other_through_the_
     )
     .await;
     wait_for(&mut bob_events, |e| matches!(e, NetEvent::Connected(p) if *p == hub_id)).await;
-    // Give identify a moment to tell the hub where Bob listens.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    // Alice knows Bob only by peer id: the first try fails and starts a DHT lookup.
-    assert!(matches!(
-        alice.send(bob.peer_id(), b"first".to_vec()).await,
-        Err(NetError::Unreachable(_))
-    ));
-    let bob_id = bob.peer_id();
-    wait_for(
-        &mut alice_events,
-        |e| matches!(e, NetEvent::Discovered(p) if *p == bob_id),
-    )
-    .await;
-    let sending = tokio::spawn({
-        let (alice, to) = (alice.clone(), bob.peer_id());
-        async move { alice.send(to, b"found through the hub".to_vec()).await }
+    // Bob takes whatever arrives.
+    let (got_tx, mut got) = mpsc::unbounded_channel();
+    tokio::spawn({
+        let bob = bob.clone();
+        async move {
+            while let Some(event) = bob_events.recv().await {
+                if let NetEvent::Envelope { bytes, inbound, .. } = event {
+                    bob.answer(inbound, Delivery::Accepted).await.unwrap();
+                    let _ = got_tx.send(bytes);
+                }
+            }
+        }
     });
-    let (bytes, inbound) = next_envelope(&mut bob_events).await;
-    assert_eq!(bytes, b"found through the hub");
-    bob.answer(inbound, Delivery::Accepted).await.unwrap();
-    assert_eq!(sending.await.unwrap().unwrap(), Delivery::Accepted);
+    // Alice knows Bob only by peer id. Each failed try starts a DHT lookup through the
+    // hub (as the courier's retries do); once one has found Bob, the envelope goes.
+    let mut delivered = false;
+    for _ in 0..40 {
+        if alice
+            .send(bob.peer_id(), b"found through the hub".to_vec())
+            .await
+            .is_ok()
+        {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(delivered, "the DHT lookup through the hub finds Bob");
+    assert_eq!(got.recv().await.unwrap(), b"found through the hub");
+    // Alice's events were listened to until here: a node stops when nobody listens.
+    drop(alice_events);
 }
