@@ -198,7 +198,7 @@ impl Courier {
                 continue;
             }
             let outcome = self.handle.send(peer, queued.outgoing.envelope.to_bytes()).await;
-            let done = match outcome {
+            let done = match &outcome {
                 Ok(Delivery::Accepted) => true,
                 Ok(Delivery::Refused) => {
                     tracing::warn!(%peer, "an envelope was refused for good; dropping it");
@@ -212,11 +212,14 @@ impl Courier {
                 }
             };
             let result = with(messenger, |m| {
-                if done {
-                    m.dequeue(queued.seq)
-                } else {
-                    m.defer(queued.seq)
+                if !done {
+                    return m.defer(queued.seq);
                 }
+                // Taken by a device (or, later, a cache): the message is sent.
+                if let (Some(id), Ok(Delivery::Accepted)) = (&queued.outgoing.message, &outcome) {
+                    m.mark_sent(id)?;
+                }
+                m.dequeue(queued.seq)
             });
             if let Some(Err(e)) = result {
                 tracing::error!(%e, "could not update the outbox");

@@ -44,6 +44,9 @@ impl Messenger {
             sync_peer: None,
         };
         let mut out = self.envelopes_to(peer, &Content::Text(text.clone()))?;
+        for o in &mut out {
+            o.message = Some(id);
+        }
         if out.is_empty() {
             return Err(CoreError::NoReachableDevice(peer.to_owned()));
         }

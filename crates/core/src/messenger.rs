@@ -437,6 +437,7 @@ impl Messenger {
             account_id: account_id.to_owned(),
             device_id: device.device_id,
             envelope,
+            message: None,
         })
     }
 

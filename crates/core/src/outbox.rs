@@ -22,8 +22,13 @@ impl Messenger {
     /// Puts envelopes in the outbox.
     pub fn enqueue(&self, out: &[Outgoing]) -> Result<()> {
         for o in out {
-            self.db
-                .enqueue_envelope(&o.account_id, o.device_id, &o.envelope.to_bytes(), unix_millis())?;
+            self.db.enqueue_envelope(
+                &o.account_id,
+                o.device_id,
+                &o.envelope.to_bytes(),
+                o.message.as_ref().map(|id| &id[..]),
+                unix_millis(),
+            )?;
         }
         Ok(())
     }
@@ -39,6 +44,7 @@ impl Messenger {
                         account_id: row.account_id,
                         device_id: row.device_id,
                         envelope,
+                        message: row.message_id.and_then(|id| id.try_into().ok()),
                     },
                 }),
                 // A row we cannot read would block the queue forever: drop it, loudly.

@@ -13,6 +13,9 @@ pub struct Outgoing {
     pub device_id: u8,
     /// The sealed envelope (its `mailbox` names the device).
     pub envelope: Envelope,
+    /// The message it carries to the contact, if any: once a device or cache takes
+    /// the envelope, that message is *sent*.
+    pub message: Option<MessageId>,
 }
 
 /// Delivery state of a message, as the UI shows it.

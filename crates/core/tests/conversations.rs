@@ -721,3 +721,24 @@ fn a_failed_delivery_is_retried_later_and_at_once_when_a_peer_comes_online() {
     let due: Vec<i64> = w.m(a1).queued(1000).unwrap().iter().map(|q| q.seq).collect();
     assert!(due.contains(&last), "and is due again once a peer comes online");
 }
+
+#[test]
+fn the_envelopes_for_the_contact_name_their_message_so_a_transport_can_mark_it_sent() {
+    let (mut w, [a1, a2, b1, _b2]) = alice_and_bob();
+    let bob = w.account_id(b1);
+    let (message, out) = w.m(a1).send_text(&bob, "track me").unwrap();
+    for o in &out {
+        let to_own_device = w.device_for(o) == a2;
+        assert_eq!(o.message, if to_own_device { None } else { Some(message.id) }, "{o:?}");
+    }
+    let queued = w.m(a1).queued(1000).unwrap();
+    assert!(
+        queued.iter().any(|q| q.outgoing.message == Some(message.id)),
+        "kept in the outbox"
+    );
+    w.m(a1).mark_sent(&message.id).unwrap();
+    assert_eq!(w.m(a1).message(&message.id).unwrap().state, DeliveryState::Sent);
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(w.m(a1).message(&message.id).unwrap().state, DeliveryState::Delivered);
+}

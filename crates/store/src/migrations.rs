@@ -122,6 +122,7 @@ CREATE TABLE outbox (
     account_id  TEXT    NOT NULL,
     device_id   INTEGER NOT NULL,
     envelope      BLOB    NOT NULL,
+    message_id    BLOB,
     created_at    INTEGER NOT NULL,
     attempts      INTEGER NOT NULL DEFAULT 0,
     next_attempt  INTEGER NOT NULL DEFAULT 0

@@ -30,6 +30,8 @@ pub struct QueuedRecord {
     pub device_id: u8,
     /// The encoded envelope.
     pub envelope: Vec<u8>,
+    /// The message it carries to a contact, if any.
+    pub message_id: Option<Vec<u8>>,
 }
 
 /// A contact as stored.
@@ -287,10 +289,17 @@ impl ProfileDb {
     }
 
     /// Queues a sealed envelope for a transport to deliver.
-    pub fn enqueue_envelope(&self, account_id: &str, device_id: u8, envelope: &[u8], now: i64) -> Result<()> {
+    pub fn enqueue_envelope(
+        &self,
+        account_id: &str,
+        device_id: u8,
+        envelope: &[u8],
+        message_id: Option<&[u8]>,
+        now: i64,
+    ) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO outbox (account_id, device_id, envelope, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![account_id, device_id, envelope, now],
+            "INSERT INTO outbox (account_id, device_id, envelope, message_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![account_id, device_id, envelope, message_id, now],
         )?;
         Ok(())
     }
@@ -322,7 +331,8 @@ impl ProfileDb {
     /// The oldest `limit` queued envelopes that are due at `now`.
     pub fn queued_envelopes(&self, limit: usize, now: i64) -> Result<Vec<QueuedRecord>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, account_id, device_id, envelope FROM outbox WHERE next_attempt <= ?2 ORDER BY seq LIMIT ?1",
+            "SELECT seq, account_id, device_id, envelope, message_id FROM outbox
+             WHERE next_attempt <= ?2 ORDER BY seq LIMIT ?1",
         )?;
         let rows = stmt.query_map(params![limit as i64, now], |r| {
             Ok(QueuedRecord {
@@ -330,6 +340,7 @@ impl ProfileDb {
                 account_id: r.get(1)?,
                 device_id: r.get(2)?,
                 envelope: r.get(3)?,
+                message_id: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
