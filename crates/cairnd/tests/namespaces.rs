@@ -5,13 +5,11 @@
 //! Needs the privilege to create network namespaces (root or CAP_SYS_ADMIN); without
 //! it the test says so and does nothing else.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const CAIRND: &str = env!("CARGO_BIN_EXE_cairnd");
-const PASSPHRASE: &str = "correct horse battery staple";
+use std::process::Command;
+
+use common::{init, run, Running};
 
 fn sh(command: &str) -> bool {
     Command::new("sh")
@@ -66,76 +64,6 @@ impl Drop for Hosts {
     }
 }
 
-fn cairnd(ns: Option<&str>, profile: &std::path::Path, args: &[&str]) -> Command {
-    let mut command = match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, CAIRND]);
-            c
-        }
-        None => Command::new(CAIRND),
-    };
-    command
-        .arg("--profile-dir")
-        .arg(profile)
-        .arg("--no-mdns")
-        .args(args)
-        .env("CAIRND_PASSPHRASE", PASSPHRASE);
-    command
-}
-
-fn run(profile: &std::path::Path, args: &[&str]) -> String {
-    let output = cairnd(None, profile, args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "cairnd {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// A running `cairnd` in a namespace; its stdout lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(ns: &str, profile: &std::path::Path, args: &[&str]) -> Self {
-        let mut child = cairnd(Some(ns), profile, args).stdout(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn line_starting(&self, prefix: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("no {prefix:?} line"));
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return rest.to_owned();
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // SIGTERM reaches cairnd through `ip netns exec`, which execs it.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn alice_and_bob_in_separate_namespaces_find_each_other_through_a_cairnd_bootstrap_node() {
     let Some(hosts) = Hosts::create() else {
@@ -147,22 +75,18 @@ fn alice_and_bob_in_separate_namespaces_find_each_other_through_a_cairnd_bootstr
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    run(hub_dir.path(), &["init", "--name", "Hub"]);
-    let alice_id = run(alice_dir.path(), &["init", "--name", "Alice"])
-        .trim()
-        .strip_prefix("account ")
-        .unwrap()
-        .to_owned();
-    run(bob_dir.path(), &["init", "--name", "Bob"]);
+    init(hub_dir.path(), "Hub");
+    let alice_id = init(alice_dir.path(), "Alice");
+    init(bob_dir.path(), "Bob");
 
     let hub = Running::start(
-        &hosts.ns("hub"),
+        Some(&hosts.ns("hub")),
         hub_dir.path(),
         &["--listen", "/ip4/10.210.1.1/tcp/4001,/ip4/10.210.2.1/tcp/4001", "node"],
     );
     hub.line_starting("peer ");
     let alice = Running::start(
-        &hosts.ns("a"),
+        Some(&hosts.ns("a")),
         alice_dir.path(),
         &[
             "--listen",
@@ -179,7 +103,7 @@ fn alice_and_bob_in_separate_namespaces_find_each_other_through_a_cairnd_bootstr
     run(bob_dir.path(), &["add-contact", &invite]);
     run(bob_dir.path(), &["send", &alice_id, "hello across namespaces"]);
     let _bob = Running::start(
-        &hosts.ns("b"),
+        Some(&hosts.ns("b")),
         bob_dir.path(),
         &[
             "--listen",

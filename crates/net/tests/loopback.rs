@@ -43,49 +43,62 @@ async fn next_envelope(events: &mut mpsc::Receiver<NetEvent>) -> (Vec<u8>, cairn
     }
 }
 
+/// The first address `node` listens on whose text contains `kind` ("/tcp/", "quic").
+async fn address_of(node: &NodeHandle, kind: &str) -> cairn_net::Multiaddr {
+    node.listeners()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.to_string().contains(kind))
+        .unwrap()
+}
+
+/// Alice sends `bytes` to Bob, Bob answers `answer`; returns what Bob got and what
+/// Alice heard back.
+async fn exchange(
+    alice: &NodeHandle,
+    bob: &NodeHandle,
+    bob_events: &mut mpsc::Receiver<NetEvent>,
+    bytes: &[u8],
+    answer: Delivery,
+) -> (Vec<u8>, Delivery) {
+    let sending = tokio::spawn({
+        let (alice, to, bytes) = (alice.clone(), bob.peer_id(), bytes.to_vec());
+        async move { alice.send(to, bytes).await }
+    });
+    let (got, inbound) = next_envelope(bob_events).await;
+    bob.answer(inbound, answer).await.unwrap();
+    (got, sending.await.unwrap().unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_envelope_crosses_tcp_and_the_receivers_answer_comes_back() {
     let (alice, _alice_events) = node(1).await;
     let (bob, mut bob_events) = node(2).await;
-    let bob_tcp = bob
-        .listeners()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|a| a.to_string().contains("/tcp/"))
-        .unwrap();
-    alice.dial(bob_tcp).await.unwrap();
-
-    let sending = tokio::spawn({
-        let alice = alice.clone();
-        let to = bob.peer_id();
-        async move { alice.send(to, b"sealed envelope bytes".to_vec()).await }
-    });
-    let (bytes, inbound) = next_envelope(&mut bob_events).await;
-    assert_eq!(bytes, b"sealed envelope bytes");
-    bob.answer(inbound, Delivery::Accepted).await.unwrap();
-    assert_eq!(sending.await.unwrap().unwrap(), Delivery::Accepted);
+    alice.dial(address_of(&bob, "/tcp/").await).await.unwrap();
+    let (got, heard) = exchange(
+        &alice,
+        &bob,
+        &mut bob_events,
+        b"sealed envelope bytes",
+        Delivery::Accepted,
+    )
+    .await;
+    assert_eq!(
+        (got.as_slice(), heard),
+        (&b"sealed envelope bytes"[..], Delivery::Accepted)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_refusal_is_reported_to_the_sender() {
+async fn over_quic_a_refusal_and_a_later_are_reported_to_the_sender() {
     let (alice, _alice_events) = node(3).await;
     let (bob, mut bob_events) = node(4).await;
-    let bob_quic = bob
-        .listeners()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|a| a.to_string().contains("quic"))
-        .unwrap();
-    alice.dial(bob_quic).await.unwrap();
-    let sending = tokio::spawn({
-        let (alice, to) = (alice.clone(), bob.peer_id());
-        async move { alice.send(to, vec![0xff; 10]).await }
-    });
-    let (_, inbound) = next_envelope(&mut bob_events).await;
-    bob.answer(inbound, Delivery::Refused).await.unwrap();
-    assert_eq!(sending.await.unwrap().unwrap(), Delivery::Refused);
+    alice.dial(address_of(&bob, "quic").await).await.unwrap();
+    let (_, heard) = exchange(&alice, &bob, &mut bob_events, &[0xff; 10], Delivery::Refused).await;
+    assert_eq!(heard, Delivery::Refused);
+    let (_, heard) = exchange(&alice, &bob, &mut bob_events, &[0xee; 10], Delivery::Later).await;
+    assert_eq!(heard, Delivery::Later);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -130,14 +143,8 @@ async fn two_nodes_with_no_bootstrap_address_find_each_other_with_mdns_and_talk(
     })
     .await;
     found.expect("alice finds bob on the LAN by mDNS");
-    let sending = tokio::spawn({
-        let (alice, to) = (alice.clone(), bob.peer_id());
-        async move { alice.send(to, b"found you".to_vec()).await }
-    });
-    let (bytes, inbound) = next_envelope(&mut bob_events).await;
-    assert_eq!(bytes, b"found you");
-    bob.answer(inbound, Delivery::Accepted).await.unwrap();
-    assert_eq!(sending.await.unwrap().unwrap(), Delivery::Accepted);
+    let (got, heard) = exchange(&alice, &bob, &mut bob_events, b"found you", Delivery::Accepted).await;
+    assert_eq!((got.as_slice(), heard), (&b"found you"[..], Delivery::Accepted));
 }
 
 /// Waits for an event matching `pick`.
@@ -158,13 +165,7 @@ async fn wait_for(events: &mut mpsc::Receiver<NetEvent>, pick: impl Fn(&NetEvent
 #[tokio::test(flavor = "multi_thread")]
 async fn two_peers_that_share_only_a_bootstrap_node_find_each_other_through_the_dht() {
     let (hub, _hub_events) = node(21).await;
-    let hub_address = hub
-        .listeners()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|a| a.to_string().contains("/tcp/"))
-        .unwrap();
+    let hub_address = address_of(&hub, "/tcp/").await;
     let through_hub = |seed: u8| {
         let mut config = loopback(false);
         config.bootstrap = vec![hub_address.clone()];
