@@ -475,7 +475,13 @@ pub fn invite_route(link: &str) -> Result<([u8; 32], Vec<String>)> {
         .bundles
         .first()
         .and_then(|b| list.device(b.device_id))
-        .ok_or(CoreError::NoAccount)?;
+        // `Invite::from_link` already checked there is a bundle for a listed device.
+        .ok_or_else(|| {
+            CoreError::Proto(cairn_proto::ProtoError::InvalidField {
+                field: "bundles",
+                reason: "no listed device".into(),
+            })
+        })?;
     Ok((device.transport_key, invite.addresses))
 }
 
