@@ -30,6 +30,13 @@ impl Messenger {
         self.check_identity(&account_id, &identity)?;
         let is_new = self.db.contact(&account_id)?.is_none();
         self.save_card(&account_id, &invite.card, &list)?;
+        // Where the inviting device listens, for the network layer now and after restarts.
+        if let Some(device) = invite.card.bundles.first().and_then(|b| list.device(b.device_id)) {
+            for address in invite.addresses.iter().take(8) {
+                self.db
+                    .save_peer_address(&device.transport_key, address, unix_millis())?;
+            }
+        }
         let mut out = self.envelopes_to(
             &account_id,
             &Content::Hello {

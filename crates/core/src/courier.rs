@@ -50,6 +50,9 @@ impl Courier {
         on_change: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self> {
         let seed = with(&messenger, |m| m.transport_seed()).ok_or(CoreError::NoAccount)??;
+        let known = with(&messenger, |m| m.peer_addresses())
+            .transpose()?
+            .unwrap_or_default();
         let (handle, events) = cairn_net::start(seed, config)?;
         tracing::info!(peer = %handle.peer_id(), "network node started");
         let courier = Self {
@@ -59,6 +62,15 @@ impl Courier {
             delivering: Arc::default(),
             again: Arc::default(),
         };
+        // Where contacts' devices said they listen (from invites), remembered across restarts.
+        let node = courier.handle.clone();
+        tokio::spawn(async move {
+            for (key, address) in known {
+                if let (Ok(peer), Ok(address)) = (peer_id_of(&key), address.parse()) {
+                    let _ = node.add_address(peer, address).await;
+                }
+            }
+        });
         tokio::spawn(courier.clone().run(messenger, events, Arc::new(on_change)));
         Ok(courier)
     }

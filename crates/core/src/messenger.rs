@@ -258,6 +258,16 @@ impl Messenger {
         Ok(*self.account()?.device.transport_seed())
     }
 
+    /// Addresses remembered for peers' devices, as (transport key, multiaddr text).
+    pub fn peer_addresses(&self) -> Result<Vec<([u8; 32], String)>> {
+        Ok(self
+            .db
+            .peer_addresses()?
+            .into_iter()
+            .filter_map(|(key, address)| Some((key.try_into().ok()?, address)))
+            .collect())
+    }
+
     /// The devices of `account_id` with their transport public keys (for routing and
     /// presence).
     pub fn device_keys_of(&self, account_id: &str) -> Result<Vec<(u8, [u8; 32])>> {

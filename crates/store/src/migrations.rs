@@ -63,7 +63,8 @@ END;
 /// Schema version 3: Signal sessions, prekeys, pinned identities, contacts and
 /// their devices, this account's device list, envelopes held back while a
 /// contact's changed identity key waits for acceptance, the outbox of sealed
-/// envelopes waiting for a transport, and message direction.
+/// envelopes waiting for a transport, addresses learned for peers (from invites), and
+/// message direction.
 const V3_SESSIONS: &str = "
 CREATE TABLE identities (
     account_id    TEXT    PRIMARY KEY,
@@ -128,6 +129,12 @@ CREATE TABLE outbox (
     next_attempt  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX outbox_due ON outbox (next_attempt, seq);
+CREATE TABLE peer_addresses (
+    transport_key  BLOB    NOT NULL,
+    address        TEXT    NOT NULL,
+    learned_at     INTEGER NOT NULL,
+    PRIMARY KEY (transport_key, address)
+);
 ALTER TABLE messages ADD COLUMN outgoing INTEGER NOT NULL DEFAULT 0;
 ";
 
