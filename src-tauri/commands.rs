@@ -393,6 +393,8 @@ pub struct SafetyNumberView {
     groups: Vec<String>,
     qr_svg: String,
     verified: bool,
+    /// The number a changed, not yet accepted key would give (to compare first).
+    pending_groups: Option<Vec<String>>,
 }
 
 /// The settings a person can change.
@@ -473,6 +475,7 @@ pub async fn safety_number(state: tauri::State<'_, AppState>, peer: String) -> R
             groups: number.groups(),
             qr_svg: cairn_core::qr_svg(number.scannable())?,
             verified: m.contact(&peer)?.verified,
+            pending_groups: m.pending_safety_number(&peer)?.map(|n| n.groups()),
         })
     })
 }

@@ -194,12 +194,29 @@ impl Messenger {
 
     /// The safety number with a contact (as pinned: a pending key does not count).
     pub fn safety_number(&self, account_id: &str) -> Result<SafetyNumber> {
-        let account = self.account()?;
         let pinned = self
             .db
             .pinned_identity(account_id)?
             .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
-        let theirs = IdentityKey::decode(&pinned.identity_key).map_err(|e| {
+        self.safety_number_with(account_id, &pinned.identity_key)
+    }
+
+    /// The safety number the contact's changed (pending) key would give, so the person
+    /// can compare it before accepting; `None` when no change is pending.
+    pub fn pending_safety_number(&self, account_id: &str) -> Result<Option<SafetyNumber>> {
+        let pinned = self
+            .db
+            .pinned_identity(account_id)?
+            .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
+        pinned
+            .pending_key
+            .map(|key| self.safety_number_with(account_id, &key))
+            .transpose()
+    }
+
+    fn safety_number_with(&self, account_id: &str, their_key: &[u8]) -> Result<SafetyNumber> {
+        let account = self.account()?;
+        let theirs = IdentityKey::decode(their_key).map_err(|e| {
             CoreError::Crypto(cairn_crypto::CryptoError::InvalidKey {
                 what: "contact identity",
                 reason: e.to_string(),

@@ -470,6 +470,16 @@ fn an_identity_change_warns_blocks_sending_and_holds_envelopes_until_accepted() 
         before,
         "the pinned key still counts"
     );
+    let pending = w
+        .m(a1)
+        .pending_safety_number(&bob)
+        .unwrap()
+        .expect("a change is pending");
+    assert_ne!(
+        pending.digits(),
+        before.digits(),
+        "the new key's number is shown for comparison"
+    );
 
     // An envelope from the new key, claiming to be Bob: held, not opened.
     let alice_card = Invite::from_link(&w.m(a1).account_info().unwrap().invite_link)
@@ -507,6 +517,12 @@ fn an_identity_change_warns_blocks_sending_and_holds_envelopes_until_accepted() 
     let contact = w.m(a1).contact(&bob).unwrap();
     assert!(!contact.identity_changed && !contact.verified);
     assert_ne!(w.m(a1).safety_number(&bob).unwrap().digits(), before.digits());
+    assert_eq!(
+        w.m(a1).safety_number(&bob).unwrap(),
+        pending,
+        "the accepted key is the one compared"
+    );
+    assert!(w.m(a1).pending_safety_number(&bob).unwrap().is_none());
     let (_, out) = w.m(a1).send_text(&bob, "hello, new key").unwrap();
     assert_eq!(
         out.iter().filter(|o| o.account_id == bob).count(),

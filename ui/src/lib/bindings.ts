@@ -272,7 +272,11 @@ export type ProfileStatus =
 /**
  * A safety number: 12 groups of 5 digits and the scannable form as a QR code.
  */
-export type SafetyNumberView = { groups: string[]; qrSvg: string; verified: boolean }
+export type SafetyNumberView = { groups: string[]; qrSvg: string; verified: boolean; 
+/**
+ * The number a changed, not yet accepted key would give (to compare first).
+ */
+pendingGroups: string[] | null }
 /**
  * The settings a person can change.
  */
