@@ -2,7 +2,10 @@
 //! QR linking that does not need a network), and rotating this device's signed
 //! prekey. Either way, contacts and own devices receive the new card.
 
-use cairn_crypto::{generate_signed_prekey, sign_device_list, signed_prekey_due, verify_device_list, AccountIdentity};
+use cairn_crypto::{
+    generate_kyber_prekey, generate_signed_prekey, sign_device_list, signed_prekey_due, verify_device_list,
+    AccountIdentity,
+};
 use cairn_proto::{encode_versioned, ContactCard, Content, DeviceList, PrekeyBundle, SignedDeviceList, MAX_DEVICES};
 use zeroize::Zeroizing;
 
@@ -97,16 +100,24 @@ impl Messenger {
     /// Makes a new signed prekey now. Older ones stay, so sessions that started from
     /// them still complete; contacts and own devices get the new bundle.
     pub fn rotate_signed_prekey(&mut self) -> Result<Vec<Outgoing>> {
-        let (id, _) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
-        let next = id.checked_add(1).ok_or(CoreError::NoAccount)?;
-        let record = generate_signed_prekey(&self.account()?.identity, next)?;
-        let now = unix_millis();
-        self.db.save_signed_prekey(next, &record, now)?;
-        // Replaced keys stay long enough for sessions that started from them, then go:
-        // a key kept forever would let a later thief open every recorded session start.
-        self.db
-            .delete_signed_prekeys_before(now - SIGNED_PREKEY_GRACE_MILLIS, next)?;
-        self.announce_card()
+        self.atomically(|this| {
+            let identity = this.account()?.identity.clone();
+            let now = unix_millis();
+            // The Kyber last-resort key is rotated with the signed prekey.
+            let (signed_id, _) = this.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
+            let (kyber_id, _) = this.db.latest_kyber_prekey()?.ok_or(CoreError::NoAccount)?;
+            let (signed_next, kyber_next) = (signed_id.wrapping_add(1).max(1), kyber_id.wrapping_add(1).max(1));
+            this.db
+                .save_signed_prekey(signed_next, &generate_signed_prekey(&identity, signed_next)?, now)?;
+            this.db
+                .save_kyber_prekey(kyber_next, &generate_kyber_prekey(&identity, kyber_next)?, now)?;
+            // Replaced keys stay long enough for sessions that started from them, then
+            // go: a key kept forever would let a later thief open every recorded start.
+            let cutoff = now - SIGNED_PREKEY_GRACE_MILLIS;
+            this.db.delete_signed_prekeys_before(cutoff, signed_next)?;
+            this.db.delete_kyber_prekeys_before(cutoff, kyber_next)?;
+            this.announce_card()
+        })
     }
 
     /// Sends this account's card to every contact's devices and to own other devices.

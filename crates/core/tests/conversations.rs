@@ -368,6 +368,16 @@ fn a_rotated_signed_prekey_reaches_contacts_and_new_sessions_start_from_it() {
         w.m(b1).rotate_signed_prekey_if_due().unwrap().is_empty(),
         "a fresh key is not due"
     );
+    let bundle = Invite::from_link(&w.m(b1).account_info().unwrap().invite_link)
+        .unwrap()
+        .card
+        .bundles[0]
+        .clone();
+    assert_eq!(
+        (bundle.signed_prekey_id, bundle.kyber_prekey_id),
+        (2, 2),
+        "both prekeys were replaced"
+    );
     // The existing sessions go on; a new contact starts from the new bundle.
     let (_, out) = w.m(a1).send_text(&bob, "still fine").unwrap();
     w.send(out);

@@ -230,6 +230,20 @@ impl ProfileDb {
         )?)
     }
 
+    /// Deletes Kyber prekeys created before `cutoff`, except `keep`, with the record
+    /// of their uses.
+    pub fn delete_kyber_prekeys_before(&self, cutoff: i64, keep: u32) -> Result<usize> {
+        self.conn.execute(
+            "DELETE FROM kyber_prekey_uses WHERE kyber_id IN
+                 (SELECT id FROM kyber_prekeys WHERE created_at < ?1 AND id != ?2)",
+            params![cutoff, keep],
+        )?;
+        Ok(self.conn.execute(
+            "DELETE FROM kyber_prekeys WHERE created_at < ?1 AND id != ?2",
+            params![cutoff, keep],
+        )?)
+    }
+
     /// Stores a Kyber prekey record.
     pub fn save_kyber_prekey(&self, id: u32, record: &[u8], created_at: i64) -> Result<()> {
         self.conn.execute(
