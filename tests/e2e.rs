@@ -433,6 +433,22 @@ async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // Alice also pastes Bob's invite: both have pasted, and both show the same
+        // safety number.
+        click(&bob, "my-invite").await?;
+        let bob_link = full_text(&bob, "invite-link").await?;
+        let at_alice = add_contact_and_read_safety_number(&alice, &bob_link, "Bob").await?;
+        element(&bob, "contact").await?.click().await?;
+        click(&bob, "open-safety-number").await?;
+        let at_bob: String = full_text(&bob, "safety-digits")
+            .await?
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        assert_eq!(at_alice.len(), 60);
+        assert_eq!(at_alice, at_bob, "the same safety number on both sides");
+        click(&alice, "contact").await?;
+
         // Bob quits: Alice sees him go offline.
         bob.close().await?;
         wait_attr(&alice, "contact", "data-online", "false").await?;
