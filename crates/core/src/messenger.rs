@@ -136,9 +136,7 @@ impl Messenger {
         display_name: &str,
         device_id: u8,
     ) -> Result<()> {
-        if self.account.is_some() {
-            return Err(CoreError::AccountExists);
-        }
+        // `installing` has checked that there is no account yet.
         let display_name = normalize_display_name(display_name)?;
         let device = DeviceKeys::generate(device_id)?;
         let now = unix_millis();

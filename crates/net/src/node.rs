@@ -189,47 +189,38 @@ impl NodeHandle {
 
     /// Sends an encoded envelope to a peer and waits for its answer.
     pub async fn send(&self, to: PeerId, bytes: Vec<u8>) -> Result<Delivery, NetError> {
-        let (done, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Send { to, bytes, done })
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        answer.await.map_err(|_| NetError::Stopped)?
+        self.ask(|done| Command::Send { to, bytes, done }).await?
     }
 
     /// Answers an inbound envelope.
     pub async fn answer(&self, inbound: InboundId, delivery: Delivery) -> Result<(), NetError> {
-        self.commands
-            .send(Command::Answer { inbound, delivery })
-            .await
-            .map_err(|_| NetError::Stopped)
+        self.tell(Command::Answer { inbound, delivery }).await
     }
 
     /// Dials an address and waits until the connection is up.
     pub async fn dial(&self, address: Multiaddr) -> Result<(), NetError> {
-        let (done, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Dial { address, done })
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        answer.await.map_err(|_| NetError::Stopped)?
+        self.ask(|done| Command::Dial { address, done }).await?
     }
 
     /// Tells the node where a peer can be reached (e.g. from an invite).
     pub async fn add_address(&self, peer: PeerId, address: Multiaddr) -> Result<(), NetError> {
-        self.commands
-            .send(Command::AddAddress { peer, address })
-            .await
-            .map_err(|_| NetError::Stopped)
+        self.tell(Command::AddAddress { peer, address }).await
     }
 
     /// The addresses the node listens on now.
     pub async fn listeners(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.ask(|done| Command::Listeners { done }).await
+    }
+
+    /// Hands the driver a command.
+    async fn tell(&self, command: Command) -> Result<(), NetError> {
+        self.commands.send(command).await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Hands the driver a command and waits for what it sends back.
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
         let (done, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Listeners { done })
-            .await
-            .map_err(|_| NetError::Stopped)?;
+        self.tell(command(done)).await?;
         answer.await.map_err(|_| NetError::Stopped)
     }
 }
