@@ -24,6 +24,27 @@ pub enum Delivery {
     Later,
 }
 
+impl Delivery {
+    /// The answer on the wire.
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            Delivery::Refused => 0,
+            Delivery::Accepted => 1,
+            Delivery::Later => 2,
+        }
+    }
+
+    /// An answer from the wire; `None` for a byte that is none.
+    pub(crate) fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Delivery::Refused),
+            1 => Some(Delivery::Accepted),
+            2 => Some(Delivery::Later),
+            _ => None,
+        }
+    }
+}
+
 /// Codec for [`ENVELOPE_PROTOCOL`].
 #[derive(Debug, Clone, Default)]
 pub struct EnvelopeCodec;
@@ -64,15 +85,12 @@ impl libp2p::request_response::Codec for EnvelopeCodec {
     {
         let mut byte = [0u8; 1];
         io.read_exact(&mut byte).await?;
-        match byte[0] {
-            1 => Ok(Delivery::Accepted),
-            0 => Ok(Delivery::Refused),
-            2 => Ok(Delivery::Later),
-            other => Err(io::Error::new(
+        Delivery::from_byte(byte[0]).ok_or_else(|| {
+            io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("unknown delivery answer {other}"),
-            )),
-        }
+                format!("unknown delivery answer {}", byte[0]),
+            )
+        })
     }
 
     async fn write_request<T>(&mut self, _: &Self::Protocol, io: &mut T, bytes: Vec<u8>) -> io::Result<()>
@@ -92,12 +110,7 @@ impl libp2p::request_response::Codec for EnvelopeCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let byte = match delivery {
-            Delivery::Refused => 0,
-            Delivery::Accepted => 1,
-            Delivery::Later => 2,
-        };
-        io.write_all(&[byte]).await?;
+        io.write_all(&[delivery.to_byte()]).await?;
         io.close().await
     }
 }

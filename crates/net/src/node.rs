@@ -3,6 +3,7 @@
 //! handle the rest of the app talks to it through.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,6 +13,7 @@ use libp2p::{identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{Delivery, EnvelopeCodec, ENVELOPE_PROTOCOL};
+use crate::direct::{Direct, DirectConfig};
 use crate::NetError;
 
 /// How a node starts.
@@ -25,6 +27,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// How long a request may wait for its answer.
     pub request_timeout: Duration,
+    /// Direct WebRTC sessions.
+    pub direct: DirectConfig,
 }
 
 impl Default for NodeConfig {
@@ -37,6 +41,7 @@ impl Default for NodeConfig {
             bootstrap: Vec::new(),
             mdns: true,
             request_timeout: Duration::from_secs(20),
+            direct: DirectConfig::default(),
         }
     }
 }
@@ -48,7 +53,8 @@ pub enum NetEvent {
     Listening(Multiaddr),
     /// The node no longer listens on this address.
     ListenerGone(Multiaddr),
-    /// An envelope arrived; answer it with [`NodeHandle::answer`] once it is stored.
+    /// An envelope arrived (over libp2p or a direct session); answer it with
+    /// [`NodeHandle::answer`] once it is stored.
     Envelope {
         /// The sending peer (a device, or a cache node relaying).
         from: PeerId,
@@ -63,11 +69,32 @@ pub enum NetEvent {
     Connected(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
+    /// A direct (WebRTC) session to a peer opened: envelopes to it take that path now.
+    DirectOpened(PeerId),
+    /// The direct session to a peer closed.
+    DirectClosed(PeerId),
 }
 
-/// Identifies an inbound envelope until it is answered.
+/// Identifies an inbound envelope until it is answered, and the path it came by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct InboundId(u64);
+pub struct InboundId(Inbound);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Inbound {
+    Swarm(u64),
+    Direct { peer: PeerId, request: u64 },
+}
+
+impl InboundId {
+    pub(crate) fn direct(peer: PeerId, request: u64) -> Self {
+        Self(Inbound::Direct { peer, request })
+    }
+
+    /// Whether the envelope came over a direct WebRTC session (not a libp2p stream).
+    pub fn is_direct(&self) -> bool {
+        matches!(self.0, Inbound::Direct { .. })
+    }
+}
 
 enum Command {
     Send {
@@ -97,6 +124,7 @@ enum Command {
 pub struct NodeHandle {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
+    direct: Arc<Direct>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -165,6 +193,7 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
     }
     let (commands, command_rx) = mpsc::channel(256);
     let (events, event_rx) = mpsc::channel(256);
+    let direct = Direct::new(peer_id, config.direct.clone(), events.clone())?;
     tokio::spawn(
         Driver {
             swarm,
@@ -178,7 +207,14 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
         }
         .run(),
     );
-    Ok((NodeHandle { peer_id, commands }, event_rx))
+    Ok((
+        NodeHandle {
+            peer_id,
+            commands,
+            direct,
+        },
+        event_rx,
+    ))
 }
 
 impl NodeHandle {
@@ -187,14 +223,62 @@ impl NodeHandle {
         self.peer_id
     }
 
-    /// Sends an encoded envelope to a peer and waits for its answer.
+    /// Sends an encoded envelope to a peer and waits for its answer: over the direct
+    /// session if one is open, else (or if it fails) over a libp2p stream.
     pub async fn send(&self, to: PeerId, bytes: Vec<u8>) -> Result<Delivery, NetError> {
+        match self.direct.send(to, &bytes).await {
+            Some(Ok(delivery)) => Ok(delivery),
+            Some(Err(e)) => {
+                tracing::info!(peer = %to, %e, "direct session failed; falling back to libp2p");
+                self.send_over_swarm(to, bytes).await
+            }
+            None => self.send_over_swarm(to, bytes).await,
+        }
+    }
+
+    /// Sends an encoded envelope over a libp2p stream (never a direct session), as
+    /// signaling for direct sessions must.
+    pub async fn send_over_swarm(&self, to: PeerId, bytes: Vec<u8>) -> Result<Delivery, NetError> {
         self.ask(|done| Command::Send { to, bytes, done }).await?
     }
 
-    /// Answers an inbound envelope.
+    /// Answers an inbound envelope, by the path it came.
     pub async fn answer(&self, inbound: InboundId, delivery: Delivery) -> Result<(), NetError> {
-        self.tell(Command::Answer { inbound, delivery }).await
+        match inbound.0 {
+            Inbound::Direct { peer, request } => {
+                self.direct.reply(peer, request, delivery).await;
+                Ok(())
+            }
+            Inbound::Swarm(_) => self.tell(Command::Answer { inbound, delivery }).await,
+        }
+    }
+
+    /// Starts a direct session to `peer`: returns the SDP offer to send it (sealed, over
+    /// libp2p), or `None` when a session exists or is under way, direct sessions are
+    /// off, or a recent attempt failed.
+    pub async fn direct_offer(&self, peer: PeerId) -> Result<Option<String>, NetError> {
+        self.direct.offer(peer).await
+    }
+
+    /// Answers `peer`'s SDP offer with the SDP to send back; `None` when this side's
+    /// own concurrent offer wins or direct sessions are off.
+    pub async fn direct_answer(&self, peer: PeerId, offer: String) -> Result<Option<String>, NetError> {
+        self.direct.answer(peer, offer).await
+    }
+
+    /// Applies `peer`'s SDP answer to this side's offer; the session opens shortly after.
+    pub async fn direct_accept(&self, peer: PeerId, answer: String) -> Result<(), NetError> {
+        self.direct.accept(peer, answer).await
+    }
+
+    /// Whether a direct session to `peer` is open.
+    pub fn is_direct(&self, peer: &PeerId) -> bool {
+        self.direct.is_open(peer)
+    }
+
+    /// Closes the direct sessions; the libp2p node stops when the last handle goes.
+    pub async fn close_direct_sessions(&self) {
+        self.direct.close_all().await;
     }
 
     /// Dials an address and waits until the connection is up.
@@ -341,7 +425,7 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Envelopes(event)) => match event {
                 request_response::Event::Message { peer, message, .. } => match message {
                     request_response::Message::Request { request, channel, .. } => {
-                        let inbound = InboundId(self.next_inbound);
+                        let inbound = InboundId(Inbound::Swarm(self.next_inbound));
                         self.next_inbound += 1;
                         self.inbound.insert(inbound, channel);
                         self.emit(NetEvent::Envelope {

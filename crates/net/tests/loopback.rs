@@ -1,9 +1,10 @@
-//! Real libp2p nodes on loopback: envelopes travel over `/cairn/envelope/1` and the
-//! receiver's answer comes back to the sender.
+//! Real libp2p nodes on loopback: envelopes travel over `/cairn/envelope/1`, or over a
+//! direct WebRTC data channel once one is open, and the receiver's answer comes back
+//! to the sender.
 
 use std::time::Duration;
 
-use cairn_net::{peer_id_of, start, Delivery, NetError, NetEvent, NodeConfig, NodeHandle};
+use cairn_net::{peer_id_of, start, Delivery, DirectConfig, InboundId, NetError, NetEvent, NodeConfig, NodeHandle};
 use tokio::sync::mpsc;
 
 fn loopback(mdns: bool) -> NodeConfig {
@@ -15,6 +16,11 @@ fn loopback(mdns: bool) -> NodeConfig {
         bootstrap: Vec::new(),
         mdns,
         request_timeout: Duration::from_secs(5),
+        direct: DirectConfig {
+            udp_addrs: vec!["127.0.0.1:0".into()],
+            request_timeout: Duration::from_secs(3),
+            ..DirectConfig::default()
+        },
     }
 }
 
@@ -30,7 +36,7 @@ async fn node(seed: u8) -> (NodeHandle, mpsc::Receiver<NetEvent>) {
     (handle, events)
 }
 
-async fn next_envelope(events: &mut mpsc::Receiver<NetEvent>) -> (Vec<u8>, cairn_net::InboundId) {
+async fn next_envelope(events: &mut mpsc::Receiver<NetEvent>) -> (Vec<u8>, InboundId) {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
@@ -62,13 +68,25 @@ async fn exchange(
     bytes: &[u8],
     answer: Delivery,
 ) -> (Vec<u8>, Delivery) {
+    let (got, heard, _) = exchange_by(alice, bob, bob_events, bytes, answer).await;
+    (got, heard)
+}
+
+/// [`exchange`], also saying whether the envelope came over a direct session.
+async fn exchange_by(
+    alice: &NodeHandle,
+    bob: &NodeHandle,
+    bob_events: &mut mpsc::Receiver<NetEvent>,
+    bytes: &[u8],
+    answer: Delivery,
+) -> (Vec<u8>, Delivery, bool) {
     let sending = tokio::spawn({
         let (alice, to, bytes) = (alice.clone(), bob.peer_id(), bytes.to_vec());
         async move { alice.send(to, bytes).await }
     });
     let (got, inbound) = next_envelope(bob_events).await;
     bob.answer(inbound, answer).await.unwrap();
-    (got, sending.await.unwrap().unwrap())
+    (got, sending.await.unwrap().unwrap(), inbound.is_direct())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -126,9 +144,8 @@ fn the_peer_id_follows_from_the_transport_key_in_the_device_list() {
 async fn two_nodes_with_no_bootstrap_address_find_each_other_with_mdns_and_talk() {
     let config = || NodeConfig {
         listen: vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()],
-        bootstrap: Vec::new(),
         mdns: true,
-        request_timeout: Duration::from_secs(5),
+        ..loopback(true)
     };
     let (alice, mut alice_events) = start([11; 32], config()).unwrap();
     let (bob, mut bob_events) = start([12; 32], config()).unwrap();
@@ -211,4 +228,92 @@ async fn two_peers_that_share_only_a_bootstrap_node_find_each_other_through_the_
     assert_eq!(got.recv().await.unwrap(), b"found through the hub");
     // Alice's events were listened to until here: a node stops when nobody listens.
     drop(alice_events);
+}
+
+/// Opens a direct session from Alice to Bob, passing the offer and answer by hand (the
+/// courier seals them into the Signal session and sends them over libp2p).
+async fn open_direct(
+    alice: &NodeHandle,
+    alice_events: &mut mpsc::Receiver<NetEvent>,
+    bob: &NodeHandle,
+    bob_events: &mut mpsc::Receiver<NetEvent>,
+) {
+    let offer = alice.direct_offer(bob.peer_id()).await.unwrap().expect("an offer");
+    assert!(offer.contains("a=candidate"), "the offer carries its ICE candidates");
+    let answer = bob.direct_answer(alice.peer_id(), offer).await.unwrap().expect("an answer");
+    alice.direct_accept(bob.peer_id(), answer).await.unwrap();
+    let (a, b) = (alice.peer_id(), bob.peer_id());
+    wait_for(alice_events, |e| matches!(e, NetEvent::DirectOpened(p) if *p == b)).await;
+    wait_for(bob_events, |e| matches!(e, NetEvent::DirectOpened(p) if *p == a)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_a_webrtc_session_is_open_envelopes_and_answers_ride_the_data_channel_both_ways() {
+    let (alice, mut alice_events) = node(31).await;
+    let (bob, mut bob_events) = node(32).await;
+    alice.dial(address_of(&bob, "/tcp/").await).await.unwrap();
+    // Before: the libp2p stream.
+    let (_, heard, direct) = exchange_by(&alice, &bob, &mut bob_events, b"hello", Delivery::Accepted).await;
+    assert_eq!((heard, direct), (Delivery::Accepted, false));
+
+    open_direct(&alice, &mut alice_events, &bob, &mut bob_events).await;
+    assert!(alice.is_direct(&bob.peer_id()) && bob.is_direct(&alice.peer_id()));
+    for answer in [Delivery::Accepted, Delivery::Later, Delivery::Refused] {
+        let (got, heard, direct) = exchange_by(&alice, &bob, &mut bob_events, b"over webrtc", answer).await;
+        assert_eq!((got.as_slice(), heard, direct), (&b"over webrtc"[..], answer, true));
+    }
+    let (got, heard, direct) = exchange_by(&bob, &alice, &mut alice_events, &[7; 4096], Delivery::Accepted).await;
+    assert_eq!((got, heard, direct), (vec![7; 4096], Delivery::Accepted, true));
+    // Too big for a data channel message: the libp2p stream takes it.
+    let big = vec![1; cairn_net::MAX_DIRECT_ENVELOPE + 1];
+    let (got, _, direct) = exchange_by(&alice, &bob, &mut bob_events, &big, Delivery::Accepted).await;
+    assert_eq!((got.len(), direct), (big.len(), false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_webrtc_session_goes_away_envelopes_fall_back_to_the_libp2p_stream() {
+    let (alice, mut alice_events) = node(33).await;
+    let (bob, mut bob_events) = node(34).await;
+    alice.dial(address_of(&bob, "/tcp/").await).await.unwrap();
+    open_direct(&alice, &mut alice_events, &bob, &mut bob_events).await;
+    bob.close_direct_sessions().await;
+    let (got, heard, direct) = exchange_by(&alice, &bob, &mut bob_events, b"still here", Delivery::Accepted).await;
+    assert_eq!((got.as_slice(), heard, direct), (&b"still here"[..], Delivery::Accepted, false));
+    assert!(!alice.is_direct(&bob.peer_id()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_both_sides_offer_at_once_the_lower_peer_ids_offer_wins_and_one_session_opens() {
+    let (alice, mut alice_events) = node(35).await;
+    let (bob, mut bob_events) = node(36).await;
+    let (a, b) = (alice.peer_id(), bob.peer_id());
+    let alice_offer = alice.direct_offer(b).await.unwrap().unwrap();
+    let bob_offer = bob.direct_offer(a).await.unwrap().unwrap();
+    let alice_answer = alice.direct_answer(b, bob_offer).await.unwrap();
+    let bob_answer = bob.direct_answer(a, alice_offer).await.unwrap();
+    // Exactly one side yields and answers; the other keeps its offer.
+    let (winner, answer) = match (alice_answer, bob_answer) {
+        (None, Some(answer)) => (&alice, answer),
+        (Some(answer), None) => (&bob, answer),
+        other => panic!("expected exactly one answer, got {other:?}"),
+    };
+    assert_eq!(winner.peer_id(), a.min(b), "the lower peer id keeps its offer");
+    let loser = if winner.peer_id() == a { b } else { a };
+    winner.direct_accept(loser, answer).await.unwrap();
+    wait_for(&mut alice_events, |e| matches!(e, NetEvent::DirectOpened(p) if *p == b)).await;
+    wait_for(&mut bob_events, |e| matches!(e, NetEvent::DirectOpened(p) if *p == a)).await;
+    let (_, heard, direct) = exchange_by(&alice, &bob, &mut bob_events, b"one session", Delivery::Accepted).await;
+    assert_eq!((heard, direct), (Delivery::Accepted, true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_garbled_offer_is_a_typed_error_and_leaves_no_session() {
+    let (alice, _alice_events) = node(37).await;
+    let (bob, _bob_events) = node(38).await;
+    let answered = bob.direct_answer(alice.peer_id(), "v=0\r\nnot an sdp".into()).await;
+    assert!(matches!(answered, Err(NetError::Direct(_))), "{answered:?}");
+    assert!(!bob.is_direct(&alice.peer_id()));
+    // An answer nobody asked for is refused too.
+    let accepted = bob.direct_accept(alice.peer_id(), "v=0".into()).await;
+    assert!(matches!(accepted, Err(NetError::Direct(_))), "{accepted:?}");
 }
