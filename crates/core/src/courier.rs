@@ -5,17 +5,24 @@
 //!
 //! Arrivals are handled on the event loop; deliveries run as one pass at a time on a
 //! task of their own, so a slow or unreachable peer never holds up what comes in.
+//!
+//! Direct sessions: when a device it knows is connected, the courier opens a WebRTC
+//! session to it (the device with the lower peer id offers when a connection comes up;
+//! either offers when it has something to deliver). The offer and answer are sealed in
+//! the Signal session to that device and sent over libp2p. Once the session is open the
+//! node sends envelopes over it; until then, or if it fails, over the libp2p stream.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_crypto::CryptoError;
 use cairn_net::{peer_id_of, Delivery, NetEvent, NodeConfig, NodeHandle, PeerId};
+use cairn_proto::DirectSignal;
 use tokio::sync::{mpsc, Notify};
 
-use crate::{CoreError, Messenger, Result};
+use crate::{CoreError, Event, Messenger, Result};
 
 /// A messenger shared between the UI (or CLI) and the courier; `None` until open.
 pub type SharedMessenger = Arc<Mutex<Option<Messenger>>>;
@@ -37,6 +44,14 @@ pub struct Courier {
     /// A delivery pass is running; `again` asks it for one more.
     delivering: Arc<AtomicBool>,
     again: Arc<AtomicBool>,
+    arrivals: Arc<Arrivals>,
+}
+
+/// How many envelopes arrived by each path.
+#[derive(Debug, Default)]
+struct Arrivals {
+    direct: AtomicU64,
+    stream: AtomicU64,
 }
 
 impl Courier {
@@ -61,6 +76,7 @@ impl Courier {
             online: Arc::default(),
             delivering: Arc::default(),
             again: Arc::default(),
+            arrivals: Arc::default(),
         };
         // Where contacts' devices said they listen (from invites), remembered across restarts.
         let node = courier.handle.clone();
@@ -101,6 +117,23 @@ impl Courier {
             .any(|peer| online.contains(&peer))
     }
 
+    /// Whether a direct (WebRTC) session to any of these devices is open now.
+    pub fn any_direct(&self, transport_keys: &[[u8; 32]]) -> bool {
+        transport_keys
+            .iter()
+            .filter_map(|k| peer_id_of(k).ok())
+            .any(|peer| self.handle.is_direct(&peer))
+    }
+
+    /// How many envelopes have arrived so far over direct sessions and over libp2p
+    /// streams.
+    pub fn arrivals(&self) -> (u64, u64) {
+        (
+            self.arrivals.direct.load(Ordering::SeqCst),
+            self.arrivals.stream.load(Ordering::SeqCst),
+        )
+    }
+
     /// The node's handle (peer id, dialing, listeners).
     pub fn node(&self) -> &NodeHandle {
         &self.handle
@@ -126,8 +159,18 @@ impl Courier {
                         on_change();
                     }
                     Some(NetEvent::Envelope { bytes, inbound, from }) => {
+                        let path = if inbound.is_direct() { &self.arrivals.direct } else { &self.arrivals.stream };
+                        path.fetch_add(1, Ordering::SeqCst);
                         let delivery = match with(&messenger, |m| m.receive(&bytes)) {
-                            Some(Ok(_)) | Some(Err(CoreError::Duplicate)) => Delivery::Accepted,
+                            Some(Ok(received)) => {
+                                for event in received.events {
+                                    if let Event::DirectSignal { account, device, signal } = event {
+                                        tokio::spawn(self.clone().signaled(messenger.clone(), account, device, signal));
+                                    }
+                                }
+                                Delivery::Accepted
+                            }
+                            Some(Err(CoreError::Duplicate)) => Delivery::Accepted,
                             Some(Err(e)) if is_temporary(&e) => {
                                 tracing::debug!(%from, %e, "cannot take an envelope now");
                                 Delivery::Later
@@ -146,9 +189,14 @@ impl Courier {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
                         // What waited for this peer is worth trying at once.
                         with(&messenger, |m| retry_for_peer(m, peer));
+                        // One side offers, so both do not at once.
+                        if self.handle.peer_id() < peer {
+                            tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
+                        }
                         on_change();
                         self.kick(&messenger, &on_change);
                     }
+                    Some(NetEvent::DirectOpened(_) | NetEvent::DirectClosed(_)) => on_change(),
                     Some(NetEvent::Disconnected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
                         on_change();
@@ -209,6 +257,10 @@ impl Courier {
                 with(messenger, |m| m.defer(queued.seq));
                 continue;
             }
+            if !self.handle.is_direct(&peer) && self.online.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer) {
+                // This one goes over libp2p; later ones may find a direct session.
+                tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
+            }
             let outcome = self.handle.send(peer, queued.outgoing.envelope.to_bytes()).await;
             let done = match &outcome {
                 Ok(Delivery::Accepted) => true,
@@ -244,6 +296,65 @@ impl Courier {
     }
 }
 
+impl Courier {
+    /// Offers a direct session to the device behind `peer`, if it is one this account
+    /// knows and no session is open or under way.
+    async fn open_direct(self, messenger: SharedMessenger, peer: PeerId) {
+        let Some((account, device)) = with(&messenger, |m| devices_behind(m, peer).into_iter().next()).flatten() else {
+            return;
+        };
+        match self.handle.direct_offer(peer).await {
+            Ok(Some(offer)) => {
+                self.signal(&messenger, peer, &account, device, DirectSignal::Offer(offer))
+                    .await
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(%peer, %e, "no direct session"),
+        }
+    }
+
+    /// Acts on signaling from a device: answers an offer, or applies an answer. The
+    /// session is made with the peer id of the device that sealed the signal.
+    async fn signaled(self, messenger: SharedMessenger, account: String, device: u8, signal: DirectSignal) {
+        let key = with(&messenger, |m| m.transport_key_of(&account, device)).and_then(|k| k.ok().flatten());
+        let Some(peer) = key.and_then(|k| peer_id_of(&k).ok()) else {
+            return;
+        };
+        let outcome = match signal {
+            DirectSignal::Offer(offer) => match self.handle.direct_answer(peer, offer).await {
+                Ok(Some(answer)) => {
+                    self.signal(&messenger, peer, &account, device, DirectSignal::Answer(answer))
+                        .await;
+                    Ok(())
+                }
+                other => other.map(drop),
+            },
+            DirectSignal::Answer(answer) => self.handle.direct_accept(peer, answer).await,
+        };
+        if let Err(e) = outcome {
+            tracing::debug!(%peer, %e, "direct session signaling failed");
+        }
+    }
+
+    /// Seals a signal for one device and sends it over libp2p.
+    async fn signal(&self, messenger: &SharedMessenger, peer: PeerId, account: &str, device: u8, signal: DirectSignal) {
+        let sealed = with(messenger, |m| m.direct_signal(account, device, signal));
+        let sent = match sealed {
+            Some(Ok(out)) => self
+                .handle
+                .send_over_swarm(peer, out.envelope.to_bytes())
+                .await
+                .map_err(CoreError::from),
+            Some(Err(e)) => Err(e),
+            None => return,
+        };
+        match sent {
+            Ok(Delivery::Accepted) => {}
+            other => tracing::debug!(%peer, ?other, "direct session signal not taken"),
+        }
+    }
+}
+
 /// Errors after which the same envelope may well go through later (so the sender
 /// should keep it), as opposed to ones it never will.
 fn is_temporary(error: &CoreError) -> bool {
@@ -260,18 +371,25 @@ fn is_temporary(error: &CoreError) -> bool {
 
 /// Makes what is queued for the devices behind `peer` due now.
 fn retry_for_peer(messenger: &mut Messenger, peer: PeerId) {
-    let Ok(accounts) = messenger.known_accounts() else {
-        return;
-    };
+    for (account, device) in devices_behind(messenger, peer) {
+        if let Err(e) = messenger.retry_now_for(&account, device) {
+            tracing::error!(%e, "could not update the outbox");
+        }
+    }
+}
+
+/// The known devices (account, device id) whose transport key is `peer`.
+fn devices_behind(messenger: &Messenger, peer: PeerId) -> Vec<(String, u8)> {
+    let accounts = messenger.known_accounts().unwrap_or_default();
+    let mut found = Vec::new();
     for account in accounts {
         for (device, key) in messenger.device_keys_of(&account).unwrap_or_default() {
             if peer_id_of(&key).is_ok_and(|p| p == peer) {
-                if let Err(e) = messenger.retry_now_for(&account, device) {
-                    tracing::error!(%e, "could not update the outbox");
-                }
+                found.push((account.clone(), device));
             }
         }
     }
+    found
 }
 
 /// Runs `work` on the messenger if it is open. The lock is never held across an await.

@@ -3,7 +3,9 @@
 //! receipts, and the history views.
 
 use cairn_crypto::{unseal, Ciphertext, CryptoError, IdentityKey};
-use cairn_proto::{Content, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, TextMessage, MAX_TEXT_BYTES};
+use cairn_proto::{
+    Content, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, TextMessage, MAX_TEXT_BYTES,
+};
 use cairn_store::NewMessage;
 use rand::RngCore;
 
@@ -74,6 +76,19 @@ impl Messenger {
         Ok((self.message(&id)?, out))
     }
 
+    /// Seals a direct-session signal for one device of a contact or of this account.
+    /// It is not queued: signaling is only worth sending while both devices are online.
+    pub fn direct_signal(&mut self, account: &str, device: u8, signal: DirectSignal) -> Result<Outgoing> {
+        self.atomically(|this| {
+            if account != this.account()?.account_id && this.contact(account)?.identity_changed {
+                return Err(CoreError::IdentityChanged(account.to_owned()));
+            }
+            this.envelopes_to_device(account, Some(device), &Content::Direct(signal))?
+                .pop()
+                .ok_or_else(|| CoreError::NoReachableDevice(account.to_owned()))
+        })
+    }
+
     /// The transport handed a message's envelope to a device or a cache.
     pub fn mark_sent(&self, id: &MessageId) -> Result<Option<Event>> {
         Ok(self
@@ -133,7 +148,12 @@ impl Messenger {
                 // Held again (yet another key): it stays for that decision.
                 Ok(r) if r.events.iter().any(|e| matches!(e, Event::IdentityChanged(_))) => {}
                 Ok(r) => {
-                    received.events.extend(r.events);
+                    // Signaling that waited is stale: the session it was for is long gone.
+                    let current = r
+                        .events
+                        .into_iter()
+                        .filter(|e| !matches!(e, Event::DirectSignal { .. }));
+                    received.events.extend(current);
                     received.replies.extend(r.replies);
                     self.db.release_held_envelope(&envelope_id)?;
                 }
@@ -199,6 +219,11 @@ impl Messenger {
             }
             Content::ContactSync(card) if from_own_device => self.receive_contact_sync(card, &mut out)?,
             Content::ContactSync(_) => return Err(CoreError::NotFromOwnDevice),
+            Content::Direct(signal) => out.events.push(Event::DirectSignal {
+                account: sender,
+                device: inner.sender_device,
+                signal,
+            }),
         }
         self.enqueue(&out.replies)?;
         Ok(out)

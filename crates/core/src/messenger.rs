@@ -394,7 +394,18 @@ impl Messenger {
     /// Seals `content` for every device of `account_id` this device can reach
     /// (a session, or a bundle to start one). Devices without either are skipped.
     pub(crate) fn envelopes_to(&self, account_id: &str, content: &Content) -> Result<Vec<Outgoing>> {
-        let (identity, devices) = self.devices_of(account_id)?;
+        self.envelopes_to_device(account_id, None, content)
+    }
+
+    /// [`Self::envelopes_to`], only for device `only` if given.
+    pub(crate) fn envelopes_to_device(
+        &self,
+        account_id: &str,
+        only: Option<u8>,
+        content: &Content,
+    ) -> Result<Vec<Outgoing>> {
+        let (identity, mut devices) = self.devices_of(account_id)?;
+        devices.retain(|d| only.is_none_or(|id| d.device_id == id));
         let bundles = self.db.bundles(account_id)?;
         let plaintext = content.to_padded_bytes();
         let mut out = Vec::new();

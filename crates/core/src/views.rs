@@ -109,6 +109,16 @@ pub enum Event {
     ContactChanged(String),
     /// A contact's identity key changed; sending to them is blocked until accepted.
     IdentityChanged(String),
+    /// A device (of a contact, or this account's own) signals about a direct session;
+    /// for the courier, not for display.
+    DirectSignal {
+        /// The sending account.
+        account: String,
+        /// The sending device.
+        device: u8,
+        /// The offer or answer.
+        signal: cairn_proto::DirectSignal,
+    },
 }
 
 /// The outcome of processing an incoming envelope.

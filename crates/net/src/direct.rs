@@ -137,7 +137,11 @@ impl PeerConnectionEventHandler for Callbacks {
 }
 
 impl Direct {
-    pub(crate) fn new(local: PeerId, config: DirectConfig, events: mpsc::Sender<NetEvent>) -> Result<Arc<Self>, NetError> {
+    pub(crate) fn new(
+        local: PeerId,
+        config: DirectConfig,
+        events: mpsc::Sender<NetEvent>,
+    ) -> Result<Arc<Self>, NetError> {
         let runtime = webrtc::runtime::default_runtime()
             .ok_or_else(|| NetError::Transport("webrtc has no async runtime".into()))?;
         Ok(Arc::new(Self {
@@ -203,7 +207,10 @@ impl Direct {
         }
         let session = self.create(peer, false).await?;
         let made = async {
-            session.pc.set_remote_description(RTCSessionDescription::offer(offer)?).await?;
+            session
+                .pc
+                .set_remote_description(RTCSessionDescription::offer(offer)?)
+                .await?;
             let answer = session.pc.create_answer(None).await?;
             session.pc.set_local_description(answer).await
         };
@@ -381,7 +388,9 @@ impl Direct {
     }
 
     async fn received(&self, peer: PeerId, session: &Session, data: &[u8]) {
-        let Some((&kind, rest)) = data.split_first() else { return };
+        let Some((&kind, rest)) = data.split_first() else {
+            return;
+        };
         let Some((request, body)) = rest.split_first_chunk::<8>() else {
             tracing::debug!(%peer, "a direct frame too short to be one");
             return;

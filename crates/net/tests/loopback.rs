@@ -240,7 +240,11 @@ async fn open_direct(
 ) {
     let offer = alice.direct_offer(bob.peer_id()).await.unwrap().expect("an offer");
     assert!(offer.contains("a=candidate"), "the offer carries its ICE candidates");
-    let answer = bob.direct_answer(alice.peer_id(), offer).await.unwrap().expect("an answer");
+    let answer = bob
+        .direct_answer(alice.peer_id(), offer)
+        .await
+        .unwrap()
+        .expect("an answer");
     alice.direct_accept(bob.peer_id(), answer).await.unwrap();
     let (a, b) = (alice.peer_id(), bob.peer_id());
     wait_for(alice_events, |e| matches!(e, NetEvent::DirectOpened(p) if *p == b)).await;
@@ -278,7 +282,10 @@ async fn when_the_webrtc_session_goes_away_envelopes_fall_back_to_the_libp2p_str
     open_direct(&alice, &mut alice_events, &bob, &mut bob_events).await;
     bob.close_direct_sessions().await;
     let (got, heard, direct) = exchange_by(&alice, &bob, &mut bob_events, b"still here", Delivery::Accepted).await;
-    assert_eq!((got.as_slice(), heard, direct), (&b"still here"[..], Delivery::Accepted, false));
+    assert_eq!(
+        (got.as_slice(), heard, direct),
+        (&b"still here"[..], Delivery::Accepted, false)
+    );
     assert!(!alice.is_direct(&bob.peer_id()));
 }
 

@@ -18,6 +18,8 @@ pub const MAX_ENVELOPE_BYTES: usize = 256 * 1024;
 pub const MAX_CONTENT_BYTES: usize = 192 * 1024;
 /// Longest message text, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Largest SDP in a direct-session signal (an SDP with a few dozen candidates is a few KiB).
+pub const MAX_SDP_BYTES: usize = 16 * 1024;
 /// Most message ids one receipt may carry.
 pub const MAX_RECEIPT_IDS: usize = 512;
 /// Default time an envelope may wait in caches: 7 days.
@@ -171,6 +173,19 @@ pub enum Content {
     },
     /// To the sender's own other devices: "I added this contact".
     ContactSync(ContactCard),
+    /// Signaling for a direct (WebRTC) session, to one device only.
+    Direct(DirectSignal),
+}
+
+/// Signaling for a direct session between two devices. The SDP carries the ICE
+/// candidates and the DTLS fingerprint, so sealing it in the Signal session binds the
+/// session to the device that sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectSignal {
+    /// "Connect to me": an SDP offer.
+    Offer(String),
+    /// "Here is how": the SDP answer to an offer.
+    Answer(String),
 }
 
 impl Content {
@@ -214,6 +229,12 @@ impl Content {
             Content::Hello { card, .. } | Content::ContactSync(card) => {
                 card.check()?;
             }
+            Content::Direct(DirectSignal::Offer(sdp) | DirectSignal::Answer(sdp)) if sdp.len() > MAX_SDP_BYTES => {
+                return Err(ProtoError::TooLarge {
+                    size: sdp.len(),
+                    limit: MAX_SDP_BYTES,
+                })
+            }
             _ => {}
         }
         Ok(content)
@@ -242,6 +263,17 @@ mod tests {
             assert_eq!(Content::from_padded_bytes(&bytes).unwrap(), text(body));
         }
         assert_eq!(text("a").to_padded_bytes().len(), text("abc").to_padded_bytes().len());
+    }
+
+    #[test]
+    fn a_direct_signal_round_trips_and_an_oversized_sdp_is_refused() {
+        let offer = Content::Direct(DirectSignal::Offer("v=0\r\n".repeat(100)));
+        assert_eq!(Content::from_padded_bytes(&offer.to_padded_bytes()).unwrap(), offer);
+        let huge = Content::Direct(DirectSignal::Answer("a".repeat(MAX_SDP_BYTES + 1)));
+        assert!(matches!(
+            Content::from_padded_bytes(&huge.to_padded_bytes()),
+            Err(ProtoError::TooLarge { .. })
+        ));
     }
 
     #[test]

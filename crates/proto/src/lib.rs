@@ -13,8 +13,9 @@ mod invite;
 pub use codec::{decode_versioned, encode_versioned, WIRE_VERSION};
 pub use device::{DeviceEntry, DeviceList, PrekeyBundle, SignedDeviceList, MAX_DEVICES, MAX_DEVICE_LIST_BYTES};
 pub use envelope::{
-    Content, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, SealedInner, TextMessage, DEFAULT_TTL_SECS,
-    MAX_CONTENT_BYTES, MAX_ENVELOPE_BYTES, MAX_RECEIPT_IDS, MAX_TEXT_BYTES, MAX_TTL_SECS,
+    Content, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, SealedInner, TextMessage,
+    DEFAULT_TTL_SECS, MAX_CONTENT_BYTES, MAX_ENVELOPE_BYTES, MAX_RECEIPT_IDS, MAX_SDP_BYTES, MAX_TEXT_BYTES,
+    MAX_TTL_SECS,
 };
 pub use invite::{
     ContactCard, Invite, INVITE_LINK_PREFIX, MAX_DISPLAY_NAME_BYTES, MAX_INVITE_BYTES, MAX_INVITE_LINK_LEN,
