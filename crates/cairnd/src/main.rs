@@ -4,12 +4,18 @@
 //!
 //! Output is one line per fact, `key value…`, so scripts can read it. The profile key
 //! comes from `CAIRND_PASSPHRASE` when set (Argon2id), otherwise from the OS keyring.
+//!
+//! Network settings come from flags, then environment variables, then a TOML file
+//! (`--config`, or `cairnd.toml` in the profile directory), then defaults; `cairnd
+//! config` prints what is in effect.
+
+mod config;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use cairn_core::{Courier, KeyVault, Messenger, Multiaddr, NodeConfig, SharedMessenger, Unlock};
+use cairn_core::{Courier, KeyVault, Messenger, Multiaddr, SharedMessenger, Unlock};
 use cairn_store::ProfileDir;
 use clap::{Parser, Subcommand};
 
@@ -28,6 +34,21 @@ struct Options {
     /// Do not look for peers on the LAN with mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Do not open direct WebRTC sessions (envelopes take libp2p streams).
+    #[arg(long)]
+    no_webrtc: bool,
+    /// STUN/TURN server URLs for WebRTC (repeatable).
+    #[arg(long = "stun", env = "CAIRND_STUN", value_delimiter = ',')]
+    stun: Vec<String>,
+    /// Relay connections for other peers (`node` does unless `--no-relay`).
+    #[arg(long, conflicts_with = "no_relay")]
+    relay: bool,
+    /// Do not relay for other peers.
+    #[arg(long)]
+    no_relay: bool,
+    /// A TOML file with network settings (default: `cairnd.toml` in the profile directory).
+    #[arg(long, env = "CAIRND_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,8 +77,10 @@ enum Command {
         #[arg(long = "for")]
         seconds: Option<u64>,
     },
-    /// The always-on node (the same as `listen` without a time limit).
+    /// The always-on node: `listen` without a time limit, relaying for other peers.
     Node,
+    /// Prints the network settings in effect (flags, environment, file, defaults).
+    Config,
 }
 
 fn open(dir: &ProfileDir) -> Result<Messenger> {
@@ -110,21 +133,15 @@ async fn main() -> Result<()> {
         }
         Command::Listen { seconds } => run(&options, &dir, seconds.map(Duration::from_secs)).await?,
         Command::Node => run(&options, &dir, None).await?,
+        Command::Config => print!("{}", config::describe(&config::node_config(&options)?)),
     }
     Ok(())
 }
 
 /// Runs the courier and prints what arrives until told to stop.
 async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Result<()> {
+    let config = config::node_config(options)?;
     let messenger: SharedMessenger = std::sync::Arc::new(std::sync::Mutex::new(Some(open(dir)?)));
-    let mut config = NodeConfig {
-        bootstrap: options.bootstrap.clone(),
-        mdns: !options.no_mdns,
-        ..NodeConfig::default()
-    };
-    if !options.listen.is_empty() {
-        config.listen = options.listen.clone();
-    }
     let (changes, mut changed) = tokio::sync::mpsc::unbounded_channel();
     let courier = Courier::start(messenger.clone(), config, move || {
         let _ = changes.send(());
@@ -152,6 +169,7 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
             .map(|c| c.account_id)
             .collect()
     };
+    let mut direct = std::collections::HashSet::new();
     let deadline = async {
         match limit {
             Some(limit) => tokio::time::sleep(limit).await,
@@ -175,10 +193,22 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
                     println!("invite {}", info.invite_link);
                     printed_invite = true;
                 }
-                // Print each new contact and each received message once.
+                // Print each new contact and each received message once, and when a
+                // direct session to a contact opens or closes.
                 for contact in m.contacts()? {
                     if known.insert(contact.account_id.clone()) {
                         println!("contact {} {}", contact.account_id, contact.display_name);
+                    }
+                    let keys: Vec<_> = m.device_keys_of(&contact.account_id)?.into_iter().map(|(_, k)| k).collect();
+                    let now_direct = courier.any_direct(&keys);
+                    if now_direct != direct.contains(&contact.account_id) {
+                        let word = if now_direct { "open" } else { "closed" };
+                        println!("direct {} {word}", contact.account_id);
+                        if now_direct {
+                            direct.insert(contact.account_id.clone());
+                        } else {
+                            direct.remove(&contact.account_id);
+                        }
                     }
                     for message in m.conversation(&contact.account_id, 1000)? {
                         if !message.outgoing && printed.insert(message.id) {

@@ -18,7 +18,7 @@ mod qr;
 mod views;
 
 pub use cairn_crypto::SafetyNumber;
-pub use cairn_net::{Multiaddr, NodeConfig};
+pub use cairn_net::{DirectConfig, IceServer, Multiaddr, NodeConfig};
 pub use cairn_store::KeyVault;
 pub use courier::{Courier, SharedMessenger};
 pub use devices::LinkGrant;

@@ -14,7 +14,7 @@ mod node;
 
 pub use codec::{Delivery, EnvelopeCodec, ENVELOPE_PROTOCOL};
 pub use direct::{DirectConfig, IceServer, MAX_DIRECT_ENVELOPE};
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{multiaddr, Multiaddr, PeerId};
 pub use node::{keypair_from_seed, peer_id_of, start, InboundId, NetEvent, NodeConfig, NodeHandle};
 
 /// Everything that can go wrong in the network layer.

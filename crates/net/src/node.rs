@@ -1,15 +1,23 @@
 //! A running node: the libp2p swarm (TCP and QUIC with Noise and Yamux, identify,
-//! ping, Kademlia, mDNS, and the envelope protocol) driven on a Tokio task, and the
-//! handle the rest of the app talks to it through.
+//! ping, Kademlia, mDNS, circuit relay client and optionally server, DCUtR hole
+//! punching, AutoNAT, and the envelope protocol) driven on a Tokio task, and the handle
+//! the rest of the app talks to it through.
+//!
+//! Relays: when a peer this node dialed says (through identify) that it relays, the
+//! node also listens through it (`…/p2p/<relay>/p2p-circuit`), so peers that cannot
+//! reach it directly reach it there; DCUtR then tries to turn relayed connections into
+//! direct ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, dcutr, identify, identity, kad, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{Delivery, EnvelopeCodec, ENVELOPE_PROTOCOL};
@@ -25,6 +33,8 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
+    /// Relay connections for other peers (always-on nodes such as `cairnd node`).
+    pub relay_server: bool,
     /// How long a request may wait for its answer.
     pub request_timeout: Duration,
     /// Direct WebRTC sessions.
@@ -40,6 +50,7 @@ impl Default for NodeConfig {
             ],
             bootstrap: Vec::new(),
             mdns: true,
+            relay_server: false,
             request_timeout: Duration::from_secs(20),
             direct: DirectConfig::default(),
         }
@@ -134,6 +145,28 @@ struct Behaviour {
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    relay_client: relay::client::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::Behaviour,
+}
+
+/// Lookups give up after 10 s (not libp2p's 60): a lookup that waits on unreachable
+/// peers must not keep the next one, which may find a new address, from starting.
+fn kad_config() -> kad::Config {
+    let mut config = kad::Config::new(kad::PROTOCOL_NAME);
+    config.set_query_timeout(Duration::from_secs(10));
+    config
+}
+
+/// What one relayed circuit may carry: envelopes, not only introductions (libp2p's
+/// defaults, 128 KiB and 2 minutes, are meant for hole-punching handshakes).
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_circuit_duration: Duration::from_secs(60 * 60),
+        max_circuit_bytes: 64 << 20,
+        ..relay::Config::default()
+    }
 }
 
 /// The libp2p identity of a device, from its 32-byte ed25519 transport seed.
@@ -157,7 +190,9 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
         .map_err(|e| transport(&e))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| transport(&e))?
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let mdns = if config.mdns {
                 Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
@@ -172,10 +207,21 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
                         // Bounds what one connection can make us buffer at once.
                         .with_max_concurrent_streams(16),
                 ),
-                identify: identify::Behaviour::new(identify::Config::new("/cairn/id/1".into(), key.public())),
+                // Pushing new listen addresses tells peers (and so the DHT) about addresses
+                // through relays, which come up after the first exchange.
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/cairn/id/1".into(), key.public()).with_push_listen_addr_updates(true),
+                ),
                 ping: ping::Behaviour::default(),
-                kad: kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id)),
+                kad: kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config()),
                 mdns: mdns.into(),
+                relay_client,
+                relay: config
+                    .relay_server
+                    .then(|| relay::Behaviour::new(peer_id, relay_config()))
+                    .into(),
+                dcutr: dcutr::Behaviour::new(peer_id),
+                autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
             })
         })
         .map_err(|e| transport(&e))?
@@ -204,6 +250,10 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
             next_inbound: 0,
             dials: HashMap::new(),
             lookups: HashMap::new(),
+            dialed: HashMap::new(),
+            relays: HashSet::new(),
+            circuits_offered: HashSet::new(),
+            relay_server: config.relay_server,
         }
         .run(),
     );
@@ -319,9 +369,65 @@ struct Driver {
     dials: HashMap<ConnectionId, oneshot::Sender<Result<(), NetError>>>,
     /// DHT lookups under way, by the peer they look for.
     lookups: HashMap<kad::QueryId, PeerId>,
+    /// The address each peer this node dialed was reached at.
+    dialed: HashMap<PeerId, Multiaddr>,
+    /// Relays this node listens through.
+    relays: HashSet<PeerId>,
+    /// Addresses through relays already offered for peers.
+    circuits_offered: HashSet<Multiaddr>,
+    relay_server: bool,
 }
 
 impl Driver {
+    /// Listens through `relay` (once), at the address this node dialed it on, so peers
+    /// that cannot reach this node directly can through the relay.
+    fn listen_through_relay(&mut self, relay: PeerId) {
+        if self.relay_server || self.relays.contains(&relay) {
+            return;
+        }
+        let Some(circuit) = self.circuit_through(relay) else {
+            return;
+        };
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(_) => {
+                tracing::info!(%circuit, "listening through a relay");
+                self.relays.insert(relay);
+            }
+            Err(e) => tracing::warn!(%circuit, %e, "cannot listen through a relay"),
+        }
+    }
+
+    /// `…/p2p/<relay>/p2p-circuit` at the address this node reached `relay` on.
+    fn circuit_through(&self, relay: PeerId) -> Option<Multiaddr> {
+        let address = self.dialed.get(&relay)?;
+        let mut circuit: Multiaddr = address.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+        circuit.push(Protocol::P2p(relay));
+        circuit.push(Protocol::P2pCircuit);
+        Some(circuit)
+    }
+
+    /// A peer this node cannot reach directly may listen through a relay this node
+    /// uses too: offers the swarm the address through each (once). The DHT cannot
+    /// always say, since its lookups only report peers they could reach themselves.
+    /// `Err` when nobody listens for events any more.
+    fn try_through_relays(&mut self, peer: PeerId) -> Result<(), ()> {
+        let mut added = false;
+        for relay in self.relays.clone() {
+            let Some(mut circuit) = self.circuit_through(relay) else {
+                continue;
+            };
+            circuit.push(Protocol::P2p(peer));
+            if self.circuits_offered.insert(circuit.clone()) {
+                self.swarm.add_peer_address(peer, circuit);
+                added = true;
+            }
+        }
+        if added {
+            self.emit(NetEvent::Discovered(peer))?;
+        }
+        Ok(())
+    }
+
     async fn run(mut self) {
         loop {
             tokio::select! {
@@ -395,14 +501,29 @@ impl Driver {
     /// Handles one swarm event; `Err` when nobody listens for events any more.
     fn handle(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), ()> {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => self.emit(NetEvent::Listening(address))?,
+            SwarmEvent::NewListenAddr { address, .. } => {
+                // A relay is configured on an always-on node whose operator says it is
+                // reachable: its listen addresses are what it offers (libp2p only
+                // advertises relaying from confirmed external addresses).
+                if self.relay_server && !address.iter().any(|p| p == Protocol::P2pCircuit) {
+                    self.swarm.add_external_address(address.clone());
+                }
+                self.emit(NetEvent::Listening(address))?
+            }
             SwarmEvent::ExpiredListenAddr { address, .. } => self.emit(NetEvent::ListenerGone(address))?,
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
                 connection_id,
+                endpoint,
                 ..
             } => {
+                if let ConnectedPoint::Dialer { address, .. } = endpoint {
+                    let relayed = address.iter().any(|p| p == Protocol::P2pCircuit);
+                    if !relayed {
+                        self.dialed.insert(peer_id, address);
+                    }
+                }
                 if let Some(done) = self.dials.remove(&connection_id) {
                     let _ = done.send(Ok(()));
                 }
@@ -449,10 +570,13 @@ impl Driver {
                     if let Some(done) = self.pending.remove(&request_id) {
                         let _ = done.send(Err(NetError::Unreachable(error.to_string())));
                     }
-                    // No way to the peer: ask the DHT where it is (once at a time).
-                    if matches!(error, request_response::OutboundFailure::DialFailure)
-                        && !self.lookups.values().any(|p| *p == peer)
-                    {
+                    // No way to the peer: try through relays, and ask the DHT where it is
+                    // (once at a time).
+                    let unreachable = matches!(error, request_response::OutboundFailure::DialFailure);
+                    if unreachable {
+                        self.try_through_relays(peer)?;
+                    }
+                    if unreachable && !self.lookups.values().any(|p| *p == peer) {
                         let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                         self.lookups.insert(query, peer);
                     }
@@ -470,9 +594,24 @@ impl Driver {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                tracing::debug!(peer = %peer_id, protocols = ?info.protocols, "identified");
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    self.listen_through_relay(peer_id);
+                }
                 for address in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, address);
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                tracing::debug!(?event, "relay client");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id, result, ..
+            })) => {
+                tracing::debug!(peer = %remote_peer_id, ?result, "hole punching");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. })) => {
+                tracing::info!(status = ?new, "reachability");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use cairn_net::{peer_id_of, start, Delivery, DirectConfig, InboundId, NetError, NetEvent, NodeConfig, NodeHandle};
+use cairn_net::{
+    multiaddr, peer_id_of, start, Delivery, DirectConfig, InboundId, NetError, NetEvent, NodeConfig, NodeHandle,
+};
 use tokio::sync::mpsc;
 
 fn loopback(mdns: bool) -> NodeConfig {
@@ -15,6 +17,7 @@ fn loopback(mdns: bool) -> NodeConfig {
         ],
         bootstrap: Vec::new(),
         mdns,
+        relay_server: false,
         request_timeout: Duration::from_secs(5),
         direct: DirectConfig {
             udp_addrs: vec!["127.0.0.1:0".into()],
@@ -323,4 +326,40 @@ async fn a_garbled_offer_is_a_typed_error_and_leaves_no_session() {
     // An answer nobody asked for is refused too.
     let accepted = bob.direct_accept(alice.peer_id(), "v=0".into()).await;
     assert!(matches!(accepted, Err(NetError::Direct(_))), "{accepted:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_dials_a_relay_listens_through_it_and_is_reached_there() {
+    let mut relay_config = loopback(false);
+    relay_config.relay_server = true;
+    let (relay, _relay_events) = start([41; 32], relay_config).unwrap();
+    let relay_address = loop {
+        let listeners = relay.listeners().await.unwrap();
+        if let Some(address) = listeners.into_iter().find(|a| a.to_string().contains("/tcp/")) {
+            break address;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut bob_config = loopback(false);
+    bob_config.bootstrap = vec![relay_address.clone()];
+    let (bob, mut bob_events) = start([42; 32], bob_config).unwrap();
+    let circuit = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match bob_events.recv().await {
+                Some(NetEvent::Listening(address)) if address.to_string().contains("p2p-circuit") => return address,
+                Some(_) => continue,
+                None => panic!("node stopped"),
+            }
+        }
+    })
+    .await
+    .expect("Bob listens through the relay");
+    assert!(circuit.to_string().contains(&relay.peer_id().to_string()));
+
+    // Alice knows Bob only by his address through the relay.
+    let (alice, _alice_events) = node(43).await;
+    assert_eq!(circuit.iter().last(), Some(multiaddr::Protocol::P2p(bob.peer_id())));
+    alice.dial(circuit).await.unwrap();
+    let (got, heard) = exchange(&alice, &bob, &mut bob_events, b"relayed", Delivery::Accepted).await;
+    assert_eq!((got.as_slice(), heard), (&b"relayed"[..], Delivery::Accepted));
 }

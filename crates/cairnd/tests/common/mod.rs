@@ -1,6 +1,9 @@
 //! Running `cairnd` processes from tests: one-shot commands, and nodes whose output
 //! lines are read as they come, stopped with SIGTERM.
 
+// Each test file uses a different part of this.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -54,6 +57,8 @@ pub fn init(profile: &Path, name: &str) -> String {
 pub struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Every line read so far.
+    seen: std::cell::RefCell<Vec<String>>,
 }
 
 impl Running {
@@ -67,7 +72,11 @@ impl Running {
                 let _ = tx.send(line);
             }
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            seen: Default::default(),
+        }
     }
 
     /// The rest of the next line that starts with `prefix`.
@@ -77,10 +86,18 @@ impl Running {
                 .lines
                 .recv_timeout(Duration::from_secs(60))
                 .unwrap_or_else(|_| panic!("no {prefix:?} line"));
+            self.seen.borrow_mut().push(line.clone());
             if let Some(rest) = line.strip_prefix(prefix) {
                 return rest.to_owned();
             }
         }
+    }
+}
+
+impl Running {
+    /// Whether any line read so far starts with `prefix`.
+    pub fn saw(&self, prefix: &str) -> bool {
+        self.seen.borrow().iter().any(|l| l.starts_with(prefix))
     }
 }
 

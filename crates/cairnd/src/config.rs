@@ -1,0 +1,102 @@
+//! `cairnd`'s network settings: flags and environment variables (through clap) over a
+//! TOML file over defaults.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use cairn_core::{DirectConfig, IceServer, Multiaddr, NodeConfig};
+use serde::Deserialize;
+
+use crate::{Command, Options};
+
+/// Larger than any sensible settings file; a bigger one is a mistake, not settings.
+const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+/// The settings file. Every key is optional; unknown keys are an error, so a typo
+/// does not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<Multiaddr>>,
+    bootstrap: Option<Vec<Multiaddr>>,
+    mdns: Option<bool>,
+    relay: Option<bool>,
+    webrtc: Option<bool>,
+    stun: Option<Vec<String>>,
+    webrtc_udp: Option<Vec<String>>,
+}
+
+fn read(path: &Path, required: bool) -> Result<FileConfig> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(FileConfig::default()),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_CONFIG_BYTES + 1), &mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        bail!("{} is over {MAX_CONFIG_BYTES} bytes", path.display());
+    }
+    toml::from_str(&text).with_context(|| format!("{} is not a valid cairnd settings file", path.display()))
+}
+
+/// The node configuration in effect for these options.
+pub fn node_config(options: &Options) -> Result<NodeConfig> {
+    let file = match &options.config {
+        Some(path) => read(path, true)?,
+        None => read(&options.profile_dir.join("cairnd.toml"), false)?,
+    };
+    let defaults = NodeConfig::default();
+    let relay = if options.relay {
+        true
+    } else if options.no_relay {
+        false
+    } else {
+        file.relay.unwrap_or(matches!(options.command, Command::Node))
+    };
+    let stun = first(&options.stun, file.stun, Vec::new());
+    Ok(NodeConfig {
+        listen: first(&options.listen, file.listen, defaults.listen),
+        bootstrap: first(&options.bootstrap, file.bootstrap, defaults.bootstrap),
+        mdns: !options.no_mdns && file.mdns.unwrap_or(defaults.mdns),
+        relay_server: relay,
+        direct: DirectConfig {
+            enabled: !options.no_webrtc && file.webrtc.unwrap_or(true),
+            udp_addrs: file.webrtc_udp.unwrap_or(defaults.direct.udp_addrs),
+            ice_servers: stun
+                .into_iter()
+                .map(|url| IceServer {
+                    urls: vec![url],
+                    ..IceServer::default()
+                })
+                .collect(),
+            ..defaults.direct
+        },
+        ..defaults
+    })
+}
+
+/// A list from the flags if any were given, else from the file, else the default.
+fn first<T: Clone>(flag: &[T], file: Option<Vec<T>>, default: Vec<T>) -> Vec<T> {
+    if flag.is_empty() {
+        file.unwrap_or(default)
+    } else {
+        flag.to_vec()
+    }
+}
+
+/// The configuration as `key value…` lines.
+pub fn describe(config: &NodeConfig) -> String {
+    let join = |items: Vec<String>| items.join(" ");
+    format!(
+        "listen {}\nbootstrap {}\nmdns {}\nrelay {}\nwebrtc {}\nwebrtc-udp {}\nstun {}\n",
+        join(config.listen.iter().map(ToString::to_string).collect()),
+        join(config.bootstrap.iter().map(ToString::to_string).collect()),
+        config.mdns,
+        config.relay_server,
+        config.direct.enabled,
+        join(config.direct.udp_addrs.clone()),
+        join(config.direct.ice_servers.iter().flat_map(|s| s.urls.clone()).collect()),
+    )
+}
