@@ -160,6 +160,7 @@ impl From<CoreError> for AppError {
             CoreError::InvalidDisplayName
             | CoreError::InvalidProfileName
             | CoreError::InvalidText
+            | CoreError::InvalidSetting(_)
             | CoreError::UnknownContact(_) => (InvalidInput, error.to_string()),
             _ => (Internal, format!("Something went wrong: {error}.")),
         };
@@ -325,6 +326,8 @@ pub struct ContactItem {
     devices: u32,
     /// A device of theirs is connected to this one now.
     online: bool,
+    /// A direct (WebRTC) session to a device of theirs is open now.
+    direct: bool,
 }
 
 impl From<ContactView> for ContactItem {
@@ -336,6 +339,7 @@ impl From<ContactView> for ContactItem {
             identity_changed: c.identity_changed,
             devices: c.devices as u32,
             online: false,
+            direct: false,
         }
     }
 }
@@ -402,6 +406,15 @@ pub struct SafetyNumberView {
 #[serde(rename_all = "camelCase")]
 pub struct Settings {
     read_receipts: bool,
+    /// STUN/TURN server URLs for direct sessions (used from the next start).
+    ice_servers: Vec<String>,
+}
+
+fn settings_of(m: &Messenger) -> Result<Settings, CoreError> {
+    Ok(Settings {
+        read_receipts: m.read_receipts()?,
+        ice_servers: m.ice_servers()?,
+    })
 }
 
 /// All contacts, by name.
@@ -417,9 +430,10 @@ pub async fn contacts(state: tauri::State<'_, AppState>) -> Result<Vec<ContactIt
                     .into_iter()
                     .map(|(_, key)| key)
                     .collect();
-                let online = state.network.get().is_some_and(|courier| courier.any_online(&keys));
+                let courier = state.network.get();
                 Ok(ContactItem {
-                    online,
+                    online: courier.is_some_and(|courier| courier.any_online(&keys)),
+                    direct: courier.is_some_and(|courier| courier.any_direct(&keys)),
                     ..ContactItem::from(c)
                 })
             })
@@ -520,11 +534,7 @@ pub async fn search(state: tauri::State<'_, AppState>, query: String) -> Result<
 #[tauri::command]
 #[specta::specta]
 pub async fn settings(state: tauri::State<'_, AppState>) -> Result<Settings, AppError> {
-    with_messenger(&state, |m| {
-        Ok(Settings {
-            read_receipts: m.read_receipts()?,
-        })
-    })
+    with_messenger(&state, |m| settings_of(m))
 }
 
 /// Switches read receipts on or off.
@@ -533,8 +543,16 @@ pub async fn settings(state: tauri::State<'_, AppState>) -> Result<Settings, App
 pub async fn set_read_receipts(state: tauri::State<'_, AppState>, on: bool) -> Result<Settings, AppError> {
     with_messenger(&state, |m| {
         m.set_read_receipts(on)?;
-        Ok(Settings {
-            read_receipts: m.read_receipts()?,
-        })
+        settings_of(m)
+    })
+}
+
+/// Sets the STUN/TURN servers (one URL each); they apply from the next start.
+#[tauri::command]
+#[specta::specta]
+pub async fn set_ice_servers(state: tauri::State<'_, AppState>, urls: Vec<String>) -> Result<Settings, AppError> {
+    with_messenger(&state, |m| {
+        m.set_ice_servers(&urls)?;
+        settings_of(m)
     })
 }

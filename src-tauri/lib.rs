@@ -44,6 +44,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::search,
         commands::settings,
         commands::set_read_receipts,
+        commands::set_ice_servers,
     ])
 }
 

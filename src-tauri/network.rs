@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cairn_core::{Courier, NodeConfig};
+use cairn_core::{Courier, IceServer, NodeConfig};
 use tauri::{AppHandle, Emitter, Manager};
 
 use crate::AppState;
@@ -29,6 +29,10 @@ pub fn config_from_env() -> NodeConfig {
     }
     config.bootstrap = addresses("CAIRN_BOOTSTRAP").unwrap_or_default();
     config.mdns = std::env::var("CAIRN_MDNS").map_or(true, |v| v != "0");
+    // Where WebRTC gathers host candidates; tests on one machine use loopback.
+    if let Ok(udp) = std::env::var("CAIRN_WEBRTC_UDP") {
+        config.direct.udp_addrs = udp.split(',').map(|a| a.trim().to_owned()).collect();
+    }
     config.request_timeout = Duration::from_secs(10);
     config
 }
@@ -49,7 +53,24 @@ pub fn ensure_started(app: &AppHandle) {
     tauri::async_runtime::spawn(async move {
         let state = app.state::<AppState>();
         let emitter = app.clone();
-        match Courier::start(state.messenger.clone(), config_from_env(), move || {
+        let mut config = config_from_env();
+        let ice_servers = state
+            .messenger
+            .lock()
+            .expect("messenger lock")
+            .as_ref()
+            .map(|m| m.ice_servers())
+            .transpose()
+            .unwrap_or_default()
+            .unwrap_or_default();
+        config.direct.ice_servers = ice_servers
+            .into_iter()
+            .map(|url| IceServer {
+                urls: vec![url],
+                ..IceServer::default()
+            })
+            .collect();
+        match Courier::start(state.messenger.clone(), config, move || {
             let _ = emitter.emit(CHANGED_EVENT, ());
         }) {
             Ok(courier) => {

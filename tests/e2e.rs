@@ -39,6 +39,7 @@ impl Driver {
             .env("XDG_DATA_HOME", data_home)
             // Loopback only, no multicast: nothing leaves this machine.
             .env("CAIRN_LISTEN", "/ip4/127.0.0.1/tcp/0")
+            .env("CAIRN_WEBRTC_UDP", "127.0.0.1:0")
             .env("CAIRN_MDNS", "0")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -405,6 +406,8 @@ async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network
         let bob_in_alices_list = element(&alice, "contact").await?;
         assert_eq!(bob_in_alices_list.attr("data-name").await?.as_deref(), Some("Bob"));
         wait_attr(&alice, "contact", "data-online", "true").await?;
+        // Their devices open a direct WebRTC session, and the UI says so.
+        wait_attr(&alice, "contact", "data-direct", "true").await?;
 
         // Alice writes; Bob reads; Alice sees it delivered, then read.
         bob_in_alices_list.click().await?;
@@ -412,6 +415,7 @@ async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network
         click(&alice, "send").await?;
         wait_text(&bob, "message-body", |t| t == "hello over the network").await?;
         wait_text(&alice, "message-state", |s| s == "delivered" || s == "read").await?;
+        assert_eq!(text_of(&alice, "direct").await?, "direct");
         screenshot(&bob, "network-conversation").await?;
 
         // And back.

@@ -58,6 +58,9 @@ pub enum CoreError {
     /// The text is empty or too long to send.
     #[error("a message needs some text and at most 64 KiB")]
     InvalidText,
+    /// A setting value that cannot be used (the message says which and why).
+    #[error("invalid setting: {0}")]
+    InvalidSetting(String),
     /// No such contact.
     #[error("no contact {0}")]
     UnknownContact(String),

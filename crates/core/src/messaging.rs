@@ -19,6 +19,12 @@ const MAX_HELD: usize = 1024;
 
 /// Setting key: whether this account sends read receipts.
 const READ_RECEIPTS: &str = "read_receipts";
+/// Setting key: STUN/TURN server URLs for direct sessions, one per line.
+const ICE_SERVERS: &str = "ice_servers";
+/// Most ICE servers kept.
+const MAX_ICE_SERVERS: usize = 8;
+/// Longest ICE server URL kept.
+const MAX_ICE_SERVER_LEN: usize = 256;
 
 impl Messenger {
     /// Sends a text to a contact: returns the stored message and the envelopes to
@@ -367,6 +373,43 @@ impl Messenger {
     /// Switches read receipts on or off.
     pub fn set_read_receipts(&self, on: bool) -> Result<()> {
         self.set_flag(READ_RECEIPTS, on)
+    }
+
+    /// STUN/TURN server URLs for direct sessions (none by default: devices that can
+    /// reach each other need none). Used when the network starts.
+    pub fn ice_servers(&self) -> Result<Vec<String>> {
+        Ok(self
+            .db
+            .setting(ICE_SERVERS)?
+            .map(|v| v.lines().map(str::to_owned).collect())
+            .unwrap_or_default())
+    }
+
+    /// Sets the STUN/TURN server URLs (`stun:host:port`, `turn:host:port`, `turns:…`);
+    /// blank entries are dropped, anything else malformed is refused.
+    pub fn set_ice_servers(&self, urls: &[String]) -> Result<Vec<String>> {
+        let urls: Vec<String> = urls
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.len() > MAX_ICE_SERVERS {
+            return Err(CoreError::InvalidSetting(format!(
+                "at most {MAX_ICE_SERVERS} STUN/TURN servers"
+            )));
+        }
+        for url in &urls {
+            let scheme_ok = ["stun:", "stuns:", "turn:", "turns:"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            if !scheme_ok || url.len() > MAX_ICE_SERVER_LEN || url.chars().any(char::is_whitespace) {
+                return Err(CoreError::InvalidSetting(format!(
+                    "{url:?} is not a stun:, stuns:, turn: or turns: URL"
+                )));
+            }
+        }
+        self.db.set_setting(ICE_SERVERS, &urls.join("\n"))?;
+        Ok(urls)
     }
 
     /// One message.

@@ -768,3 +768,28 @@ fn the_envelopes_for_the_contact_name_their_message_so_a_transport_can_mark_it_s
     w.deliver_all();
     assert_eq!(w.m(a1).message(&message.id).unwrap().state, DeliveryState::Delivered);
 }
+
+#[test]
+fn stun_and_turn_servers_are_a_setting_that_survives_a_restart_and_refuses_junk() {
+    let (mut w, [a1, ..]) = alice_and_bob();
+    assert!(w.m(a1).ice_servers().unwrap().is_empty(), "none by default");
+    let urls = vec![
+        " stun:stun.example.org:3478 ".to_owned(),
+        String::new(),
+        "turn:turn.example.org:3478".to_owned(),
+    ];
+    let kept = w.m(a1).set_ice_servers(&urls).unwrap();
+    assert_eq!(kept, ["stun:stun.example.org:3478", "turn:turn.example.org:3478"]);
+    for junk in [
+        "http://example.org",
+        "stun:has space",
+        &format!("stun:{}", "x".repeat(300)),
+    ] {
+        assert!(matches!(
+            w.m(a1).set_ice_servers(&[junk.to_owned()]),
+            Err(CoreError::InvalidSetting(_))
+        ));
+    }
+    w.reopen_all();
+    assert_eq!(w.m(a1).ice_servers().unwrap(), kept, "kept, and junk changed nothing");
+}

@@ -183,6 +183,17 @@ async setReadReceipts(on: boolean) : Promise<Result<Settings, AppError>> {
     if(e instanceof Error) throw e;
     else return { status: "error", error: e  as any };
 }
+},
+/**
+ * Sets the STUN/TURN servers (one URL each); they apply from the next start.
+ */
+async setIceServers(urls: string[]) : Promise<Result<Settings, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("set_ice_servers", { urls }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
 }
 }
 
@@ -223,7 +234,11 @@ identityChanged: boolean; devices: number;
 /**
  * A device of theirs is connected to this one now.
  */
-online: boolean }
+online: boolean; 
+/**
+ * A direct (WebRTC) session to a device of theirs is open now.
+ */
+direct: boolean }
 /**
  * Error kinds the UI can react to.
  */
@@ -280,7 +295,11 @@ pendingGroups: string[] | null }
 /**
  * The settings a person can change.
  */
-export type Settings = { readReceipts: boolean }
+export type Settings = { readReceipts: boolean; 
+/**
+ * STUN/TURN server URLs for direct sessions (used from the next start).
+ */
+iceServers: string[] }
 
 /** tauri-specta globals **/
 
