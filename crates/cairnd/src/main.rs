@@ -219,5 +219,7 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
             }
         }
     }
+    // Tell peers at once rather than leave them to time the sessions out.
+    courier.node().close_direct_sessions().await;
     Ok(())
 }
