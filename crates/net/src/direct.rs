@@ -177,7 +177,11 @@ impl Direct {
         {
             return Ok(None);
         }
-        let session = self.create(peer, true).await?;
+        // Two offers may start at once (a connection came up while a delivery pass
+        // ran): the one that registers its session first goes on.
+        let Some(session) = self.create(peer, true).await? else {
+            return Ok(None);
+        };
         let made = async {
             let channel = session.pc.create_data_channel(CHANNEL_LABEL, None).await?;
             self.attach(peer, session.generation, channel, false);
@@ -205,7 +209,9 @@ impl Direct {
             }
             self.drop_session(peer, existing.generation);
         }
-        let session = self.create(peer, false).await?;
+        let Some(session) = self.create(peer, false).await? else {
+            return Ok(None);
+        };
         let made = async {
             session
                 .pc
@@ -288,7 +294,10 @@ impl Direct {
         }
     }
 
-    async fn create(self: &Arc<Self>, peer: PeerId, offering: bool) -> Result<Arc<Session>, NetError> {
+    /// Makes a peer connection and registers it as the session with `peer`. An offering
+    /// session only registers where there is none (`None` otherwise); an answering one
+    /// replaces whatever is there.
+    async fn create(self: &Arc<Self>, peer: PeerId, offering: bool) -> Result<Option<Arc<Session>>, NetError> {
         let generation = self.next.fetch_add(1, Ordering::SeqCst);
         let gathered = Arc::new(Notify::new());
         let callbacks = Callbacks {
@@ -324,7 +333,17 @@ impl Direct {
             gathered,
             waiting: Mutex::default(),
         });
-        lock(&self.sessions).insert(peer, session.clone());
+        {
+            let mut sessions = lock(&self.sessions);
+            if offering && sessions.contains_key(&peer) {
+                drop(sessions);
+                tokio::spawn(async move {
+                    let _ = session.pc.close().await;
+                });
+                return Ok(None);
+            }
+            sessions.insert(peer, session.clone());
+        }
         // A session that never opens is given up, and the peer left alone for a while.
         let direct = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -338,7 +357,7 @@ impl Direct {
                 direct.drop_session(peer, generation);
             }
         });
-        Ok(session)
+        Ok(Some(session))
     }
 
     /// Waits for candidate gathering and returns the local SDP with the candidates in it.

@@ -363,3 +363,22 @@ async fn a_node_that_dials_a_relay_listens_through_it_and_is_reached_there() {
     let (got, heard) = exchange(&alice, &bob, &mut bob_events, b"relayed", Delivery::Accepted).await;
     assert_eq!((got.as_slice(), heard), (&b"relayed"[..], Delivery::Accepted));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offers_started_at_the_same_moment_make_one_session_not_two() {
+    let (alice, mut alice_events) = node(39).await;
+    let (bob, mut bob_events) = node(40).await;
+    let b = bob.peer_id();
+    let (first, second) = tokio::join!(alice.direct_offer(b), alice.direct_offer(b));
+    let offers: Vec<String> = [first.unwrap(), second.unwrap()].into_iter().flatten().collect();
+    assert_eq!(offers.len(), 1, "one offer goes out");
+    let answer = bob
+        .direct_answer(alice.peer_id(), offers[0].clone())
+        .await
+        .unwrap()
+        .unwrap();
+    alice.direct_accept(b, answer).await.unwrap();
+    let a = alice.peer_id();
+    wait_for(&mut alice_events, |e| matches!(e, NetEvent::DirectOpened(p) if *p == b)).await;
+    wait_for(&mut bob_events, |e| matches!(e, NetEvent::DirectOpened(p) if *p == a)).await;
+}
