@@ -8,14 +8,18 @@
 //! `SignalStore`).
 //!
 //! A profile is a directory holding `profile.db` (the SQLCipher database) and
-//! `key.json` (plaintext: only *where* the key comes from, never the key).
+//! `key.json` (plaintext: only *where* the key comes from, never the key). The peer
+//! cache keeps the sealed envelopes it holds for others in a database of its own
+//! ([`CacheDb`]).
 
+mod cache;
 mod db;
 mod key;
 mod migrations;
 mod profile_dir;
 mod signal;
 
+pub use cache::{CacheDb, CacheLimits, Held, Refusal};
 pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
 pub use migrations::{migrations, SCHEMA_VERSION};
@@ -53,6 +57,9 @@ pub enum StoreError {
     /// A schema migration failed; the database stays at its earlier version.
     #[error("schema migration failed: {0}")]
     Migration(String),
+    /// The peer cache would not hold an envelope.
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
     /// SQLite reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
