@@ -244,6 +244,8 @@ impl Courier {
             None => return,
         };
         let mut unreachable = HashSet::new();
+        // Peers a direct session was asked for in this pass (once each, not per envelope).
+        let mut asked_direct = HashSet::new();
         let mut progressed = false;
         for queued in batch {
             let (account, device) = (&queued.outgoing.account_id, queued.outgoing.device_id);
@@ -257,7 +259,10 @@ impl Courier {
                 with(messenger, |m| m.defer(queued.seq));
                 continue;
             }
-            if !self.handle.is_direct(&peer) && self.online.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer) {
+            if !self.handle.is_direct(&peer)
+                && self.online.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer)
+                && asked_direct.insert(peer)
+            {
                 // This one goes over libp2p; later ones may find a direct session.
                 tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
             }
