@@ -1,4 +1,4 @@
-//! Signing and checking device lists, and the mailbox a device's envelopes go to.
+//! Signing and checking device lists.
 //!
 //! A receiver accepts a list only if the account identity key named inside it signed
 //! its exact bytes; refusing a version that goes backwards needs the receiver's
@@ -6,7 +6,6 @@
 
 use cairn_proto::{DeviceList, SignedDeviceList};
 use libsignal_protocol::IdentityKey;
-use sha2::{Digest, Sha256};
 
 use crate::{AccountIdentity, CryptoError};
 
@@ -36,13 +35,4 @@ pub fn verify_device_list(signed: &SignedDeviceList) -> Result<(DeviceList, Iden
         return Err(CryptoError::BadSignature("device list"));
     }
     Ok((list, identity))
-}
-
-/// The mailbox of the device with this transport key: where its envelopes are
-/// addressed and cached. A hash, so the key itself is not on every envelope.
-pub fn mailbox_of(transport_key: &[u8; 32]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    hash.update(b"cairn/mailbox/v1");
-    hash.update(transport_key);
-    hash.finalize().into()
 }

@@ -13,7 +13,8 @@ mod safety_number;
 mod seal;
 mod session;
 
-pub use device_list::{mailbox_of, sign_device_list, verify_device_list};
+pub use cairn_proto::mailbox_of;
+pub use device_list::{sign_device_list, verify_device_list};
 pub use identity::{AccountId, AccountIdentity, DeviceKeys, FIRST_DEVICE_ID};
 pub use libsignal_protocol::{IdentityKey, IdentityKeyPair};
 pub use prekeys::{

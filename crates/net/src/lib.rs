@@ -1,20 +1,29 @@
 //! Cairn's network layer.
 //!
-//! Owns: the libp2p swarm of a device (TCP and QUIC with Noise and Yamux, identify,
-//! ping, Kademlia, mDNS on the LAN) and Cairn's own `/cairn/envelope/1` protocol that
-//! carries sealed envelopes between peers with an answer from the receiver. A
+//! Owns: the libp2p swarm of a device (TCP, QUIC and in-process memory transports with
+//! Noise and Yamux, identify, ping, Kademlia, mDNS on the LAN, relay, hole punching)
+//! and Cairn's own protocols: `/cairn/envelope/1` carries sealed envelopes between
+//! peers with an answer from the receiver, and `/cairn/cache/1` is the peer cache —
+//! envelopes for offline devices held by the peers closest to their mailbox, fetched
+//! and acknowledged (with a signature only the mailbox's device can make) when the
+//! device returns, swept when they expire, and handed over when holders change. A
 //! device's transport key is its peer id. Direct sessions between two online devices
-//! run on WebRTC data channels and fall back to libp2p streams. Later: relay and hole
-//! punching, the peer cache. Does not own: plaintext, user keys beyond the
-//! transport key, or what envelopes mean.
+//! run on WebRTC data channels and fall back to libp2p streams. Does not own:
+//! plaintext, user keys beyond the transport key, or what envelopes mean; the cache's
+//! database itself is the store crate's.
 
+mod cache;
 mod codec;
 mod direct;
+mod mailbox;
 mod node;
 
-pub use codec::{Delivery, EnvelopeCodec, ENVELOPE_PROTOCOL};
+pub use cache::{verify_ack, CacheConfig, Clock, APP_CACHE_LIMITS, DEFAULT_POW_BITS, NODE_CACHE_LIMITS};
+pub use cairn_store::CacheLimits;
+pub use codec::{CacheCodec, Delivery, EnvelopeCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL};
 pub use direct::{DirectConfig, IceServer, MAX_DIRECT_ENVELOPE};
 pub use libp2p::{multiaddr, Multiaddr, PeerId};
+pub use mailbox::mailbox_of_peer;
 pub use node::{keypair_from_seed, peer_id_of, start, InboundId, NetEvent, NodeConfig, NodeHandle};
 
 /// Everything that can go wrong in the network layer.
@@ -38,4 +47,7 @@ pub enum NetError {
     /// The node has stopped.
     #[error("the network node has stopped")]
     Stopped,
+    /// The peer cache's database failed.
+    #[error("peer cache: {0}")]
+    Cache(#[from] cairn_store::StoreError),
 }

@@ -1,7 +1,13 @@
-//! A running node: the libp2p swarm (TCP and QUIC with Noise and Yamux, identify,
-//! ping, Kademlia, mDNS, circuit relay client and optionally server, DCUtR hole
-//! punching, AutoNAT, and the envelope protocol) driven on a Tokio task, and the handle
-//! the rest of the app talks to it through.
+//! A running node: the libp2p swarm (TCP, QUIC and in-process memory transports with
+//! Noise and Yamux, identify, ping, Kademlia, mDNS, circuit relay client and optionally
+//! server, DCUtR hole punching, AutoNAT, the envelope protocol and the peer cache
+//! protocol) driven on a Tokio task, and the handle the rest of the app talks to it
+//! through.
+//!
+//! Peer cache: the driver answers cache requests from its [`CacheService`] (when this
+//! node holds for others), runs DHT lookups and cache requests for the handle, turns
+//! envelopes pushed by holders into [`NetEvent::Envelope`]s, and signs and sends the
+//! acknowledgement once an envelope from a holder is answered.
 //!
 //! Relays: when a peer this node dialed says (through identify) that it relays, the
 //! node also listens through it (`…/p2p/<relay>/p2p-circuit`), so peers that cannot
@@ -20,7 +26,10 @@ use libp2p::swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, ConnectionId
 use libp2p::{autonat, dcutr, identify, identity, kad, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{Delivery, EnvelopeCodec, ENVELOPE_PROTOCOL};
+use cairn_proto::{CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox, MAX_ACK_IDS};
+
+use crate::cache::{sign_ack, CacheConfig, CacheService, Clock, Effect};
+use crate::codec::{CacheCodec, Delivery, EnvelopeCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL};
 use crate::direct::{Direct, DirectConfig};
 use crate::NetError;
 
@@ -39,6 +48,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Direct WebRTC sessions.
     pub direct: DirectConfig,
+    /// The peer cache: holding for others, placing and fetching this device's envelopes.
+    pub cache: CacheConfig,
 }
 
 impl Default for NodeConfig {
@@ -53,6 +64,7 @@ impl Default for NodeConfig {
             relay_server: false,
             request_timeout: Duration::from_secs(20),
             direct: DirectConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -64,10 +76,10 @@ pub enum NetEvent {
     Listening(Multiaddr),
     /// The node no longer listens on this address.
     ListenerGone(Multiaddr),
-    /// An envelope arrived (over libp2p or a direct session); answer it with
-    /// [`NodeHandle::answer`] once it is stored.
+    /// An envelope arrived (over libp2p, a direct session, or from a holder of this
+    /// device's mailbox); answer it with [`NodeHandle::answer`] once it is stored.
     Envelope {
-        /// The sending peer (a device, or a cache node relaying).
+        /// The sending peer (a device, or a cache node holding it).
         from: PeerId,
         /// The encoded envelope.
         bytes: Vec<u8>,
@@ -94,6 +106,7 @@ pub struct InboundId(Inbound);
 enum Inbound {
     Swarm(u64),
     Direct { peer: PeerId, request: u64 },
+    Cached { holder: PeerId, id: EnvelopeId },
 }
 
 impl InboundId {
@@ -101,9 +114,18 @@ impl InboundId {
         Self(Inbound::Direct { peer, request })
     }
 
+    pub(crate) fn cached(holder: PeerId, id: EnvelopeId) -> Self {
+        Self(Inbound::Cached { holder, id })
+    }
+
     /// Whether the envelope came over a direct WebRTC session (not a libp2p stream).
     pub fn is_direct(&self) -> bool {
         matches!(self.0, Inbound::Direct { .. })
+    }
+
+    /// Whether the envelope came from a peer cache holding it for this device.
+    pub fn is_cached(&self) -> bool {
+        matches!(self.0, Inbound::Cached { .. })
     }
 }
 
@@ -128,6 +150,19 @@ enum Command {
     Listeners {
         done: oneshot::Sender<Vec<Multiaddr>>,
     },
+    /// Finds the peers closest to `key` in the DHT (reachable ones, nearest first).
+    ClosestPeers {
+        key: Vec<u8>,
+        done: oneshot::Sender<Vec<PeerId>>,
+    },
+    /// Sends a cache request and passes the answer back.
+    Cache {
+        to: PeerId,
+        request: CacheRequest,
+        done: oneshot::Sender<Result<CacheResponse, NetError>>,
+    },
+    /// Runs work on this node's cache service (`None` when it holds for no one).
+    Holding(Box<dyn FnOnce(Option<&mut CacheService>, u64) + Send>),
 }
 
 /// Talks to a running node; cheap to clone. The node stops when every handle is gone.
@@ -136,11 +171,17 @@ pub struct NodeHandle {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     direct: Arc<Direct>,
+    pub(crate) cache: Arc<CacheConfig>,
+    /// This device's transport public key (its mailbox derives from it).
+    pub(crate) transport_key: [u8; 32],
+    /// Poked when a peer connects: the mailbox is worth fetching then.
+    pub(crate) connected: Arc<tokio::sync::Notify>,
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     envelopes: request_response::Behaviour<EnvelopeCodec>,
+    cache: request_response::Behaviour<CacheCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -184,12 +225,30 @@ pub fn peer_id_of(transport_key: &[u8; 32]) -> Result<PeerId, NetError> {
 pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Receiver<NetEvent>), NetError> {
     let keypair = keypair_from_seed(seed);
     let peer_id = keypair.public().to_peer_id();
+    let transport_key = keypair
+        .public()
+        .try_into_ed25519()
+        .map_err(|_| NetError::InvalidKey)?
+        .to_bytes();
     let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    let holding = match &config.cache.store {
+        Some((path, limits)) => Some(CacheService::open(path, *limits, config.cache.pow_bits)?),
+        None => None,
+    };
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
         .map_err(|e| transport(&e))?
         .with_quic()
+        // `/memory/N` addresses: many nodes in one process (simulations, tests).
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            use libp2p::core::{transport::MemoryTransport, upgrade::Version, Transport};
+            Ok(MemoryTransport::default()
+                .upgrade(Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default()))
+        })
+        .map_err(|e| transport(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| transport(&e))?
         .with_behaviour(|key, relay_client| {
@@ -205,6 +264,12 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
                     request_response::Config::default()
                         .with_request_timeout(config.request_timeout)
                         // Bounds what one connection can make us buffer at once.
+                        .with_max_concurrent_streams(16),
+                ),
+                cache: request_response::Behaviour::new(
+                    [(CACHE_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(config.request_timeout)
                         .with_max_concurrent_streams(16),
                 ),
                 // Pushing new listen addresses tells peers (and so the DHT) about addresses
@@ -240,11 +305,28 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
     let (commands, command_rx) = mpsc::channel(256);
     let (events, event_rx) = mpsc::channel(256);
     let direct = Direct::new(peer_id, config.direct.clone(), events.clone())?;
+    let connected = Arc::new(tokio::sync::Notify::new());
+    let handle = NodeHandle {
+        peer_id,
+        commands,
+        direct,
+        cache: Arc::new(config.cache.clone()),
+        transport_key,
+        connected: connected.clone(),
+    };
     tokio::spawn(
         Driver {
             swarm,
             commands: command_rx,
-            events,
+            events: events.clone(),
+            keypair,
+            holding,
+            clock: config.cache.clock.clone(),
+            replicas: config.cache.replicas,
+            closest: HashMap::new(),
+            cache_pending: HashMap::new(),
+            acks_due: HashMap::new(),
+            connected,
             pending: HashMap::new(),
             inbound: HashMap::new(),
             next_inbound: 0,
@@ -257,17 +339,46 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
         }
         .run(),
     );
-    Ok((
-        NodeHandle {
-            peer_id,
-            commands,
-            direct,
-        },
-        event_rx,
-    ))
+    tokio::spawn(crate::mailbox::upkeep(handle.downgrade(), events));
+    Ok((handle, event_rx))
+}
+
+/// A [`NodeHandle`] that does not keep the node running.
+pub(crate) struct WeakNodeHandle {
+    peer_id: PeerId,
+    commands: mpsc::WeakSender<Command>,
+    direct: Arc<Direct>,
+    cache: Arc<CacheConfig>,
+    transport_key: [u8; 32],
+    connected: Arc<tokio::sync::Notify>,
+}
+
+impl WeakNodeHandle {
+    /// The handle, while the node runs.
+    pub(crate) fn upgrade(&self) -> Option<NodeHandle> {
+        Some(NodeHandle {
+            peer_id: self.peer_id,
+            commands: self.commands.upgrade()?,
+            direct: self.direct.clone(),
+            cache: self.cache.clone(),
+            transport_key: self.transport_key,
+            connected: self.connected.clone(),
+        })
+    }
 }
 
 impl NodeHandle {
+    fn downgrade(&self) -> WeakNodeHandle {
+        WeakNodeHandle {
+            peer_id: self.peer_id,
+            commands: self.commands.downgrade(),
+            direct: self.direct.clone(),
+            cache: self.cache.clone(),
+            transport_key: self.transport_key,
+            connected: self.connected.clone(),
+        }
+    }
+
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
@@ -299,7 +410,7 @@ impl NodeHandle {
                 self.direct.reply(peer, request, delivery).await;
                 Ok(())
             }
-            Inbound::Swarm(_) => self.tell(Command::Answer { inbound, delivery }).await,
+            Inbound::Swarm(_) | Inbound::Cached { .. } => self.tell(Command::Answer { inbound, delivery }).await,
         }
     }
 
@@ -346,6 +457,35 @@ impl NodeHandle {
         self.ask(|done| Command::Listeners { done }).await
     }
 
+    /// The peers closest to `key` in the DHT that answered, nearest first.
+    pub async fn closest_peers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetError> {
+        self.ask(|done| Command::ClosestPeers { key, done }).await
+    }
+
+    /// Sends one request to a cache node and waits for its answer.
+    pub async fn cache_request(&self, to: PeerId, request: CacheRequest) -> Result<CacheResponse, NetError> {
+        self.ask(|done| Command::Cache { to, request, done }).await?
+    }
+
+    /// Runs `work` on this node's cache service, with the time.
+    pub(crate) async fn holding<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Option<&mut CacheService>, u64) -> T + Send + 'static,
+    ) -> Result<T, NetError> {
+        self.ask(|done| {
+            Command::Holding(Box::new(move |service, now| {
+                let _ = done.send(work(service, now));
+            }))
+        })
+        .await
+    }
+
+    /// Envelopes and bytes this node holds for others (zeros when it holds for no one).
+    pub async fn cache_usage(&self) -> Result<(u64, u64), NetError> {
+        self.holding(|service, _| service.map_or(Ok((0, 0)), |s| s.usage()))
+            .await?
+    }
+
     /// Hands the driver a command.
     async fn tell(&self, command: Command) -> Result<(), NetError> {
         self.commands.send(command).await.map_err(|_| NetError::Stopped)
@@ -376,6 +516,19 @@ struct Driver {
     /// Addresses through relays already offered for peers.
     circuits_offered: HashSet<Multiaddr>,
     relay_server: bool,
+    /// Signs acknowledgements of envelopes fetched from holders.
+    keypair: identity::Keypair,
+    /// The holder side of the peer cache, when this node holds for others.
+    holding: Option<CacheService>,
+    clock: Clock,
+    replicas: usize,
+    /// Closest-peer lookups asked for by the handle.
+    closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
+    /// Cache requests whose answer someone waits for.
+    cache_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<CacheResponse, NetError>>>,
+    /// Envelopes answered but not yet acknowledged to the holder they came from.
+    acks_due: HashMap<PeerId, Vec<EnvelopeId>>,
+    connected: Arc<tokio::sync::Notify>,
 }
 
 impl Driver {
@@ -429,12 +582,16 @@ impl Driver {
     }
 
     async fn run(mut self) {
+        // Acknowledgements go out in batches, a moment after their envelopes were answered.
+        let mut ack_tick = tokio::time::interval(Duration::from_millis(100));
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
                     None => break,
                     Some(command) => self.command(command),
                 },
+                _ = ack_tick.tick(), if !self.acks_due.is_empty() => self.send_acks(),
                 event = self.swarm.select_next_some() => {
                     if self.handle(event).is_err() {
                         break;
@@ -449,6 +606,19 @@ impl Driver {
             Command::Send { to, bytes, done } => {
                 let id = self.swarm.behaviour_mut().envelopes.send_request(&to, bytes);
                 self.pending.insert(id, done);
+            }
+            Command::Answer {
+                inbound: InboundId(Inbound::Cached { holder, id }),
+                delivery,
+            } => {
+                // Taken, or refused for good: either way the holder may delete it.
+                if delivery != Delivery::Later {
+                    let due = self.acks_due.entry(holder).or_default();
+                    due.push(id);
+                    if due.len() >= MAX_ACK_IDS {
+                        self.send_acks();
+                    }
+                }
             }
             Command::Answer { inbound, delivery } => {
                 if let Some(channel) = self.inbound.remove(&inbound) {
@@ -475,7 +645,99 @@ impl Driver {
             Command::Listeners { done } => {
                 let _ = done.send(self.swarm.listeners().cloned().collect());
             }
+            Command::ClosestPeers { key, done } => {
+                let query = self.swarm.behaviour_mut().kad.get_closest_peers(key);
+                self.closest.insert(query, done);
+            }
+            Command::Cache { to, request, done } => {
+                let id = self.swarm.behaviour_mut().cache.send_request(&to, request);
+                self.cache_pending.insert(id, done);
+            }
+            Command::Holding(work) => work(self.holding.as_mut(), self.clock.now()),
         }
+    }
+
+    /// Signs and sends the acknowledgements that are due, one request per holder and
+    /// batch; the answers need no waiting for (a lost one leaves a copy that expires or
+    /// is fetched and acknowledged again).
+    fn send_acks(&mut self) {
+        for (holder, ids) in std::mem::take(&mut self.acks_due) {
+            for batch in ids.chunks(MAX_ACK_IDS) {
+                let Some(ack) = sign_ack(&self.keypair, batch.to_vec()) else {
+                    tracing::error!("this node's key cannot sign acknowledgements");
+                    return;
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .cache
+                    .send_request(&holder, CacheRequest::Ack(ack));
+            }
+        }
+    }
+
+    /// The peers in this node's routing table closest to `mailbox`.
+    fn closest_known(&mut self, mailbox: &Mailbox) -> Vec<PeerId> {
+        let target = kad::KBucketKey::new(mailbox.to_vec());
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_local_peers(&target)
+            .take(self.replicas)
+            .map(|key| *key.preimage())
+            .collect()
+    }
+
+    /// Answers a request on the cache protocol.
+    fn cache_request(
+        &mut self,
+        peer: PeerId,
+        request: CacheRequest,
+        channel: ResponseChannel<CacheResponse>,
+    ) -> Result<(), ()> {
+        let (response, effects) = match (request, self.holding.as_mut()) {
+            // A holder of this device's mailbox pushes an envelope that just arrived.
+            (CacheRequest::Push { position, envelope }, _) => {
+                let _ = position;
+                match Envelope::from_bytes(&envelope) {
+                    Ok(decoded) => {
+                        let inbound = InboundId::cached(peer, decoded.id());
+                        self.emit(NetEvent::Envelope {
+                            from: peer,
+                            bytes: envelope,
+                            inbound,
+                        })?;
+                        (CacheResponse::Taken, Vec::new())
+                    }
+                    Err(_) => (CacheResponse::Refused(CacheRefusal::Malformed), Vec::new()),
+                }
+            }
+            (request, Some(service)) => service.handle(peer, request, self.clock.now()),
+            (_, None) => (CacheResponse::Refused(CacheRefusal::NotACache), Vec::new()),
+        };
+        // The peer may have gone; then there is nobody to tell.
+        let _ = self.swarm.behaviour_mut().cache.send_response(channel, response);
+        for effect in effects {
+            match effect {
+                Effect::Push { to, position, envelope } => {
+                    self.swarm
+                        .behaviour_mut()
+                        .cache
+                        .send_request(&to, CacheRequest::Push { position, envelope });
+                }
+                Effect::ForwardAck { mailbox, ack, from } => {
+                    let me = *self.swarm.local_peer_id();
+                    for holder in self.closest_known(&mailbox) {
+                        if holder != from && holder != me {
+                            self.swarm
+                                .behaviour_mut()
+                                .cache
+                                .send_request(&holder, CacheRequest::Ack(ack.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Passes an event on without ever waiting: the driver must keep serving the
@@ -528,6 +790,7 @@ impl Driver {
                     let _ = done.send(Ok(()));
                 }
                 if num_established.get() == 1 {
+                    self.connected.notify_one();
                     self.emit(NetEvent::Connected(peer_id))?
                 }
             }
@@ -542,7 +805,39 @@ impl Driver {
                 peer_id,
                 num_established: 0,
                 ..
-            } => self.emit(NetEvent::Disconnected(peer_id))?,
+            } => {
+                if let Some(service) = self.holding.as_mut() {
+                    service.disconnected(&peer_id);
+                }
+                self.emit(NetEvent::Disconnected(peer_id))?
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Cache(event)) => match event {
+                request_response::Event::Message { peer, message, .. } => match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        self.cache_request(peer, request, channel)?
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some(done) = self.cache_pending.remove(&request_id) {
+                            let _ = done.send(Ok(response));
+                        }
+                    }
+                },
+                request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    peer,
+                    ..
+                } => {
+                    tracing::debug!(%peer, %error, "cache request failed");
+                    if let Some(done) = self.cache_pending.remove(&request_id) {
+                        let _ = done.send(Err(NetError::Unreachable(error.to_string())));
+                    }
+                }
+                request_response::Event::InboundFailure { peer, error, .. } => {
+                    tracing::debug!(%peer, %error, "inbound cache request failed");
+                }
+                request_response::Event::ResponseSent { .. } => {}
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Envelopes(event)) => match event {
                 request_response::Event::Message { peer, message, .. } => match message {
                     request_response::Message::Request { request, channel, .. } => {
@@ -619,11 +914,18 @@ impl Driver {
                 step,
                 ..
             })) => {
-                let peers = match result {
-                    Ok(ok) => ok.peers,
-                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                let (key, peers) = match result {
+                    Ok(ok) => (ok.key, ok.peers),
+                    Err(kad::GetClosestPeersError::Timeout { key, peers }) => (key, peers),
                 };
                 let wanted = self.lookups.get(&id).copied();
+                if let Some(done) = self.closest.remove(&id) {
+                    // Nearest first: the answer's order is not promised.
+                    let target = kad::KBucketKey::new(key.clone());
+                    let mut found: Vec<PeerId> = peers.iter().map(|p| p.peer_id).collect();
+                    found.sort_by_key(|p| kad::KBucketKey::from(*p).distance(&target));
+                    let _ = done.send(found);
+                }
                 for info in peers {
                     for address in &info.addrs {
                         self.swarm.add_peer_address(info.peer_id, address.clone());

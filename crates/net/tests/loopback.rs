@@ -24,6 +24,7 @@ fn loopback(mdns: bool) -> NodeConfig {
             request_timeout: Duration::from_secs(3),
             ..DirectConfig::default()
         },
+        ..NodeConfig::default()
     }
 }
 

@@ -3,13 +3,20 @@
 //! Owns: everything that leaves a device — envelopes, their sealed bodies, the
 //! content inside Signal sessions, device lists, prekey bundles, invites — and a
 //! versioned encoding (a version byte, then `postcard`) with a hard size limit on
-//! every decode and typed decode errors. Does not own: keys, signatures, or IO.
+//! every decode and typed decode errors; the peer cache's requests, answers and
+//! signed acknowledgements, and the mailbox and proof-of-work derivations. Does not
+//! own: keys, signatures, or IO.
 
+mod cache;
 mod codec;
 mod device;
 mod envelope;
 mod invite;
 
+pub use cache::{
+    mailbox_of, Ack, CacheRefusal, CacheRequest, CacheResponse, EnvelopeId, Mailbox, MAX_ACK_IDS,
+    MAX_CACHE_REQUEST_BYTES, MAX_CACHE_RESPONSE_BYTES, MAX_FETCH_BYTES,
+};
 pub use codec::{decode_versioned, encode_versioned, WIRE_VERSION};
 pub use device::{DeviceEntry, DeviceList, PrekeyBundle, SignedDeviceList, MAX_DEVICES, MAX_DEVICE_LIST_BYTES};
 pub use envelope::{

@@ -7,9 +7,13 @@
 //! acknowledgement signatures (the caller does that before asking), nor placement and
 //! hand-over. Envelopes are sealed to their recipient, so this file holds no plaintext;
 //! it is a plain SQLite file, separate from the profile database, with its own quota.
+//!
+//! Usage per mailbox is kept in a table maintained by triggers, and the node's total
+//! in memory, so that holding one envelope costs the same however many are held.
 
 use std::path::Path;
 
+use cairn_proto::{CacheRefusal, EnvelopeId, Mailbox};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 
@@ -21,15 +25,36 @@ CREATE TABLE envelopes (
     id BLOB NOT NULL UNIQUE,
     mailbox BLOB NOT NULL,
     expires INTEGER NOT NULL,
+    size INTEGER NOT NULL,
     bytes BLOB NOT NULL
 ) STRICT;
 CREATE INDEX envelopes_by_mailbox ON envelopes(mailbox, seq);
 CREATE INDEX envelopes_by_expiry ON envelopes(expires);
-CREATE TABLE tombstones (
-    id BLOB PRIMARY KEY,
-    expires INTEGER NOT NULL
+CREATE TABLE mailboxes (
+    mailbox BLOB PRIMARY KEY,
+    bytes INTEGER NOT NULL,
+    count INTEGER NOT NULL
 ) STRICT;
+CREATE TRIGGER envelope_held AFTER INSERT ON envelopes BEGIN
+    INSERT INTO mailboxes (mailbox, bytes, count) VALUES (new.mailbox, new.size, 1)
+    ON CONFLICT(mailbox) DO UPDATE SET bytes = bytes + excluded.bytes, count = count + 1;
+END;
+CREATE TRIGGER envelope_gone AFTER DELETE ON envelopes BEGIN
+    UPDATE mailboxes SET bytes = bytes - old.size, count = count - 1 WHERE mailbox = old.mailbox;
+    DELETE FROM mailboxes WHERE mailbox = old.mailbox AND count <= 0;
+END;
+CREATE TABLE tombstones (
+    id BLOB NOT NULL,
+    mailbox BLOB NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (id, mailbox)
+) STRICT;
+CREATE INDEX tombstones_by_expiry ON tombstones(expires);
 ";
+
+/// Most tombstones kept for envelopes this node never held (acknowledgements passed
+/// on by other holders); tombstones of envelopes it held are always kept.
+const MAX_FOREIGN_TOMBSTONES: u64 = 100_000;
 
 /// What a cache node is willing to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,36 +67,11 @@ pub struct CacheLimits {
     pub total: u64,
 }
 
-/// Why a cache refused to hold an envelope. Nothing already held was dropped.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// The envelope is over the size limit.
-    #[error("an envelope of {size} bytes is over the limit of {limit}")]
-    TooLarge {
-        /// Its size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// Its mailbox already holds as much as one mailbox may.
-    #[error("this mailbox is full")]
-    MailboxFull,
-    /// The node holds as much as it may.
-    #[error("this cache is full")]
-    CacheFull,
-    /// It has already expired.
-    #[error("the envelope has expired")]
-    Expired,
-    /// Its recipient already acknowledged it.
-    #[error("the envelope was already acknowledged")]
-    Acknowledged,
-}
-
 /// Whether an envelope was new to the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {
-    /// Stored now.
-    New,
+    /// Stored now, at this position.
+    New(u64),
     /// Already held (a retry or another holder's hand-over): nothing changed.
     Already,
 }
@@ -80,6 +80,10 @@ pub enum Held {
 pub struct CacheDb {
     conn: Connection,
     limits: CacheLimits,
+    /// Bytes held in all (kept in step with the table).
+    total: u64,
+    /// Tombstones kept now.
+    tombstones: u64,
 }
 
 impl CacheDb {
@@ -88,11 +92,20 @@ impl CacheDb {
     pub fn open(path: &Path, limits: CacheLimits) -> Result<Self> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // A cache loses at most its last writes on power loss, never its consistency.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         Migrations::new(vec![M::up(V1_CACHE)])
             .to_latest(&mut conn)
             .map_err(|e| StoreError::Migration(e.to_string()))?;
-        Ok(Self { conn, limits })
+        let total: i64 = conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM mailboxes", [], |r| r.get(0))?;
+        let tombstones: i64 = conn.query_row("SELECT COUNT(*) FROM tombstones", [], |r| r.get(0))?;
+        Ok(Self {
+            conn,
+            limits,
+            total: total as u64,
+            tombstones: tombstones as u64,
+        })
     }
 
     /// The limits in force.
@@ -102,60 +115,86 @@ impl CacheDb {
 
     /// Holds an envelope for `mailbox` until `expires` (unix seconds), within the
     /// limits, or says why not ([`StoreError::Refused`]). Holding one twice is a no-op.
-    pub fn hold(&mut self, id: &[u8; 32], mailbox: &[u8; 32], expires: u64, bytes: &[u8], now: u64) -> Result<Held> {
+    pub fn hold(&mut self, id: &EnvelopeId, mailbox: &Mailbox, expires: u64, bytes: &[u8], now: u64) -> Result<Held> {
         let refuse = |refusal| Err(StoreError::Refused(refusal));
         if bytes.len() > self.limits.max_envelope {
-            return refuse(Refusal::TooLarge {
-                size: bytes.len(),
-                limit: self.limits.max_envelope,
+            return refuse(CacheRefusal::TooLarge {
+                size: bytes.len() as u64,
+                limit: self.limits.max_envelope as u64,
             });
         }
         if expires <= now {
-            return refuse(Refusal::Expired);
+            return refuse(CacheRefusal::Expired);
         }
         let tx = self.conn.transaction()?;
-        let known = |sql: &str| tx.query_row(sql, [&id[..]], |_| Ok(())).optional();
-        if known("SELECT 1 FROM tombstones WHERE id = ?1")?.is_some() {
-            return refuse(Refusal::Acknowledged);
+        let acknowledged = tx
+            .query_row(
+                "SELECT 1 FROM tombstones WHERE id = ?1 AND mailbox = ?2",
+                [&id[..], &mailbox[..]],
+                |_| Ok(()),
+            )
+            .optional()?;
+        if acknowledged.is_some() {
+            return refuse(CacheRefusal::Acknowledged);
         }
-        if known("SELECT 1 FROM envelopes WHERE id = ?1")?.is_some() {
+        if tx
+            .query_row("SELECT 1 FROM envelopes WHERE id = ?1", [&id[..]], |_| Ok(()))
+            .optional()?
+            .is_some()
+        {
             return Ok(Held::Already);
         }
         let size = bytes.len() as u64;
-        let in_mailbox: u64 = tx.query_row(
-            "SELECT COALESCE(SUM(length(bytes)), 0) FROM envelopes WHERE mailbox = ?1",
-            [&mailbox[..]],
-            |row| row.get(0),
-        )?;
-        if in_mailbox + size > self.limits.per_mailbox {
-            return refuse(Refusal::MailboxFull);
+        let in_mailbox: i64 = tx
+            .query_row("SELECT bytes FROM mailboxes WHERE mailbox = ?1", [&mailbox[..]], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0);
+        if in_mailbox as u64 + size > self.limits.per_mailbox {
+            return refuse(CacheRefusal::MailboxFull);
         }
-        let in_all: u64 = tx.query_row("SELECT COALESCE(SUM(length(bytes)), 0) FROM envelopes", [], |row| {
-            row.get(0)
-        })?;
-        if in_all + size > self.limits.total {
-            return refuse(Refusal::CacheFull);
+        if self.total + size > self.limits.total {
+            return refuse(CacheRefusal::CacheFull);
         }
         tx.execute(
-            "INSERT INTO envelopes (id, mailbox, expires, bytes) VALUES (?1, ?2, ?3, ?4)",
-            params![&id[..], &mailbox[..], expires as i64, bytes],
+            "INSERT INTO envelopes (id, mailbox, expires, size, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&id[..], &mailbox[..], expires as i64, size as i64, bytes],
         )?;
+        let seq = tx.last_insert_rowid() as u64;
         tx.commit()?;
-        Ok(Held::New)
+        self.total += size;
+        Ok(Held::New(seq))
     }
 
-    /// The envelopes held for `mailbox` that have not expired, oldest first, at most
-    /// `limit` of them.
-    pub fn fetch(&self, mailbox: &[u8; 32], now: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT bytes FROM envelopes WHERE mailbox = ?1 AND expires > ?2 ORDER BY seq LIMIT ?3")?;
-        let rows = statement.query_map(params![&mailbox[..], now as i64, limit as i64], |row| row.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    /// The envelopes held for `mailbox` after position `after` that have not expired,
+    /// oldest first, as `(position, bytes)`, up to about `max_bytes` (at least one);
+    /// and whether more are held.
+    pub fn fetch(
+        &self,
+        mailbox: &Mailbox,
+        after: u64,
+        now: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<(u64, Vec<u8>)>, bool)> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT seq, bytes FROM envelopes WHERE mailbox = ?1 AND seq > ?2 AND expires > ?3 ORDER BY seq",
+        )?;
+        let mut rows = statement.query(params![&mailbox[..], after as i64, now as i64])?;
+        let (mut items, mut bytes) = (Vec::new(), 0);
+        while let Some(row) = rows.next()? {
+            let envelope: Vec<u8> = row.get(1)?;
+            if !items.is_empty() && bytes + envelope.len() > max_bytes {
+                return Ok((items, true));
+            }
+            bytes += envelope.len();
+            items.push((row.get::<_, i64>(0)? as u64, envelope));
+        }
+        Ok((items, false))
     }
 
     /// The mailbox and expiry of a held envelope (to check an acknowledgement against).
-    pub fn held(&self, id: &[u8; 32]) -> Result<Option<([u8; 32], u64)>> {
+    pub fn held(&self, id: &EnvelopeId) -> Result<Option<(Mailbox, u64)>> {
         let row: Option<(Vec<u8>, i64)> = self
             .conn
             .query_row(
@@ -164,46 +203,108 @@ impl CacheDb {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
-        row.map(|(mailbox, expires)| {
-            let mailbox = mailbox
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("a cached envelope's mailbox is not 32 bytes".into()))?;
-            Ok((mailbox, expires as u64))
-        })
-        .transpose()
+        row.map(|(mailbox, expires)| Ok((to_mailbox(mailbox)?, expires as u64)))
+            .transpose()
     }
 
     /// Deletes an envelope its recipient acknowledged (the caller checked the
-    /// signature) and keeps a tombstone until `expires`. Whether it was held.
-    pub fn acknowledge(&mut self, id: &[u8; 32], expires: u64) -> Result<bool> {
+    /// signature against `mailbox`) and keeps a tombstone until `expires`, so a late
+    /// replica cannot bring it back. Whether it was held here. A tombstone for an
+    /// envelope never held here is kept only while there are fewer than a bound.
+    pub fn acknowledge(&mut self, id: &EnvelopeId, mailbox: &Mailbox, expires: u64) -> Result<bool> {
         let tx = self.conn.transaction()?;
-        let deleted = tx.execute("DELETE FROM envelopes WHERE id = ?1", [&id[..]])?;
-        tx.execute(
-            "INSERT INTO tombstones (id, expires) VALUES (?1, ?2)
-             ON CONFLICT(id) DO UPDATE SET expires = MAX(expires, excluded.expires)",
-            params![&id[..], expires as i64],
-        )?;
+        let deleted: Option<i64> = tx
+            .query_row(
+                "DELETE FROM envelopes WHERE id = ?1 AND mailbox = ?2 RETURNING size",
+                [&id[..], &mailbox[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut added = 0;
+        if deleted.is_some() || self.tombstones < MAX_FOREIGN_TOMBSTONES {
+            added = tx.execute(
+                "INSERT INTO tombstones (id, mailbox, expires) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id, mailbox) DO UPDATE SET expires = MAX(expires, excluded.expires)",
+                params![&id[..], &mailbox[..], expires as i64],
+            )?;
+        }
         tx.commit()?;
-        Ok(deleted > 0)
+        if let Some(size) = deleted {
+            self.total -= size as u64;
+        }
+        self.tombstones += added as u64;
+        Ok(deleted.is_some())
+    }
+
+    /// Whether a tombstone says the envelope was acknowledged.
+    pub fn is_acknowledged(&self, id: &EnvelopeId, mailbox: &Mailbox) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM tombstones WHERE id = ?1 AND mailbox = ?2",
+                [&id[..], &mailbox[..]],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     /// Drops expired envelopes and tombstones; how many envelopes went.
     pub fn sweep(&mut self, now: u64) -> Result<usize> {
         let tx = self.conn.transaction()?;
-        let gone = tx.execute("DELETE FROM envelopes WHERE expires <= ?1", [now as i64])?;
-        tx.execute("DELETE FROM tombstones WHERE expires <= ?1", [now as i64])?;
+        let (gone, bytes) = {
+            let mut statement = tx.prepare("DELETE FROM envelopes WHERE expires <= ?1 RETURNING size")?;
+            let sizes = statement
+                .query_map([now as i64], |r| r.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<Vec<i64>>>()?;
+            (sizes.len(), sizes.iter().map(|&s| s as u64).sum::<u64>())
+        };
+        let tombstones = tx.execute("DELETE FROM tombstones WHERE expires <= ?1", [now as i64])?;
         tx.commit()?;
+        self.total -= bytes;
+        self.tombstones = self.tombstones.saturating_sub(tombstones as u64);
         Ok(gone)
+    }
+
+    /// The mailboxes something is held for.
+    pub fn mailboxes(&self) -> Result<Vec<Mailbox>> {
+        let mut statement = self.conn.prepare("SELECT mailbox FROM mailboxes ORDER BY mailbox")?;
+        let rows = statement.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|m| to_mailbox(m?)).collect()
+    }
+
+    /// Every envelope held for `mailbox` (bounded by the per-mailbox quota), oldest
+    /// first, as `(id, bytes)`: for handing over to other holders.
+    pub fn envelopes_for(&self, mailbox: &Mailbox, now: u64) -> Result<Vec<(EnvelopeId, Vec<u8>)>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT id, bytes FROM envelopes WHERE mailbox = ?1 AND expires > ?2 ORDER BY seq")?;
+        let rows = statement.query_map(params![&mailbox[..], now as i64], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        rows.map(|row| {
+            let (id, bytes) = row?;
+            let id = id
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("a cached envelope's id is not 32 bytes".into()))?;
+            Ok((id, bytes))
+        })
+        .collect()
     }
 
     /// How many envelopes are held, and their bytes.
     pub fn usage(&self) -> Result<(u64, u64)> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(length(bytes)), 0) FROM envelopes",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?)
+        let count: i64 = self
+            .conn
+            .query_row("SELECT COALESCE(SUM(count), 0) FROM mailboxes", [], |row| row.get(0))?;
+        Ok((count as u64, self.total))
     }
+}
+
+fn to_mailbox(bytes: Vec<u8>) -> Result<Mailbox> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a cached envelope's mailbox is not 32 bytes".into()))
 }
 
 #[cfg(test)]
@@ -220,23 +321,36 @@ mod tests {
         [n; 32]
     }
 
+    fn bytes_of(items: Vec<(u64, Vec<u8>)>) -> Vec<Vec<u8>> {
+        items.into_iter().map(|(_, b)| b).collect()
+    }
+
     #[test]
     fn held_envelopes_come_back_in_order_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.db");
         let mut cache = CacheDb::open(&path, LIMITS).unwrap();
         for n in 1..=3 {
-            assert_eq!(cache.hold(&id(n), &[7; 32], 100, &[n; 10], 1).unwrap(), Held::New);
+            assert!(matches!(
+                cache.hold(&id(n), &[7; 32], 100, &[n; 10], 1).unwrap(),
+                Held::New(_)
+            ));
         }
         assert_eq!(cache.hold(&id(2), &[7; 32], 100, &[2; 10], 1).unwrap(), Held::Already);
         drop(cache);
         let cache = CacheDb::open(&path, LIMITS).unwrap();
-        assert_eq!(
-            cache.fetch(&[7; 32], 2, 10).unwrap(),
-            vec![vec![1; 10], vec![2; 10], vec![3; 10]]
-        );
-        assert!(cache.fetch(&[8; 32], 2, 10).unwrap().is_empty());
+        let (items, more) = cache.fetch(&[7; 32], 0, 2, 1 << 20).unwrap();
+        assert!(!more);
+        let first = items[0].0;
+        assert_eq!(bytes_of(items), vec![vec![1; 10], vec![2; 10], vec![3; 10]]);
+        // Paged: a small budget gives one at a time, and `after` moves on.
+        let (page, more) = cache.fetch(&[7; 32], first, 2, 5).unwrap();
+        assert!(more);
+        assert_eq!(bytes_of(page), vec![vec![2; 10]]);
+        assert!(cache.fetch(&[8; 32], 0, 2, 1 << 20).unwrap().0.is_empty());
         assert_eq!(cache.usage().unwrap(), (3, 30));
+        assert_eq!(cache.mailboxes().unwrap(), vec![[7; 32]]);
+        assert_eq!(cache.envelopes_for(&[7; 32], 2).unwrap().len(), 3);
     }
 
     #[test]
@@ -247,27 +361,30 @@ mod tests {
             Err(StoreError::Refused(refusal)) => refusal,
             other => panic!("expected a refusal, got {other:?}"),
         };
-        assert!(matches!(
+        assert_eq!(
             refused(cache.hold(&id(1), &[1; 32], 100, &[0; 1001], 1)),
-            Refusal::TooLarge {
+            CacheRefusal::TooLarge {
                 size: 1001,
                 limit: 1000
             }
-        ));
-        assert_eq!(refused(cache.hold(&id(1), &[1; 32], 1, &[0; 10], 1)), Refusal::Expired);
+        );
+        assert_eq!(
+            refused(cache.hold(&id(1), &[1; 32], 1, &[0; 10], 1)),
+            CacheRefusal::Expired
+        );
         for n in 0..2 {
             cache.hold(&id(10 + n), &[1; 32], 100, &[n; 1000], 1).unwrap();
         }
         assert_eq!(
             refused(cache.hold(&id(12), &[1; 32], 100, &[0; 600], 1)),
-            Refusal::MailboxFull
+            CacheRefusal::MailboxFull
         );
         for n in 0..2 {
             cache.hold(&id(20 + n), &[2; 32], 100, &[n; 1000], 1).unwrap();
         }
         assert_eq!(
             refused(cache.hold(&id(30), &[3; 32], 100, &[0; 10], 1)),
-            Refusal::CacheFull
+            CacheRefusal::CacheFull
         );
         assert_eq!(
             cache.usage().unwrap(),
@@ -282,32 +399,50 @@ mod tests {
         let mut cache = CacheDb::open(&dir.path().join("cache.db"), LIMITS).unwrap();
         cache.hold(&id(1), &[1; 32], 100, &[1; 10], 1).unwrap();
         assert_eq!(cache.held(&id(1)).unwrap(), Some(([1; 32], 100)));
-        assert!(cache.acknowledge(&id(1), 100).unwrap());
-        assert!(cache.fetch(&[1; 32], 2, 10).unwrap().is_empty());
+        assert!(cache.acknowledge(&id(1), &[1; 32], 100).unwrap());
+        assert!(cache.fetch(&[1; 32], 0, 2, 1 << 20).unwrap().0.is_empty());
+        assert_eq!(cache.usage().unwrap(), (0, 0));
         assert!(matches!(
             cache.hold(&id(1), &[1; 32], 100, &[1; 10], 3),
-            Err(StoreError::Refused(Refusal::Acknowledged))
+            Err(StoreError::Refused(CacheRefusal::Acknowledged))
         ));
         // Once the envelope would have expired, its tombstone goes too.
         cache.sweep(100).unwrap();
         assert!(matches!(
             cache.hold(&id(1), &[1; 32], 100, &[1; 10], 101),
-            Err(StoreError::Refused(Refusal::Expired))
+            Err(StoreError::Refused(CacheRefusal::Expired))
+        ));
+    }
+
+    #[test]
+    fn an_acknowledgement_for_another_mailbox_deletes_nothing_and_blocks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = CacheDb::open(&dir.path().join("cache.db"), LIMITS).unwrap();
+        cache.hold(&id(1), &[1; 32], 100, &[1; 10], 1).unwrap();
+        assert!(!cache.acknowledge(&id(1), &[9; 32], 100).unwrap());
+        assert_eq!(cache.usage().unwrap(), (1, 10));
+        assert!(!cache.acknowledge(&id(2), &[9; 32], 100).unwrap());
+        assert!(matches!(
+            cache.hold(&id(2), &[1; 32], 100, &[2; 10], 1),
+            Ok(Held::New(_))
         ));
     }
 
     #[test]
     fn the_sweep_drops_what_expired_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cache = CacheDb::open(&dir.path().join("cache.db"), LIMITS).unwrap();
+        let path = dir.path().join("cache.db");
+        let mut cache = CacheDb::open(&path, LIMITS).unwrap();
         cache.hold(&id(1), &[1; 32], 50, &[1; 10], 1).unwrap();
         cache.hold(&id(2), &[1; 32], 150, &[2; 10], 1).unwrap();
         assert_eq!(
-            cache.fetch(&[1; 32], 60, 10).unwrap(),
+            bytes_of(cache.fetch(&[1; 32], 0, 60, 1 << 20).unwrap().0),
             vec![vec![2; 10]],
             "expired ones are not handed out"
         );
         assert_eq!(cache.sweep(60).unwrap(), 1);
         assert_eq!(cache.usage().unwrap(), (1, 10));
+        drop(cache);
+        assert_eq!(CacheDb::open(&path, LIMITS).unwrap().usage().unwrap(), (1, 10));
     }
 }

@@ -19,7 +19,7 @@ mod migrations;
 mod profile_dir;
 mod signal;
 
-pub use cache::{CacheDb, CacheLimits, Held, Refusal};
+pub use cache::{CacheDb, CacheLimits, Held};
 pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
 pub use migrations::{migrations, SCHEMA_VERSION};
@@ -59,7 +59,7 @@ pub enum StoreError {
     Migration(String),
     /// The peer cache would not hold an envelope.
     #[error("refused: {0}")]
-    Refused(#[from] Refusal),
+    Refused(#[from] cairn_proto::CacheRefusal),
     /// SQLite reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),

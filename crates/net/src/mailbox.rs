@@ -1,0 +1,271 @@
+//! The device side of the peer cache, on top of the node's DHT lookups and cache
+//! requests: placing an envelope with the peers that should hold it while its recipient
+//! is away, fetching this device's mailbox from its holders (and subscribing to
+//! pushes), and, as a holder, keeping k copies of what it holds available when the
+//! holders change and when it shuts down.
+//!
+//! Holders of a mailbox are the `replicas` peers whose DHT ids are closest to it
+//! (never the mailbox's own device, never this node), plus always-on nodes named by
+//! the recipient.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use cairn_proto::{mailbox_of, CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox};
+use futures::future::join_all;
+use libp2p::{identity, PeerId};
+use tokio::sync::mpsc;
+
+use crate::node::{InboundId, NetEvent, WeakNodeHandle};
+use crate::{NetError, NodeHandle};
+
+/// Most proof of work a holder may ask for before this device gives up on it.
+const MAX_POW_BITS: u8 = 20;
+/// A moment to let more connections come up before fetching after one did.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// The mailbox of the device behind `peer`, when its peer id carries its key.
+pub fn mailbox_of_peer(peer: &PeerId) -> Option<Mailbox> {
+    let multihash = peer.as_ref();
+    // Ed25519 peer ids are the key itself under the identity hash (code 0).
+    if multihash.code() != 0 {
+        return None;
+    }
+    let key = identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+    Some(mailbox_of(&key.try_into_ed25519().ok()?.to_bytes()))
+}
+
+impl NodeHandle {
+    /// Places `envelope` with the peers that should hold it while `recipient` is away:
+    /// the peers closest to its mailbox and the recipient's always-on nodes `also`,
+    /// making the proof of work they ask. Returns the peers that hold it now.
+    pub async fn place(&self, envelope: &Envelope, also: &[PeerId]) -> Result<Vec<PeerId>, NetError> {
+        let mut holders = self.holders_of(&envelope.mailbox, self.cache.replicas).await?;
+        for peer in also {
+            if !holders.contains(peer) && *peer != self.peer_id() {
+                holders.push(*peer);
+            }
+        }
+        let mut worked = envelope.clone();
+        worked.solve_work(self.cache.pow_bits);
+        let stored = join_all(holders.iter().map(|&peer| self.store_on(peer, worked.clone()))).await;
+        Ok(holders
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(peer, ok)| ok.then_some(peer))
+            .collect())
+    }
+
+    /// The `count` reachable peers closest to `mailbox`, except this node and the
+    /// mailbox's own device.
+    async fn holders_of(&self, mailbox: &Mailbox, count: usize) -> Result<Vec<PeerId>, NetError> {
+        let mut peers = self.closest_peers(mailbox.to_vec()).await?;
+        peers.retain(|p| *p != self.peer_id() && mailbox_of_peer(p).as_ref() != Some(mailbox));
+        peers.truncate(count);
+        Ok(peers)
+    }
+
+    /// Stores one envelope on `peer`, redoing the proof of work once if it asks for
+    /// more. Whether it holds it now.
+    async fn store_on(&self, peer: PeerId, mut envelope: Envelope) -> bool {
+        for _ in 0..2 {
+            match self.cache_request(peer, CacheRequest::Store(envelope.to_bytes())).await {
+                Ok(CacheResponse::Stored { .. }) => return true,
+                Ok(CacheResponse::Refused(CacheRefusal::InsufficientWork { required })) if required <= MAX_POW_BITS => {
+                    envelope.solve_work(required);
+                }
+                other => {
+                    tracing::debug!(%peer, ?other, "a holder did not take an envelope");
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// Hands everything this node holds to the other holders of each mailbox, as a
+    /// holder about to leave does. Returns how many copies were taken.
+    pub async fn hand_over(&self) -> Result<usize, NetError> {
+        let mut handed = 0;
+        for mailbox in self.held_mailboxes().await? {
+            let holders = self.holders_of(&mailbox, self.cache.replicas).await?;
+            let envelopes = self.held_envelopes(mailbox).await?;
+            for holder in holders {
+                handed += self.copy_to(holder, &envelopes).await.0;
+            }
+        }
+        Ok(handed)
+    }
+
+    async fn held_mailboxes(&self) -> Result<Vec<Mailbox>, NetError> {
+        self.holding(|service, _| service.map(|s| s.mailboxes()).transpose())
+            .await?
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn held_envelopes(&self, mailbox: Mailbox) -> Result<Vec<(EnvelopeId, Vec<u8>)>, NetError> {
+        self.holding(move |service, now| service.map(|s| s.envelopes_for(&mailbox, now)).transpose())
+            .await?
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Stores held envelopes on another holder. An envelope it says was acknowledged
+    /// is deleted here too. Returns how many it took, and whether it took all.
+    async fn copy_to(&self, holder: PeerId, envelopes: &[(EnvelopeId, Vec<u8>)]) -> (usize, bool) {
+        let (mut taken, mut all) = (0, true);
+        for (id, bytes) in envelopes {
+            match self.cache_request(holder, CacheRequest::Store(bytes.clone())).await {
+                Ok(CacheResponse::Stored { .. }) => taken += 1,
+                Ok(CacheResponse::Refused(CacheRefusal::Acknowledged)) => {
+                    let id = *id;
+                    let _ = self
+                        .holding(move |service, _| service.map(|s| s.acknowledged_elsewhere(&id)))
+                        .await;
+                }
+                Ok(CacheResponse::Refused(refusal)) => {
+                    tracing::debug!(%holder, %refusal, "hand-over refused");
+                    all = false;
+                }
+                Ok(_) | Err(_) => return (taken, false),
+            }
+        }
+        (taken, all)
+    }
+
+    /// One round of a holder's upkeep: drop what expired, and copy what is held to
+    /// each peer that has become one of the closest to its mailbox since the last
+    /// round (a holder left, or a closer node joined), so k copies stay available.
+    async fn maintain(&self, placed: &mut HashMap<Mailbox, HashSet<PeerId>>) -> Result<(), NetError> {
+        let swept = self
+            .holding(|service, now| service.map(|s| s.sweep(now)).transpose())
+            .await??;
+        if let Some(n @ 1..) = swept {
+            tracing::debug!(swept = n, "expired envelopes dropped");
+        }
+        let mailboxes = self.held_mailboxes().await?;
+        placed.retain(|mailbox, _| mailboxes.contains(mailbox));
+        for mailbox in mailboxes {
+            let holders = self.holders_of(&mailbox, self.cache.replicas).await?;
+            let known = placed.entry(mailbox).or_default();
+            known.retain(|peer| holders.contains(peer));
+            let new: Vec<PeerId> = holders.into_iter().filter(|p| !known.contains(p)).collect();
+            if new.is_empty() {
+                continue;
+            }
+            let envelopes = self.held_envelopes(mailbox).await?;
+            for holder in new {
+                let (taken, all) = self.copy_to(holder, &envelopes).await;
+                tracing::debug!(%holder, taken, "handed over to a new holder");
+                if all {
+                    placed.entry(mailbox).or_default().insert(holder);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the holders of this device's mailbox for what they hold, subscribing to
+    /// pushes, and passes each envelope on as a [`NetEvent::Envelope`] (answering it
+    /// acknowledges it to its holder).
+    async fn fetch_mailbox(&self, events: &mpsc::Sender<NetEvent>) -> Result<(), NetError> {
+        let mailbox = mailbox_of(&self.transport_key);
+        // More than the placement's k: views of the DHT differ a little between peers.
+        let mut holders = self.holders_of(&mailbox, 2 * self.cache.replicas).await?;
+        for peer in &self.cache.always_on {
+            if !holders.contains(peer) && *peer != self.peer_id() {
+                holders.push(*peer);
+            }
+        }
+        join_all(holders.into_iter().map(|holder| self.fetch_from(holder, events))).await;
+        Ok(())
+    }
+
+    async fn fetch_from(&self, holder: PeerId, events: &mpsc::Sender<NetEvent>) {
+        let mut after = 0;
+        loop {
+            let request = CacheRequest::Fetch {
+                key: self.transport_key,
+                after,
+                subscribe: true,
+            };
+            let (items, more) = match self.cache_request(holder, request).await {
+                Ok(CacheResponse::Envelopes { items, more }) => (items, more),
+                other => {
+                    tracing::debug!(%holder, ?other, "no mailbox fetch");
+                    return;
+                }
+            };
+            for (position, bytes) in items {
+                after = after.max(position);
+                let Ok(envelope) = Envelope::from_bytes(&bytes) else {
+                    tracing::debug!(%holder, "a holder handed over garbage");
+                    continue;
+                };
+                let event = NetEvent::Envelope {
+                    from: holder,
+                    inbound: InboundId::cached(holder, envelope.id()),
+                    bytes,
+                };
+                if events.send(event).await.is_err() {
+                    return;
+                }
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs beside the driver until the node stops: fetches the mailbox when peers connect
+/// and every `fetch_every`, and keeps up what this node holds every `maintain_every`.
+pub(crate) async fn upkeep(node: WeakNodeHandle, events: mpsc::Sender<NetEvent>) {
+    let Some(first) = node.upgrade() else { return };
+    let (fetch_every, maintain_every, connected) = (
+        first.cache.fetch_every,
+        first.cache.maintain_every,
+        first.connected.clone(),
+    );
+    drop(first);
+    let mut fetch = tokio::time::interval(fetch_every);
+    let mut maintain = tokio::time::interval(maintain_every);
+    for timer in [&mut fetch, &mut maintain] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let mut placed = HashMap::new();
+    loop {
+        let maintaining = tokio::select! {
+            _ = fetch.tick() => false,
+            _ = connected.notified() => {
+                tokio::time::sleep(SETTLE).await;
+                false
+            }
+            _ = maintain.tick() => true,
+            _ = events.closed() => return,
+        };
+        // Only a strong handle while working, so dropping the last one stops the node.
+        let Some(node) = node.upgrade() else { return };
+        let outcome = if maintaining {
+            node.maintain(&mut placed).await
+        } else {
+            node.fetch_mailbox(&events).await
+        };
+        if let Err(NetError::Stopped) = outcome {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keypair_from_seed;
+
+    #[test]
+    fn a_peer_id_gives_the_mailbox_of_its_device() {
+        let keypair = keypair_from_seed([4; 32]);
+        let key = keypair.public().try_into_ed25519().unwrap().to_bytes();
+        assert_eq!(mailbox_of_peer(&keypair.public().to_peer_id()), Some(mailbox_of(&key)));
+        assert_eq!(mailbox_of_peer(&PeerId::random()), None);
+    }
+}
