@@ -6,6 +6,12 @@
 //! Arrivals are handled on the event loop; deliveries run as one pass at a time on a
 //! task of their own, so a slow or unreachable peer never holds up what comes in.
 //!
+//! Offline recipients: an envelope that cannot reach its device is placed with the
+//! peer cache (the peers closest to the device's mailbox, which hold it until the
+//! device fetches and acknowledges it); the message is then *sent, held by N peers*.
+//! Envelopes the node fetches from the holders of this device's own mailbox arrive
+//! like any other and are acknowledged by answering them.
+//!
 //! Direct sessions: when a device it knows is connected, the courier opens a WebRTC
 //! session to it (the device with the lower peer id offers when a connection comes up;
 //! either offers when it has something to deliver). The offer and answer are sealed in
@@ -52,6 +58,7 @@ pub struct Courier {
 struct Arrivals {
     direct: AtomicU64,
     stream: AtomicU64,
+    cached: AtomicU64,
 }
 
 impl Courier {
@@ -134,6 +141,12 @@ impl Courier {
         )
     }
 
+    /// How many envelopes have arrived so far from peer caches (holders of this
+    /// device's mailbox), copies from several holders included.
+    pub fn cached_arrivals(&self) -> u64 {
+        self.arrivals.cached.load(Ordering::SeqCst)
+    }
+
     /// The node's handle (peer id, dialing, listeners).
     pub fn node(&self) -> &NodeHandle {
         &self.handle
@@ -159,7 +172,13 @@ impl Courier {
                         on_change();
                     }
                     Some(NetEvent::Envelope { bytes, inbound, from }) => {
-                        let path = if inbound.is_direct() { &self.arrivals.direct } else { &self.arrivals.stream };
+                        let path = if inbound.is_direct() {
+                            &self.arrivals.direct
+                        } else if inbound.is_cached() {
+                            &self.arrivals.cached
+                        } else {
+                            &self.arrivals.stream
+                        };
                         path.fetch_add(1, Ordering::SeqCst);
                         let delivery = match with(&messenger, |m| m.receive(&bytes)) {
                             Some(Ok(received)) => {
@@ -232,8 +251,10 @@ impl Courier {
     }
 
     /// One pass over the due part of the outbox. Taken or refused envelopes leave the
-    /// queue; the others back off. After one failure for a peer, its other envelopes
-    /// wait for the next pass instead of failing one by one.
+    /// queue; the others back off. An envelope whose device cannot be reached goes to
+    /// the peer cache; after one failure for a peer, its other envelopes go there
+    /// without trying the device again, and if no cache takes them they wait for the
+    /// next pass.
     async fn deliver(&self, messenger: &SharedMessenger, on_change: &OnChange) {
         let batch = match with(messenger, |m| m.queued(BATCH)) {
             Some(Ok(batch)) => batch,
@@ -255,50 +276,77 @@ impl Courier {
                 with(messenger, |m| m.defer(queued.seq));
                 continue;
             };
-            if unreachable.contains(&peer) {
-                with(messenger, |m| m.defer(queued.seq));
-                continue;
-            }
-            if !self.handle.is_direct(&peer)
+            if !unreachable.contains(&peer)
+                && !self.handle.is_direct(&peer)
                 && self.online.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer)
                 && asked_direct.insert(peer)
             {
                 // This one goes over libp2p; later ones may find a direct session.
                 tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
             }
-            let outcome = self.handle.send(peer, queued.outgoing.envelope.to_bytes()).await;
-            let done = match &outcome {
-                Ok(Delivery::Accepted) => true,
+            let outcome = if unreachable.contains(&peer) {
+                Err(cairn_net::NetError::Unreachable(peer.to_string()))
+            } else {
+                self.handle.send(peer, queued.outgoing.envelope.to_bytes()).await
+            };
+            let taken = match &outcome {
+                Ok(Delivery::Accepted) => Some(Taken::ByDevice),
                 Ok(Delivery::Refused) => {
                     tracing::warn!(%peer, "an envelope was refused for good; dropping it");
-                    true
+                    Some(Taken::Refused)
                 }
-                Ok(Delivery::Later) => false,
+                Ok(Delivery::Later) => None,
                 Err(e) => {
-                    tracing::debug!(%peer, %e, "not delivered yet");
+                    tracing::debug!(%peer, %e, "device unreachable; trying the peer cache");
                     unreachable.insert(peer);
-                    false
+                    self.place(&queued.outgoing.envelope).await
                 }
             };
             let result = with(messenger, |m| {
-                if !done {
-                    return m.defer(queued.seq);
-                }
-                // Taken by a device (or, later, a cache): the message is sent.
-                if let (Some(id), Ok(Delivery::Accepted)) = (&queued.outgoing.message, &outcome) {
-                    m.mark_sent(id)?;
+                let message = queued.outgoing.message.as_ref();
+                match (taken, message) {
+                    (None, _) => return m.defer(queued.seq),
+                    (Some(Taken::ByDevice), Some(id)) => drop(m.mark_sent(id)?),
+                    (Some(Taken::ByCaches(holders)), Some(id)) => drop(m.mark_held(id, holders)?),
+                    _ => {}
                 }
                 m.dequeue(queued.seq)
             });
             if let Some(Err(e)) = result {
                 tracing::error!(%e, "could not update the outbox");
             }
-            progressed |= done;
+            progressed |= taken.is_some();
         }
         if progressed {
             on_change();
         }
     }
+
+    /// Leaves an envelope with the peer cache; `Some` if any holder took it.
+    async fn place(&self, envelope: &cairn_proto::Envelope) -> Option<Taken> {
+        match self.handle.place(envelope, &[]).await {
+            Ok(holders) if !holders.is_empty() => Some(Taken::ByCaches(holders.len() as u32)),
+            Ok(_) => {
+                tracing::debug!("no peer cache took the envelope yet");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(%e, "placing with the peer cache failed");
+                None
+            }
+        }
+    }
+}
+
+/// Who took an envelope off the outbox.
+#[derive(Debug, Clone, Copy)]
+enum Taken {
+    /// The recipient device.
+    ByDevice,
+    /// This many peer caches, for the device to fetch later.
+    ByCaches(u32),
+    /// Nobody, for good (the device refused it).
+    Refused,
 }
 
 impl Courier {

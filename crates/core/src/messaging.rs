@@ -3,8 +3,10 @@
 //! receipts, and the history views.
 
 use cairn_crypto::{unseal, Ciphertext, CryptoError, IdentityKey};
+use cairn_net::CacheLimits;
 use cairn_proto::{
-    Content, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, TextMessage, MAX_TEXT_BYTES,
+    Content, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, TextMessage, DEFAULT_TTL_SECS,
+    MAX_ENVELOPE_BYTES, MAX_TEXT_BYTES, MAX_TTL_SECS,
 };
 use cairn_store::NewMessage;
 use rand::RngCore;
@@ -21,6 +23,18 @@ const MAX_HELD: usize = 1024;
 const READ_RECEIPTS: &str = "read_receipts";
 /// Setting key: STUN/TURN server URLs for direct sessions, one per line.
 const ICE_SERVERS: &str = "ice_servers";
+/// Setting key: the peer cache's quota on this device, in MiB.
+const CACHE_QUOTA_MIB: &str = "cache_quota_mib";
+/// Setting key: how long messages wait in peer caches, in days.
+const MESSAGE_TTL_DAYS: &str = "message_ttl_days";
+/// The peer cache's quota unless set: 64 MiB.
+pub const DEFAULT_CACHE_QUOTA_MIB: u32 = 64;
+/// Largest peer cache quota that can be set: 10 GiB.
+pub const MAX_CACHE_QUOTA_MIB: u32 = 10 * 1024;
+/// How long messages wait in caches unless set: 7 days.
+pub const DEFAULT_MESSAGE_TTL_DAYS: u32 = DEFAULT_TTL_SECS / 86_400;
+/// Longest a message may wait in caches: 30 days.
+pub const MAX_MESSAGE_TTL_DAYS: u32 = MAX_TTL_SECS / 86_400;
 /// Most ICE servers kept.
 const MAX_ICE_SERVERS: usize = 8;
 /// Longest ICE server URL kept.
@@ -104,6 +118,14 @@ impl Messenger {
                 id: *id,
                 state: DeliveryState::Sent,
             }))
+    }
+
+    /// Peer caches took a message's envelope for its offline recipient: it is sent,
+    /// held by `holders` peers.
+    pub fn mark_held(&self, id: &MessageId, holders: u32) -> Result<Option<Event>> {
+        let event = self.mark_sent(id)?;
+        self.db.set_message_holders(id, holders)?;
+        Ok(event)
     }
 
     /// Processes one envelope from a transport or cache. A duplicate (an envelope
@@ -373,6 +395,53 @@ impl Messenger {
     /// Switches read receipts on or off.
     pub fn set_read_receipts(&self, on: bool) -> Result<()> {
         self.set_flag(READ_RECEIPTS, on)
+    }
+
+    /// How much this device holds for others in its peer cache, in MiB (0: nothing).
+    pub fn cache_quota_mib(&self) -> Result<u32> {
+        self.number(CACHE_QUOTA_MIB, DEFAULT_CACHE_QUOTA_MIB)
+    }
+
+    /// Sets the peer cache's quota (MiB, at most 10 GiB); used when the network starts.
+    pub fn set_cache_quota_mib(&self, mib: u32) -> Result<()> {
+        if mib > MAX_CACHE_QUOTA_MIB {
+            return Err(CoreError::InvalidSetting(format!(
+                "a cache quota of at most {MAX_CACHE_QUOTA_MIB} MiB"
+            )));
+        }
+        Ok(self.db.set_setting(CACHE_QUOTA_MIB, &mib.to_string())?)
+    }
+
+    /// The limits of this device's peer cache, from its quota: a sixteenth of it (at
+    /// least 256 KiB) per mailbox, so a few senders cannot fill it for everyone.
+    pub fn cache_limits(&self) -> Result<CacheLimits> {
+        let total = u64::from(self.cache_quota_mib()?) << 20;
+        Ok(CacheLimits {
+            max_envelope: MAX_ENVELOPE_BYTES,
+            per_mailbox: (total / 16).max(256 << 10).min(total),
+            total,
+        })
+    }
+
+    /// How long this device's messages may wait in peer caches, in days.
+    pub fn message_ttl_days(&self) -> Result<u32> {
+        self.number(MESSAGE_TTL_DAYS, DEFAULT_MESSAGE_TTL_DAYS)
+    }
+
+    /// Sets how long messages may wait in peer caches (1 to 30 days), from the next
+    /// message on.
+    pub fn set_message_ttl_days(&self, days: u32) -> Result<()> {
+        if !(1..=MAX_MESSAGE_TTL_DAYS).contains(&days) {
+            return Err(CoreError::InvalidSetting(format!(
+                "messages wait in caches 1 to {MAX_MESSAGE_TTL_DAYS} days"
+            )));
+        }
+        Ok(self.db.set_setting(MESSAGE_TTL_DAYS, &days.to_string())?)
+    }
+
+    /// A numeric setting (default when unset or unreadable).
+    fn number(&self, key: &str, default: u32) -> Result<u32> {
+        Ok(self.db.setting(key)?.and_then(|v| v.parse().ok()).unwrap_or(default))
     }
 
     /// STUN/TURN server URLs for direct sessions (none by default: devices that can

@@ -10,7 +10,7 @@ use cairn_crypto::{
 };
 use cairn_proto::{
     decode_versioned, encode_versioned, ContactCard, Content, DeviceEntry, DeviceList, Envelope, Invite, PrekeyBundle,
-    SealedInner, SignedDeviceList, DEFAULT_TTL_SECS,
+    SealedInner, SignedDeviceList,
 };
 use cairn_store::{AccountRecord, DeviceRecord, KdfParams, KeyVault, ProfileDb, ProfileDir};
 
@@ -448,7 +448,7 @@ impl Messenger {
         let envelope = Envelope {
             mailbox: mailbox_of(&device.transport_key),
             created: unix_millis() as u64 / 1000,
-            ttl: DEFAULT_TTL_SECS,
+            ttl: self.message_ttl_days()? * 86_400,
             pow: 0,
             body: seal(identity, &inner)?.to_bytes(),
         };

@@ -62,6 +62,9 @@ pub struct MessageView {
     pub body: String,
     /// Delivery state.
     pub state: DeliveryState,
+    /// While `Sent` to an offline recipient: how many peer caches hold it (0 when it
+    /// went straight to a device).
+    pub held_by: u32,
 }
 
 impl MessageView {
@@ -74,6 +77,7 @@ impl MessageView {
             sent_at: record.sent_at,
             body: record.body,
             state: DeliveryState::parse(&record.state),
+            held_by: record.held_by,
         })
     }
 }

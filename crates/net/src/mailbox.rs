@@ -9,7 +9,8 @@
 //! the recipient.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use cairn_proto::{mailbox_of, CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox};
 use futures::future::join_all;
@@ -23,6 +24,28 @@ use crate::{NetError, NodeHandle};
 const MAX_POW_BITS: u8 = 20;
 /// A moment to let more connections come up before fetching after one did.
 const SETTLE: Duration = Duration::from_millis(300);
+/// How long a lookup's holders are reused for more envelopes to the same mailbox.
+const HOLDERS_FRESH_FOR: Duration = Duration::from_secs(30);
+
+/// Holders found lately, by mailbox, with when.
+#[derive(Default)]
+pub(crate) struct RecentHolders(Mutex<HashMap<Mailbox, (Instant, Vec<PeerId>)>>);
+
+impl RecentHolders {
+    fn get(&self, mailbox: &Mailbox) -> Option<Vec<PeerId>> {
+        let mut recent = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|_, (found, _)| found.elapsed() < HOLDERS_FRESH_FOR);
+        recent.get(mailbox).map(|(_, holders)| holders.clone())
+    }
+
+    fn set(&self, mailbox: Mailbox, holders: Option<Vec<PeerId>>) {
+        let mut recent = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match holders {
+            Some(holders) => recent.insert(mailbox, (Instant::now(), holders)),
+            None => recent.remove(&mailbox),
+        };
+    }
+}
 
 /// The mailbox of the device behind `peer`, when its peer id carries its key.
 pub fn mailbox_of_peer(peer: &PeerId) -> Option<Mailbox> {
@@ -40,7 +63,10 @@ impl NodeHandle {
     /// the peers closest to its mailbox and the recipient's always-on nodes `also`,
     /// making the proof of work they ask. Returns the peers that hold it now.
     pub async fn place(&self, envelope: &Envelope, also: &[PeerId]) -> Result<Vec<PeerId>, NetError> {
-        let mut holders = self.holders_of(&envelope.mailbox, self.cache.replicas).await?;
+        let mut holders = match self.recent_holders.get(&envelope.mailbox) {
+            Some(holders) => holders,
+            None => self.holders_of(&envelope.mailbox, self.cache.replicas).await?,
+        };
         for peer in also {
             if !holders.contains(peer) && *peer != self.peer_id() {
                 holders.push(*peer);
@@ -49,11 +75,15 @@ impl NodeHandle {
         let mut worked = envelope.clone();
         worked.solve_work(self.cache.pow_bits);
         let stored = join_all(holders.iter().map(|&peer| self.store_on(peer, worked.clone()))).await;
-        Ok(holders
-            .into_iter()
+        let took: Vec<PeerId> = holders
+            .iter()
             .zip(stored)
-            .filter_map(|(peer, ok)| ok.then_some(peer))
-            .collect())
+            .filter_map(|(&peer, ok)| ok.then_some(peer))
+            .collect();
+        // Reuse the holders while they all take envelopes; look again once one does not.
+        let all_took = took.len() == holders.len() && took.len() >= self.cache.replicas;
+        self.recent_holders.set(envelope.mailbox, all_took.then_some(holders));
+        Ok(took)
     }
 
     /// The `count` reachable peers closest to `mailbox`, except this node and the

@@ -176,6 +176,8 @@ pub struct NodeHandle {
     pub(crate) transport_key: [u8; 32],
     /// Poked when a peer connects: the mailbox is worth fetching then.
     pub(crate) connected: Arc<tokio::sync::Notify>,
+    /// Holders found lately for mailboxes, so a burst of envelopes needs one lookup.
+    pub(crate) recent_holders: Arc<crate::mailbox::RecentHolders>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -313,6 +315,7 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
         cache: Arc::new(config.cache.clone()),
         transport_key,
         connected: connected.clone(),
+        recent_holders: Arc::default(),
     };
     tokio::spawn(
         Driver {
@@ -351,6 +354,7 @@ pub(crate) struct WeakNodeHandle {
     cache: Arc<CacheConfig>,
     transport_key: [u8; 32],
     connected: Arc<tokio::sync::Notify>,
+    recent_holders: Arc<crate::mailbox::RecentHolders>,
 }
 
 impl WeakNodeHandle {
@@ -363,6 +367,7 @@ impl WeakNodeHandle {
             cache: self.cache.clone(),
             transport_key: self.transport_key,
             connected: self.connected.clone(),
+            recent_holders: self.recent_holders.clone(),
         })
     }
 }
@@ -376,6 +381,7 @@ impl NodeHandle {
             cache: self.cache.clone(),
             transport_key: self.transport_key,
             connected: self.connected.clone(),
+            recent_holders: self.recent_holders.clone(),
         }
     }
 

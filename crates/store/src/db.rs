@@ -73,6 +73,8 @@ pub struct MessageRecord {
     pub state: String,
     /// Whether this device's account sent it.
     pub outgoing: bool,
+    /// How many peer caches last took it for its offline recipient (0: none).
+    pub held_by: u32,
 }
 
 /// An open profile database.
@@ -273,7 +275,7 @@ impl ProfileDb {
     /// The newest `limit` messages of a conversation, oldest first.
     pub fn conversation_messages(&self, conversation_id: &[u8], limit: usize) -> Result<Vec<MessageRecord>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, conversation_id, sender, sent_at, body, state, outgoing FROM (
+            "SELECT id, conversation_id, sender, sent_at, body, state, outgoing, held_by FROM (
                  SELECT * FROM messages WHERE conversation_id = ?1 ORDER BY sent_at DESC, seq DESC LIMIT ?2
              ) ORDER BY sent_at, seq",
         )?;
@@ -294,7 +296,7 @@ impl ProfileDb {
             return Ok(Vec::new());
         }
         let mut stmt = self.conn.prepare_cached(
-            "SELECT m.id, m.conversation_id, m.sender, m.sent_at, m.body, m.state, m.outgoing
+            "SELECT m.id, m.conversation_id, m.sender, m.sent_at, m.body, m.state, m.outgoing, m.held_by
              FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid
              WHERE messages_fts MATCH ?1 ORDER BY rank LIMIT ?2",
         )?;
@@ -307,7 +309,7 @@ impl ProfileDb {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, conversation_id, sender, sent_at, body, state, outgoing FROM messages WHERE id = ?1",
+                "SELECT id, conversation_id, sender, sent_at, body, state, outgoing, held_by FROM messages WHERE id = ?1",
                 [id],
                 message_from_row,
             )
@@ -330,6 +332,16 @@ impl ProfileDb {
         self.conn
             .execute("UPDATE messages SET state = ?2 WHERE id = ?1", params![id, state])?;
         Ok(true)
+    }
+
+    /// Records that `holders` peer caches took an outgoing message for its offline
+    /// recipient (kept only while it is `sent`; later states say more).
+    pub fn set_message_holders(&self, id: &[u8], holders: u32) -> Result<()> {
+        self.conn.execute(
+            "UPDATE messages SET held_by = ?2 WHERE id = ?1 AND state = 'sent'",
+            params![id, holders],
+        )?;
+        Ok(())
     }
 
     /// Marks a conversation's received messages read; returns their ids (for read
@@ -394,5 +406,6 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
         body: r.get(4)?,
         state: r.get(5)?,
         outgoing: r.get(6)?,
+        held_by: r.get(7)?,
     })
 }

@@ -138,12 +138,23 @@ CREATE TABLE peer_addresses (
 ALTER TABLE messages ADD COLUMN outgoing INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Schema version 4: how many peer caches hold an outgoing message for its offline
+/// recipient.
+const V4_HELD_BY: &str = "
+ALTER TABLE messages ADD COLUMN held_by INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 3;
+pub const SCHEMA_VERSION: usize = 4;
 
 /// All migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1_IDENTITY), M::up(V2_HISTORY), M::up(V3_SESSIONS)])
+    Migrations::new(vec![
+        M::up(V1_IDENTITY),
+        M::up(V2_HISTORY),
+        M::up(V3_SESSIONS),
+        M::up(V4_HELD_BY),
+    ])
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::{DbKey, KdfParams, KeyVault, ProfileDb, Result, StoreError};
 
 const DB_FILE: &str = "profile.db";
+/// The peer cache's database: envelopes held for others (already sealed, so plain SQLite).
+const CACHE_FILE: &str = "cache.db";
 const KEY_FILE: &str = "key.json";
 const LOCK_FILE: &str = "profile.lock";
 /// `key.json` is a few hundred bytes; anything bigger is not ours.
@@ -59,6 +61,11 @@ impl ProfileDir {
     /// The SQLCipher database file.
     pub fn db_path(&self) -> PathBuf {
         self.root.join(DB_FILE)
+    }
+
+    /// The peer cache's database file: envelopes this device holds for others.
+    pub fn cache_path(&self) -> PathBuf {
+        self.root.join(CACHE_FILE)
     }
 
     /// How this profile is unlocked, or `None` if no profile has been created here.

@@ -1,0 +1,123 @@
+//! Offline delivery through the peer cache, with real profiles, couriers and libp2p
+//! nodes on loopback: Alice writes to Bob while he is away and then goes away herself;
+//! three always-on nodes hold the sealed envelopes (in their own database files, which
+//! never see a word of plaintext); Bob comes back, gets every message once and in
+//! order, and his acknowledgement deletes every copy. His receipts wait in the caches
+//! in turn until Alice is back.
+
+mod common;
+
+use std::time::Duration;
+
+use cairn_core::{CoreError, DeliveryState};
+use common::{contacts_with, loopback, vault, wait_until, Holders};
+
+const SECRET: &str = "the eagle lands at dawn";
+
+/// Every byte of every file in `dir` (databases, their WAL and shared-memory files).
+fn all_bytes_under(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn alice_writes_while_bob_is_offline_then_leaves_and_bob_gets_every_message_later() {
+    let vault = vault();
+    let holders = Holders::start(3);
+    let on_network = || {
+        let mut config = loopback(false);
+        config.bootstrap = vec![holders.address.clone()];
+        config.cache.fetch_every = Duration::from_secs(1);
+        config
+    };
+    let (mut alice, mut bob) = contacts_with(&vault, on_network(), on_network());
+    let (alice_id, bob_id) = (alice.account_id(), bob.account_id());
+
+    // Bob closes the app.
+    bob.go_offline();
+    let sent: Vec<String> = (1..=5).map(|i| format!("{SECRET} #{i}")).collect();
+    let mut ids = Vec::new();
+    for text in &sent {
+        ids.push(alice.with(|m| m.send_text(&bob_id, text).unwrap().0.id));
+        // Distinct send times, so the history's order is the sending order.
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    alice.courier.wake();
+    wait_until("every message is held by three peers", || {
+        ids.iter().all(|id| {
+            let message = alice.with(|m| m.message(id).unwrap());
+            message.state == DeliveryState::Sent && message.held_by == 3
+        })
+    });
+    let bob_mailbox = bob.with(|m| m.mailbox().unwrap());
+    assert!(
+        holders.held_for(&bob_mailbox) >= 15,
+        "three copies of five envelopes (and of anything else queued)"
+    );
+    // The holders' files hold sealed envelopes only.
+    assert!(!contains(&all_bytes_under(holders.dir.path()), SECRET));
+
+    // Alice closes the app too; only the holders are up.
+    alice.go_offline();
+    bob.come_online();
+    wait_until("Bob has every message", || {
+        bob.texts_from(&alice_id).len() >= sent.len()
+    });
+    // Extra copies from the other holders are recognised and change nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(bob.texts_from(&alice_id), sent, "each message once, in order");
+    assert!(bob.courier.cached_arrivals() >= 5);
+    wait_until("Bob's acknowledgements deleted every copy", || {
+        holders.held_for(&bob_mailbox) == 0
+    });
+
+    // Bob's delivery receipts waited in the caches for Alice, who sees them on return.
+    alice.come_online();
+    wait_until("Alice sees every message delivered", || {
+        ids.iter()
+            .all(|id| alice.with(|m| m.message(id).unwrap().state) == DeliveryState::Delivered)
+    });
+    wait_until("her acknowledgements emptied the caches", || {
+        holders.held().iter().all(|&n| n == 0)
+    });
+    assert!(!contains(&all_bytes_under(holders.dir.path()), SECRET));
+    // Neither person's own cache file holds plaintext either.
+    for person in [&alice, &bob] {
+        let cache = person.dir.path().join("cache.db");
+        if cache.exists() {
+            assert!(!contains(&std::fs::read(cache).unwrap(), SECRET));
+        }
+    }
+}
+
+#[test]
+fn a_tampered_envelope_is_rejected_by_bob_and_changes_nothing() {
+    let vault = vault();
+    let (alice, bob) = contacts_with(&vault, loopback(false), loopback(false));
+    let (alice_id, bob_id) = (alice.account_id(), bob.account_id());
+    let (_, out) = alice.with(|m| m.send_text(&bob_id, "untouched").unwrap());
+    let envelope = out.iter().find(|o| o.account_id == bob_id).unwrap().envelope.clone();
+    for at in [0, envelope.body.len() / 2, envelope.body.len() - 1] {
+        let mut tampered = envelope.clone();
+        tampered.body[at] ^= 0x20;
+        let refused = bob.with(|m| m.receive(&tampered.to_bytes()));
+        assert!(
+            matches!(refused, Err(CoreError::Crypto(_) | CoreError::Proto(_))),
+            "got {refused:?}"
+        );
+    }
+    assert!(bob.texts_from(&alice_id).is_empty(), "nothing tampered was stored");
+    // The real one still opens.
+    bob.with(|m| m.receive(&envelope.to_bytes()).unwrap());
+    assert_eq!(bob.texts_from(&alice_id), ["untouched"]);
+}
