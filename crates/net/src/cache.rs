@@ -281,6 +281,14 @@ impl CacheService {
         Ok(())
     }
 
+    /// Lets go of envelopes handed to holders closer to their mailbox.
+    pub(crate) fn release(&mut self, ids: &[EnvelopeId]) -> Result<(), NetError> {
+        for id in ids {
+            self.db.release(id)?;
+        }
+        Ok(())
+    }
+
     /// Envelopes and bytes held.
     pub(crate) fn usage(&self) -> Result<(u64, u64), NetError> {
         Ok(self.db.usage()?)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::{mailbox_of, CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox};
 use futures::future::join_all;
-use libp2p::{identity, PeerId};
+use libp2p::{identity, kad, PeerId};
 use tokio::sync::mpsc;
 
 use crate::node::{InboundId, NetEvent, WeakNodeHandle};
@@ -89,7 +89,8 @@ impl NodeHandle {
     /// The `count` reachable peers closest to `mailbox`, except this node and the
     /// mailbox's own device.
     async fn holders_of(&self, mailbox: &Mailbox, count: usize) -> Result<Vec<PeerId>, NetError> {
-        let mut peers = self.closest_peers(mailbox.to_vec()).await?;
+        // One more than asked for: the mailbox's own device may be among them.
+        let mut peers = self.closest_peers(mailbox.to_vec(), count + 1).await?;
         peers.retain(|p| *p != self.peer_id() && mailbox_of_peer(p).as_ref() != Some(mailbox));
         peers.truncate(count);
         Ok(peers)
@@ -164,7 +165,9 @@ impl NodeHandle {
 
     /// One round of a holder's upkeep: drop what expired, and copy what is held to
     /// each peer that has become one of the closest to its mailbox since the last
-    /// round (a holder left, or a closer node joined), so k copies stay available.
+    /// round (a holder left, or a closer node joined), so k copies stay available. A
+    /// node that is no longer among the closest lets go of its copies once those peers
+    /// hold them (or say they were acknowledged), as Kademlia does with records.
     async fn maintain(&self, placed: &mut HashMap<Mailbox, HashSet<PeerId>>) -> Result<(), NetError> {
         let swept = self
             .holding(|service, now| service.map(|s| s.sweep(now)).transpose())
@@ -176,6 +179,22 @@ impl NodeHandle {
         placed.retain(|mailbox, _| mailboxes.contains(mailbox));
         for mailbox in mailboxes {
             let holders = self.holders_of(&mailbox, self.cache.replicas).await?;
+            if !self.is_among_closest(&mailbox, &holders) {
+                // Hand everything over, then let go of what every closer holder has.
+                let envelopes = self.held_envelopes(mailbox).await?;
+                let mut all = true;
+                for &holder in &holders {
+                    all &= self.copy_to(holder, &envelopes).await.1;
+                }
+                if all {
+                    let ids: Vec<EnvelopeId> = envelopes.iter().map(|(id, _)| *id).collect();
+                    self.holding(move |service, _| service.map(|s| s.release(&ids)))
+                        .await?
+                        .transpose()?;
+                    placed.remove(&mailbox);
+                }
+                continue;
+            }
             let known = placed.entry(mailbox).or_default();
             known.retain(|peer| holders.contains(peer));
             let new: Vec<PeerId> = holders.into_iter().filter(|p| !known.contains(p)).collect();
@@ -192,6 +211,17 @@ impl NodeHandle {
             }
         }
         Ok(())
+    }
+
+    /// Whether this node is one of the `replicas` closest to `mailbox`, given the
+    /// closest others (nearest first).
+    fn is_among_closest(&self, mailbox: &Mailbox, others: &[PeerId]) -> bool {
+        let target = kad::KBucketKey::new(mailbox.to_vec());
+        let distance = |peer: PeerId| kad::KBucketKey::from(peer).distance(&target);
+        others.len() < self.cache.replicas
+            || others
+                .get(self.cache.replicas - 1)
+                .is_none_or(|farthest| distance(self.peer_id()) < distance(*farthest))
     }
 
     /// Asks the holders of this device's mailbox for what they hold, subscribing to

@@ -153,6 +153,7 @@ enum Command {
     /// Finds the peers closest to `key` in the DHT (reachable ones, nearest first).
     ClosestPeers {
         key: Vec<u8>,
+        count: std::num::NonZeroUsize,
         done: oneshot::Sender<Vec<PeerId>>,
     },
     /// Sends a cache request and passes the answer back.
@@ -463,9 +464,11 @@ impl NodeHandle {
         self.ask(|done| Command::Listeners { done }).await
     }
 
-    /// The peers closest to `key` in the DHT that answered, nearest first.
-    pub async fn closest_peers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetError> {
-        self.ask(|done| Command::ClosestPeers { key, done }).await
+    /// The `count` peers closest to `key` in the DHT that answered (at most 20),
+    /// nearest first.
+    pub async fn closest_peers(&self, key: Vec<u8>, count: usize) -> Result<Vec<PeerId>, NetError> {
+        let count = std::num::NonZeroUsize::new(count).unwrap_or(std::num::NonZeroUsize::MIN);
+        self.ask(|done| Command::ClosestPeers { key, count, done }).await
     }
 
     /// Sends one request to a cache node and waits for its answer.
@@ -651,8 +654,8 @@ impl Driver {
             Command::Listeners { done } => {
                 let _ = done.send(self.swarm.listeners().cloned().collect());
             }
-            Command::ClosestPeers { key, done } => {
-                let query = self.swarm.behaviour_mut().kad.get_closest_peers(key);
+            Command::ClosestPeers { key, count, done } => {
+                let query = self.swarm.behaviour_mut().kad.get_n_closest_peers(key, count);
                 self.closest.insert(query, done);
             }
             Command::Cache { to, request, done } => {

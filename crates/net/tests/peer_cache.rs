@@ -134,7 +134,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check
 /// Waits until `node` sees at least `count` other peers in the DHT.
 async fn knows_peers(node: &NodeHandle, count: usize) {
     eventually("the DHT knows enough peers", || async {
-        node.closest_peers(vec![0; 32]).await.unwrap().len() >= count
+        node.closest_peers(vec![0; 32], 20).await.unwrap().len() >= count
     })
     .await;
 }

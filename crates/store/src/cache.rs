@@ -236,6 +236,19 @@ impl CacheDb {
         Ok(deleted.is_some())
     }
 
+    /// Deletes a held envelope without a tombstone (it was handed to holders closer to
+    /// its mailbox). Whether it was held.
+    pub fn release(&mut self, id: &EnvelopeId) -> Result<bool> {
+        let size: Option<i64> = self
+            .conn
+            .query_row("DELETE FROM envelopes WHERE id = ?1 RETURNING size", [&id[..]], |r| r.get(0))
+            .optional()?;
+        if let Some(size) = size {
+            self.total -= size as u64;
+        }
+        Ok(size.is_some())
+    }
+
     /// Whether a tombstone says the envelope was acknowledged.
     pub fn is_acknowledged(&self, id: &EnvelopeId, mailbox: &Mailbox) -> Result<bool> {
         Ok(self
@@ -351,6 +364,11 @@ mod tests {
         assert_eq!(cache.usage().unwrap(), (3, 30));
         assert_eq!(cache.mailboxes().unwrap(), vec![[7; 32]]);
         assert_eq!(cache.envelopes_for(&[7; 32], 2).unwrap().len(), 3);
+        let mut cache = cache;
+        assert!(cache.release(&id(1)).unwrap());
+        assert!(!cache.release(&id(1)).unwrap());
+        assert_eq!(cache.usage().unwrap(), (2, 20));
+        assert!(matches!(cache.hold(&id(1), &[7; 32], 100, &[1; 10], 1), Ok(Held::New(_))));
     }
 
     #[test]
