@@ -15,7 +15,7 @@ const MIN_PASSPHRASE_CHARS: usize = 8;
 
 /// What the shell keeps between commands.
 pub struct AppState {
-    profile: ProfileDir,
+    pub(crate) profile: ProfileDir,
     pub(crate) messenger: SharedMessenger,
     vault: OnceLock<Result<KeyVault, String>>,
     /// The network node, once started.
@@ -368,6 +368,9 @@ pub struct MessageItem {
     sent_at: f64,
     body: String,
     state: MessageState,
+    /// While sent to an offline recipient: how many peers hold it for them (0 when it
+    /// went to a device directly).
+    held_by: u32,
 }
 
 impl From<MessageView> for MessageItem {
@@ -386,6 +389,7 @@ impl From<MessageView> for MessageItem {
                 DeliveryState::Read => MessageState::Read,
                 DeliveryState::Received => MessageState::Received,
             },
+            held_by: m.held_by,
         }
     }
 }
@@ -408,12 +412,19 @@ pub struct Settings {
     read_receipts: bool,
     /// STUN/TURN server URLs for direct sessions (used from the next start).
     ice_servers: Vec<String>,
+    /// How much this device holds for others' offline contacts, in MiB (used from the
+    /// next start; 0 holds nothing).
+    cache_quota_mib: u32,
+    /// How long this device's messages may wait in peer caches, in days.
+    message_ttl_days: u32,
 }
 
 fn settings_of(m: &Messenger) -> Result<Settings, CoreError> {
     Ok(Settings {
         read_receipts: m.read_receipts()?,
         ice_servers: m.ice_servers()?,
+        cache_quota_mib: m.cache_quota_mib()?,
+        message_ttl_days: m.message_ttl_days()?,
     })
 }
 
@@ -553,6 +564,26 @@ pub async fn set_read_receipts(state: tauri::State<'_, AppState>, on: bool) -> R
 pub async fn set_ice_servers(state: tauri::State<'_, AppState>, urls: Vec<String>) -> Result<Settings, AppError> {
     with_messenger(&state, |m| {
         m.set_ice_servers(&urls)?;
+        settings_of(m)
+    })
+}
+
+/// Sets the peer cache's quota in MiB; it applies from the next start.
+#[tauri::command]
+#[specta::specta]
+pub async fn set_cache_quota(state: tauri::State<'_, AppState>, mib: u32) -> Result<Settings, AppError> {
+    with_messenger(&state, |m| {
+        m.set_cache_quota_mib(mib)?;
+        settings_of(m)
+    })
+}
+
+/// Sets how many days messages may wait in peer caches, from the next message on.
+#[tauri::command]
+#[specta::specta]
+pub async fn set_message_ttl(state: tauri::State<'_, AppState>, days: u32) -> Result<Settings, AppError> {
+    with_messenger(&state, |m| {
+        m.set_message_ttl_days(days)?;
         settings_of(m)
     })
 }

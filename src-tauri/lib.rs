@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tauri::{WebviewUrl, WebviewWindowBuilder};
+use tauri::{RunEvent, WebviewUrl, WebviewWindowBuilder};
 
 pub use commands::AppState;
 
@@ -45,6 +45,8 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::settings,
         commands::set_read_receipts,
         commands::set_ice_servers,
+        commands::set_cache_quota,
+        commands::set_message_ttl,
     ])
 }
 
@@ -85,8 +87,14 @@ pub fn run() -> anyhow::Result<()> {
                 .build()?;
             Ok(())
         })
-        .run(tauri::generate_context!())
-        .context("running the Tauri application")
+        .build(tauri::generate_context!())
+        .context("building the Tauri application")?
+        .run(|app, event| {
+            if let RunEvent::Exit = event {
+                network::hand_over_before_exit(app);
+            }
+        });
+    Ok(())
 }
 
 #[cfg(test)]

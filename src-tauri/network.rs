@@ -3,7 +3,9 @@
 //!
 //! Settings come from the environment for now: `CAIRN_LISTEN` (comma-separated
 //! multiaddrs; default all interfaces, QUIC and TCP), `CAIRN_BOOTSTRAP` (multiaddrs to
-//! dial) and `CAIRN_MDNS=0` (no LAN discovery).
+//! dial) and `CAIRN_MDNS=0` (no LAN discovery); the peer cache's quota and the STUN/TURN
+//! servers come from the profile's settings. On exit the app hands what its cache holds
+//! to other holders.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -54,15 +56,18 @@ pub fn ensure_started(app: &AppHandle) {
         let state = app.state::<AppState>();
         let emitter = app.clone();
         let mut config = config_from_env();
-        let ice_servers = state
-            .messenger
-            .lock()
-            .expect("messenger lock")
-            .as_ref()
-            .map(|m| m.ice_servers())
-            .transpose()
-            .unwrap_or_default()
-            .unwrap_or_default();
+        let (ice_servers, cache_limits) = {
+            let slot = state.messenger.lock().expect("messenger lock");
+            let m = slot.as_ref();
+            (
+                m.and_then(|m| m.ice_servers().ok()).unwrap_or_default(),
+                m.and_then(|m| m.cache_limits().ok()),
+            )
+        };
+        // Every app is a peer cache for others within the quota set in its settings.
+        config.cache.store = cache_limits
+            .filter(|limits| limits.total > 0)
+            .map(|limits| (state.profile.cache_path(), limits));
         config.direct.ice_servers = ice_servers
             .into_iter()
             .map(|url| IceServer {
@@ -82,5 +87,24 @@ pub fn ensure_started(app: &AppHandle) {
                 state.network_starting.store(false, Ordering::SeqCst);
             }
         }
+    });
+}
+
+/// How long a closing app may spend handing what its cache holds to other holders.
+const HAND_OVER_FOR: Duration = Duration::from_secs(5);
+
+/// Before the app exits: hands what its peer cache holds to the other holders (so k
+/// copies stay available while it is away), and closes its direct sessions.
+pub fn hand_over_before_exit(app: &AppHandle) {
+    let Some(courier) = app.state::<AppState>().network.get().cloned() else {
+        return;
+    };
+    tauri::async_runtime::block_on(async move {
+        match tokio::time::timeout(HAND_OVER_FOR, courier.node().hand_over()).await {
+            Ok(Ok(handed)) => tracing::info!(handed, "cache handed over before exit"),
+            Ok(Err(e)) => tracing::warn!(%e, "cache hand-over failed"),
+            Err(_) => tracing::warn!("cache hand-over did not finish in time"),
+        }
+        courier.node().close_direct_sessions().await;
     });
 }

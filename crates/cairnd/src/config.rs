@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use cairn_core::{DirectConfig, IceServer, Multiaddr, NodeConfig};
+use cairn_core::{CacheLimits, DirectConfig, IceServer, Multiaddr, NodeConfig};
+use cairn_store::ProfileDir;
 use serde::Deserialize;
 
 use crate::{Command, Options};
@@ -24,7 +25,13 @@ struct FileConfig {
     webrtc: Option<bool>,
     stun: Option<Vec<String>>,
     webrtc_udp: Option<Vec<String>>,
+    cache_quota_mib: Option<u64>,
 }
+
+/// The peer cache's quota of an always-on node unless set: 2 GiB.
+const NODE_CACHE_QUOTA_MIB: u64 = 2048;
+/// The peer cache's quota when running as a client (`listen`): 64 MiB, as the app.
+const CLIENT_CACHE_QUOTA_MIB: u64 = 64;
 
 fn read(path: &Path, required: bool) -> Result<FileConfig> {
     let file = match std::fs::File::open(path) {
@@ -56,6 +63,16 @@ pub fn node_config(options: &Options) -> Result<NodeConfig> {
         file.relay.unwrap_or(matches!(options.command, Command::Node))
     };
     let stun = first(&options.stun, file.stun, Vec::new());
+    let default_quota = match options.command {
+        Command::Node => NODE_CACHE_QUOTA_MIB,
+        _ => CLIENT_CACHE_QUOTA_MIB,
+    };
+    let quota = options.cache_quota.or(file.cache_quota_mib).unwrap_or(default_quota);
+    let mut cache = defaults.cache.clone();
+    cache.store = (quota > 0).then(|| {
+        let path = ProfileDir::new(&options.profile_dir).cache_path();
+        (path, CacheLimits::with_total(quota << 20))
+    });
     Ok(NodeConfig {
         listen: first(&options.listen, file.listen, defaults.listen),
         bootstrap: first(&options.bootstrap, file.bootstrap, defaults.bootstrap),
@@ -73,6 +90,7 @@ pub fn node_config(options: &Options) -> Result<NodeConfig> {
                 .collect(),
             ..defaults.direct
         },
+        cache,
         ..defaults
     })
 }
@@ -90,7 +108,7 @@ fn first<T: Clone>(flag: &[T], file: Option<Vec<T>>, default: Vec<T>) -> Vec<T> 
 pub fn describe(config: &NodeConfig) -> String {
     let join = |items: Vec<String>| items.join(" ");
     format!(
-        "listen {}\nbootstrap {}\nmdns {}\nrelay {}\nwebrtc {}\nwebrtc-udp {}\nstun {}\n",
+        "listen {}\nbootstrap {}\nmdns {}\nrelay {}\nwebrtc {}\nwebrtc-udp {}\nstun {}\ncache-quota-mib {}\n",
         join(config.listen.iter().map(ToString::to_string).collect()),
         join(config.bootstrap.iter().map(ToString::to_string).collect()),
         config.mdns,
@@ -98,5 +116,6 @@ pub fn describe(config: &NodeConfig) -> String {
         config.direct.enabled,
         join(config.direct.udp_addrs.clone()),
         join(config.direct.ice_servers.iter().flat_map(|s| s.urls.clone()).collect()),
+        config.cache.store.as_ref().map_or(0, |(_, limits)| limits.total >> 20),
     )
 }

@@ -46,6 +46,10 @@ struct Options {
     /// Do not relay for other peers.
     #[arg(long)]
     no_relay: bool,
+    /// Space for other people's sealed envelopes in this node's peer cache, in MiB
+    /// (`node`: 2048 unless set; otherwise 64; 0 holds nothing).
+    #[arg(long, env = "CAIRND_CACHE_QUOTA")]
+    cache_quota: Option<u64>,
     /// A TOML file with network settings (default: `cairnd.toml` in the profile directory).
     #[arg(long, env = "CAIRND_CONFIG")]
     config: Option<PathBuf>,
@@ -77,7 +81,8 @@ enum Command {
         #[arg(long = "for")]
         seconds: Option<u64>,
     },
-    /// The always-on node: `listen` without a time limit, relaying for other peers.
+    /// The always-on node: `listen` without a time limit, relaying for other peers and
+    /// holding envelopes for offline devices in a large peer cache.
     Node,
     /// Prints the network settings in effect (flags, environment, file, defaults).
     Config,
@@ -137,6 +142,9 @@ async fn main() -> Result<()> {
     }
     Ok(())
 }
+
+/// How long a stopping node may spend handing its cache to other holders.
+const HAND_OVER_FOR: Duration = Duration::from_secs(10);
 
 /// Runs the courier and prints what arrives until told to stop.
 async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Result<()> {
@@ -218,6 +226,13 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
                 }
             }
         }
+    }
+    // What this node holds for offline devices goes to the other holders first, so k
+    // copies stay available while it is away.
+    match tokio::time::timeout(HAND_OVER_FOR, courier.node().hand_over()).await {
+        Ok(Ok(handed)) => println!("handed-over {handed}"),
+        Ok(Err(e)) => eprintln!("cairnd: hand-over failed: {e}"),
+        Err(_) => eprintln!("cairnd: hand-over did not finish in {HAND_OVER_FOR:?}"),
     }
     // Tell peers at once rather than leave them to time the sessions out.
     courier.node().close_direct_sessions().await;

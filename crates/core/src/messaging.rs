@@ -6,7 +6,7 @@ use cairn_crypto::{unseal, Ciphertext, CryptoError, IdentityKey};
 use cairn_net::CacheLimits;
 use cairn_proto::{
     Content, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, TextMessage, DEFAULT_TTL_SECS,
-    MAX_ENVELOPE_BYTES, MAX_TEXT_BYTES, MAX_TTL_SECS,
+    MAX_TEXT_BYTES, MAX_TTL_SECS,
 };
 use cairn_store::NewMessage;
 use rand::RngCore;
@@ -412,15 +412,9 @@ impl Messenger {
         Ok(self.db.set_setting(CACHE_QUOTA_MIB, &mib.to_string())?)
     }
 
-    /// The limits of this device's peer cache, from its quota: a sixteenth of it (at
-    /// least 256 KiB) per mailbox, so a few senders cannot fill it for everyone.
+    /// The limits of this device's peer cache, from its quota.
     pub fn cache_limits(&self) -> Result<CacheLimits> {
-        let total = u64::from(self.cache_quota_mib()?) << 20;
-        Ok(CacheLimits {
-            max_envelope: MAX_ENVELOPE_BYTES,
-            per_mailbox: (total / 16).max(256 << 10).min(total),
-            total,
-        })
+        Ok(CacheLimits::with_total(u64::from(self.cache_quota_mib()?) << 20))
     }
 
     /// How long this device's messages may wait in peer caches, in days.

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_proto::{
-    mailbox_of, Ack, CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox, MAX_ENVELOPE_BYTES,
-    MAX_FETCH_BYTES, MAX_TTL_SECS,
+    mailbox_of, Ack, CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox, MAX_FETCH_BYTES,
+    MAX_TTL_SECS,
 };
 use cairn_store::{CacheDb, CacheLimits, Held, StoreError};
 use libp2p::{identity, PeerId};
@@ -95,20 +95,6 @@ impl Default for CacheConfig {
 
 /// Proof of work asked by default: 2^12 hashes, about a millisecond per envelope.
 pub const DEFAULT_POW_BITS: u8 = 12;
-
-/// Limits of an app instance's cache: 64 MiB in all, 4 MiB per mailbox.
-pub const APP_CACHE_LIMITS: CacheLimits = CacheLimits {
-    max_envelope: MAX_ENVELOPE_BYTES,
-    per_mailbox: 4 << 20,
-    total: 64 << 20,
-};
-
-/// Limits of an always-on node's cache (`cairnd node`): 2 GiB in all, 64 MiB per mailbox.
-pub const NODE_CACHE_LIMITS: CacheLimits = CacheLimits {
-    max_envelope: MAX_ENVELOPE_BYTES,
-    per_mailbox: 64 << 20,
-    total: 2 << 30,
-};
 
 /// What the service asks the node to send on after answering.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,7 +18,7 @@ mod direct;
 mod mailbox;
 mod node;
 
-pub use cache::{verify_ack, CacheConfig, Clock, APP_CACHE_LIMITS, DEFAULT_POW_BITS, NODE_CACHE_LIMITS};
+pub use cache::{verify_ack, CacheConfig, Clock, DEFAULT_POW_BITS};
 pub use cairn_store::CacheLimits;
 pub use codec::{CacheCodec, Delivery, EnvelopeCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL};
 pub use direct::{DirectConfig, IceServer, MAX_DIRECT_ENVELOPE};

@@ -67,6 +67,19 @@ pub struct CacheLimits {
     pub total: u64,
 }
 
+impl CacheLimits {
+    /// Limits for a cache of `total` bytes: a sixteenth of it (at least 256 KiB) per
+    /// mailbox, so a few senders cannot fill it for everyone; envelopes up to the wire
+    /// limit.
+    pub fn with_total(total: u64) -> Self {
+        Self {
+            max_envelope: cairn_proto::MAX_ENVELOPE_BYTES,
+            per_mailbox: (total / 16).max(256 << 10).min(total),
+            total,
+        }
+    }
+}
+
 /// Whether an envelope was new to the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {

@@ -194,6 +194,28 @@ async setIceServers(urls: string[]) : Promise<Result<Settings, AppError>> {
     if(e instanceof Error) throw e;
     else return { status: "error", error: e  as any };
 }
+},
+/**
+ * Sets the peer cache's quota in MiB; it applies from the next start.
+ */
+async setCacheQuota(mib: number) : Promise<Result<Settings, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("set_cache_quota", { mib }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Sets how many days messages may wait in peer caches, from the next message on.
+ */
+async setMessageTtl(days: number) : Promise<Result<Settings, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("set_message_ttl", { days }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
 }
 }
 
@@ -258,7 +280,12 @@ conversation: string; sender: string; outgoing: boolean;
 /**
  * Unix milliseconds.
  */
-sentAt: number; body: string; state: MessageState }
+sentAt: number; body: string; state: MessageState; 
+/**
+ * While sent to an offline recipient: how many peers hold it for them (0 when it
+ * went to a device directly).
+ */
+heldBy: number }
 /**
  * Delivery state of a message.
  */
@@ -299,7 +326,16 @@ export type Settings = { readReceipts: boolean;
 /**
  * STUN/TURN server URLs for direct sessions (used from the next start).
  */
-iceServers: string[] }
+iceServers: string[]; 
+/**
+ * How much this device holds for others' offline contacts, in MiB (used from the
+ * next start; 0 holds nothing).
+ */
+cacheQuotaMib: number; 
+/**
+ * How long this device's messages may wait in peer caches, in days.
+ */
+messageTtlDays: number }
 
 /** tauri-specta globals **/
 
