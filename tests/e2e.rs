@@ -477,3 +477,107 @@ async fn wait_attr(client: &Client, test_id: &str, name: &str, value: &str) -> R
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A `cairnd node` process (the always-on peer cache), stopped with SIGTERM on drop.
+struct CacheNode {
+    child: Child,
+    /// Its address, `/ip4/127.0.0.1/tcp/PORT/p2p/PEER`.
+    address: String,
+}
+
+impl CacheNode {
+    /// Creates a profile in `dir` and runs `cairnd node` on a loopback port.
+    fn start(dir: &Path) -> Result<Self> {
+        // Built beside this test by `cargo test --workspace` / nextest.
+        let cairnd = std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .map(|debug| debug.join("cairnd"))
+            .filter(|path| path.exists())
+            .context("no cairnd binary beside the tests: run the suite through ./test.sh")?;
+        let port = free_port()?;
+        let command = |args: &[&str]| {
+            let mut command = Command::new(&cairnd);
+            command
+                .arg("--profile-dir")
+                .arg(dir)
+                .args(["--no-mdns", "--no-webrtc"])
+                .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
+                .args(args)
+                .env("CAIRND_PASSPHRASE", "an always-on node's passphrase");
+            command
+        };
+        let init = command(&["init", "--name", "Home node"]).output()?;
+        anyhow::ensure!(init.status.success(), "cairnd init: {}", String::from_utf8_lossy(&init.stderr));
+        let mut child = command(&["node"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let stdout = child.stdout.take().context("cairnd's output")?;
+        // Keep reading what it prints (a closed pipe would stop it); the first line names it.
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                note(&format!("cairnd: {line}"));
+                let _ = first_tx.send(line);
+            }
+        });
+        let first = first_rx.recv_timeout(STEP).context("cairnd printed nothing")?;
+        let peer = first.trim().strip_prefix("peer ").context("cairnd printed no peer id")?;
+        Ok(Self {
+            address: format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"),
+            child,
+        })
+    }
+}
+
+impl Drop for CacheNode {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_to_a_closed_app_waits_in_the_peer_cache_after_the_sender_closes_too() -> Result<()> {
+    with_timeout(async {
+        let data = tempfile::tempdir()?;
+        let node_dir = tempfile::tempdir()?;
+        let node = CacheNode::start(node_dir.path())?;
+        let on_network = [("CAIRN_BOOTSTRAP", node.address.as_str())];
+        let (alice_driver, bob_driver) = (
+            Driver::start(data.path(), &on_network)?,
+            Driver::start(data.path(), &on_network)?,
+        );
+        let alice = alice_driver.launch("alice").await?;
+        let bob = bob_driver.launch("bob").await?;
+        onboard(&alice, "Alice").await?;
+        onboard(&bob, "Bob").await?;
+        wait_text(&alice, "invite-addresses", |n| n != "0").await?;
+        let alice_link = full_text(&alice, "invite-link").await?;
+        click(&bob, "add-contact").await?;
+        paste(&bob, "invite-input", &alice_link).await?;
+        click(&bob, "accept-invite").await?;
+        wait_attr(&alice, "contact", "data-online", "true").await?;
+
+        // Bob closes Cairn. Alice writes; the always-on node holds it for him.
+        bob.close().await?;
+        wait_attr(&alice, "contact", "data-online", "false").await?;
+        click(&alice, "contact").await?;
+        paste(&alice, "message-input", "held for you while you were away").await?;
+        click(&alice, "send").await?;
+        wait_text(&alice, "message-state", |s| s == "sent (held by 1 peer)").await?;
+        screenshot(&alice, "held-by-peers").await?;
+        // Alice closes Cairn too; only the node is up.
+        alice.close().await?;
+
+        // Bob opens Cairn again and finds the message.
+        let bob = bob_driver.launch("bob").await?;
+        click(&bob, "contact").await?;
+        wait_text(&bob, "message-body", |t| t == "held for you while you were away").await?;
+        screenshot(&bob, "received-from-cache").await?;
+        bob.close().await?;
+        drop(node);
+        Ok(())
+    })
+    .await
+}

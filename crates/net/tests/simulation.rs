@@ -27,6 +27,10 @@ const LIMITS: CacheLimits = CacheLimits {
     total: 64 << 20,
 };
 
+/// How often holders sweep and re-place (a minute in the apps; shorter here, so the
+/// run is short).
+const MAINTAIN_EVERY: Duration = Duration::from_secs(4);
+
 struct Plan {
     nodes: usize,
     recipients: usize,
@@ -77,8 +81,9 @@ fn config(port: usize, bootstrap: Vec<Multiaddr>, store: Option<&Path>) -> NodeC
         cache: CacheConfig {
             store: store.map(|path| (path.to_path_buf(), LIMITS)),
             pow_bits: 4,
-            maintain_every: Duration::from_secs(2),
-            fetch_every: Duration::from_secs(3),
+            maintain_every: MAINTAIN_EVERY,
+            // Devices fetch when they connect; the periodic fetch is a backstop.
+            fetch_every: Duration::from_secs(60),
             ..CacheConfig::default()
         },
         ..NodeConfig::default()
@@ -184,7 +189,7 @@ async fn simulate(plan: Plan) -> Report {
             joined += 1;
         }
         // Time for the holders' upkeep to re-place what the leavers held.
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        tokio::time::sleep(MAINTAIN_EVERY * 3).await;
     }
     let copies_after_churn = copies_held(&nodes).await as f64 / total_sent as f64;
     eprintln!("phase: churned {:?}", began.elapsed());
