@@ -417,6 +417,9 @@ pub struct Settings {
     cache_quota_mib: u32,
     /// How long this device's messages may wait in peer caches, in days.
     message_ttl_days: u32,
+    /// Always-on nodes (multiaddrs ending in `/p2p/<peer id>`) that hold this account's
+    /// mail while its devices are offline; contacts learn them from the device list.
+    always_on_nodes: Vec<String>,
 }
 
 fn settings_of(m: &Messenger) -> Result<Settings, CoreError> {
@@ -425,6 +428,7 @@ fn settings_of(m: &Messenger) -> Result<Settings, CoreError> {
         ice_servers: m.ice_servers()?,
         cache_quota_mib: m.cache_quota_mib()?,
         message_ttl_days: m.message_ttl_days()?,
+        always_on_nodes: m.always_on_nodes()?,
     })
 }
 
@@ -586,4 +590,18 @@ pub async fn set_message_ttl(state: tauri::State<'_, AppState>, days: u32) -> Re
         m.set_message_ttl_days(days)?;
         settings_of(m)
     })
+}
+
+/// Names this account's always-on nodes; contacts are told through the outbox.
+#[tauri::command]
+#[specta::specta]
+pub async fn set_always_on_nodes(
+    state: tauri::State<'_, AppState>,
+    addresses: Vec<String>,
+) -> Result<Settings, AppError> {
+    with_messenger(&state, |m| {
+        m.set_always_on_nodes(&addresses)?;
+        settings_of(m)
+    })
+    .inspect(|_| wake_network(&state))
 }

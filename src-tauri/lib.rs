@@ -47,6 +47,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::set_ice_servers,
         commands::set_cache_quota,
         commands::set_message_ttl,
+        commands::set_always_on_nodes,
     ])
 }
 

@@ -508,8 +508,15 @@ impl CacheNode {
             command
         };
         let init = command(&["init", "--name", "Home node"]).output()?;
-        anyhow::ensure!(init.status.success(), "cairnd init: {}", String::from_utf8_lossy(&init.stderr));
-        let mut child = command(&["node"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        anyhow::ensure!(
+            init.status.success(),
+            "cairnd init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let mut child = command(&["node"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
         let stdout = child.stdout.take().context("cairnd's output")?;
         // Keep reading what it prints (a closed pipe would stop it); the first line names it.
         let (first_tx, first_rx) = std::sync::mpsc::channel();
@@ -520,7 +527,10 @@ impl CacheNode {
             }
         });
         let first = first_rx.recv_timeout(STEP).context("cairnd printed nothing")?;
-        let peer = first.trim().strip_prefix("peer ").context("cairnd printed no peer id")?;
+        let peer = first
+            .trim()
+            .strip_prefix("peer ")
+            .context("cairnd printed no peer id")?;
         Ok(Self {
             address: format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"),
             child,

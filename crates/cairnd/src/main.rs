@@ -156,6 +156,7 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
     })?;
     println!("peer {}", courier.node().peer_id());
     let mut printed_invite = false;
+    let mut printed_addresses = std::collections::HashSet::new();
     // Only what arrives from now on is printed.
     let mut printed: std::collections::HashSet<_> = {
         let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
@@ -197,9 +198,16 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
                 let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(m) = guard.as_ref() else { bail!("the profile closed") };
                 let info = m.account_info()?;
-                if !printed_invite && !m.invite()?.addresses.is_empty() {
+                let addresses = m.invite()?.addresses;
+                if !printed_invite && !addresses.is_empty() {
                     println!("invite {}", info.invite_link);
                     printed_invite = true;
+                }
+                // Where it listens: what people name as their always-on node.
+                for address in addresses {
+                    if printed_addresses.insert(address.clone()) {
+                        println!("address {address}");
+                    }
                 }
                 // Print each new contact and each received message once, and when a
                 // direct session to a contact opens or closes.

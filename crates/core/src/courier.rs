@@ -68,13 +68,21 @@ impl Courier {
     /// peer's presence changed).
     pub fn start(
         messenger: SharedMessenger,
-        config: NodeConfig,
+        mut config: NodeConfig,
         on_change: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self> {
         let seed = with(&messenger, |m| m.transport_seed()).ok_or(CoreError::NoAccount)??;
         let known = with(&messenger, |m| m.peer_addresses())
             .transpose()?
             .unwrap_or_default();
+        // This account's always-on nodes hold its mail too: fetch from them as well.
+        let always_on: Vec<_> = with(&messenger, |m| m.always_on_nodes())
+            .transpose()?
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| crate::always_on_peer(a))
+            .collect();
+        config.cache.always_on.extend(always_on.iter().map(|(peer, _)| *peer));
         let (handle, events) = cairn_net::start(seed, config)?;
         tracing::info!(peer = %handle.peer_id(), "network node started");
         let courier = Self {
@@ -92,6 +100,9 @@ impl Courier {
                 if let (Ok(peer), Ok(address)) = (peer_id_of(&key), address.parse()) {
                     let _ = node.add_address(peer, address).await;
                 }
+            }
+            for (peer, address) in always_on {
+                let _ = node.add_address(peer, address).await;
             }
         });
         tokio::spawn(courier.clone().run(messenger, events, Arc::new(on_change)));
@@ -299,7 +310,8 @@ impl Courier {
                 Err(e) => {
                     tracing::debug!(%peer, %e, "device unreachable; trying the peer cache");
                     unreachable.insert(peer);
-                    self.place(&queued.outgoing.envelope).await
+                    let also = with(messenger, |m| m.always_on_of(account).unwrap_or_default()).unwrap_or_default();
+                    self.place(&queued.outgoing.envelope, &also).await
                 }
             };
             let result = with(messenger, |m| {
@@ -322,9 +334,15 @@ impl Courier {
         }
     }
 
-    /// Leaves an envelope with the peer cache; `Some` if any holder took it.
-    async fn place(&self, envelope: &cairn_proto::Envelope) -> Option<Taken> {
-        match self.handle.place(envelope, &[]).await {
+    /// Leaves an envelope with the peer cache (the peers closest to its mailbox, and
+    /// the recipient's always-on nodes `also`); `Some` if any holder took it.
+    async fn place(&self, envelope: &cairn_proto::Envelope, also: &[String]) -> Option<Taken> {
+        let mut always_on = Vec::new();
+        for (peer, address) in also.iter().filter_map(|a| crate::always_on_peer(a)) {
+            let _ = self.handle.add_address(peer, address).await;
+            always_on.push(peer);
+        }
+        match self.handle.place(envelope, &always_on).await {
             Ok(holders) if !holders.is_empty() => Some(Taken::ByCaches(holders.len() as u32)),
             Ok(_) => {
                 tracing::debug!("no peer cache took the envelope yet");

@@ -1,15 +1,19 @@
 //! This account's devices: adding a device to the signed device list (the part of
-//! QR linking that does not need a network), and rotating this device's signed
-//! prekey. Either way, contacts and own devices receive the new card.
+//! QR linking that does not need a network), rotating this device's signed prekey,
+//! and naming the always-on nodes that hold envelopes for the account's devices while
+//! they are offline. Each way, contacts and own devices receive the new card.
 
 use cairn_crypto::{
     generate_kyber_prekey, generate_signed_prekey, sign_device_list, signed_prekey_due, verify_device_list,
     AccountIdentity,
 };
-use cairn_proto::{encode_versioned, ContactCard, Content, DeviceList, PrekeyBundle, SignedDeviceList, MAX_DEVICES};
+use cairn_proto::{
+    decode_versioned, encode_versioned, ContactCard, Content, DeviceList, PrekeyBundle, SignedDeviceList,
+    MAX_ALWAYS_ON, MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
+};
 use zeroize::Zeroizing;
 
-use crate::messenger::{unix_millis, Messenger};
+use crate::messenger::{unix_millis, Messenger, MAX_STORED_RECORD};
 use crate::{CoreError, Outgoing, Result};
 
 /// How long a replaced signed prekey is kept (as Signal does: 30 days).
@@ -120,6 +124,59 @@ impl Messenger {
         })
     }
 
+    /// The always-on nodes this account names in its device list.
+    pub fn always_on_nodes(&self) -> Result<Vec<String>> {
+        self.always_on_of(&self.account()?.account_id)
+    }
+
+    /// The always-on nodes `account_id` (a contact, or this account) names in its
+    /// signed device list: senders place envelopes for its devices there too.
+    pub fn always_on_of(&self, account_id: &str) -> Result<Vec<String>> {
+        let signed = if account_id == self.account()?.account_id {
+            self.own_device_list()?
+        } else {
+            let contact = self
+                .db
+                .contact(account_id)?
+                .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
+            decode_versioned(&contact.device_list, MAX_STORED_RECORD)?
+        };
+        Ok(verify_device_list(&signed)?.0.always_on)
+    }
+
+    /// Names this account's always-on nodes (multiaddrs ending in `/p2p/<peer id>`, at
+    /// most four): a new signed device list, which contacts and own devices receive.
+    pub fn set_always_on_nodes(&mut self, addresses: &[String]) -> Result<Vec<Outgoing>> {
+        let addresses: Vec<String> = addresses
+            .iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addresses.len() > MAX_ALWAYS_ON {
+            return Err(CoreError::InvalidSetting(format!(
+                "at most {MAX_ALWAYS_ON} always-on nodes"
+            )));
+        }
+        for address in &addresses {
+            if address.len() > MAX_ALWAYS_ON_BYTES || always_on_peer(address).is_none() {
+                return Err(CoreError::InvalidSetting(format!(
+                    "{address:?} is not an address ending in /p2p/<peer id>"
+                )));
+            }
+        }
+        self.atomically(|this| {
+            let (mut list, _) = verify_device_list(&this.own_device_list()?)?;
+            if list.always_on == addresses {
+                return Ok(Vec::new());
+            }
+            list.version += 1;
+            list.always_on = addresses;
+            let signed = sign_device_list(&this.account()?.identity, &list)?;
+            this.adopt_own_device_list(&signed)?;
+            this.announce_card()
+        })
+    }
+
     /// Sends this account's card to every contact's devices and to own other devices.
     fn announce_card(&self) -> Result<Vec<Outgoing>> {
         let hello = Content::Hello {
@@ -132,5 +189,14 @@ impl Messenger {
         }
         self.enqueue(&out)?;
         Ok(out)
+    }
+}
+
+/// The peer id and address of an always-on node's multiaddr (`…/p2p/<peer id>`).
+pub fn always_on_peer(address: &str) -> Option<(cairn_net::PeerId, cairn_net::Multiaddr)> {
+    let address: cairn_net::Multiaddr = address.parse().ok()?;
+    match address.iter().last()? {
+        cairn_net::multiaddr::Protocol::P2p(peer) => Some((peer, address)),
+        _ => None,
     }
 }

@@ -21,7 +21,7 @@ pub use cairn_crypto::SafetyNumber;
 pub use cairn_net::{CacheConfig, CacheLimits, DirectConfig, IceServer, Multiaddr, NodeConfig};
 pub use cairn_store::KeyVault;
 pub use courier::{Courier, SharedMessenger};
-pub use devices::LinkGrant;
+pub use devices::{always_on_peer, LinkGrant};
 pub use messaging::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE_QUOTA_MIB, MAX_MESSAGE_TTL_DAYS};
 pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use outbox::QueuedEnvelope;

@@ -121,6 +121,7 @@ impl Messenger {
             identity_key: self.account()?.identity.public_key().serialize().into_vec(),
             version: 1,
             devices: vec![self.own_entry()?],
+            always_on: Vec::new(),
         };
         self.adopt_own_device_list(&sign_device_list(&self.account()?.identity, &list)?)?;
         tracing::info!(account_id = %self.account()?.account_id, "account created");

@@ -433,6 +433,7 @@ fn impostor_of(account_id: &str) -> Impostor {
             registration_id: keys.registration_id(),
             transport_key: keys.transport_public_key(),
         }],
+        always_on: Vec::new(),
     };
     let card = ContactCard {
         display_name: "Bob".into(),

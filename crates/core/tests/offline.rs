@@ -101,6 +101,46 @@ fn alice_writes_while_bob_is_offline_then_leaves_and_bob_gets_every_message_late
 }
 
 #[test]
+fn bob_names_his_always_on_node_and_gets_his_mail_there_when_every_other_holder_is_gone() {
+    let vault = vault();
+    let holders = Holders::start(3);
+    // Bob's own always-on node, on no DHT: only his signed device list names it.
+    let home = Holders::start_from(240, 1);
+    let on_network = || {
+        let mut config = loopback(false);
+        config.bootstrap = vec![holders.address.clone()];
+        config.cache.fetch_every = Duration::from_secs(1);
+        config
+    };
+    let (mut alice, mut bob) = contacts_with(&vault, on_network(), on_network());
+    let bob_id = bob.account_id();
+    let home_address = home.address.to_string();
+    bob.with(|m| m.set_always_on_nodes(std::slice::from_ref(&home_address)).unwrap());
+    bob.courier.wake();
+    wait_until("Alice learned Bob's always-on node from his new card", || {
+        alice.with(|m| m.always_on_of(&bob_id).unwrap()) == [home_address.clone()]
+    });
+
+    bob.go_offline();
+    let (message, _) = alice.with(|m| m.send_text(&bob_id, "kept at your place").unwrap());
+    alice.courier.wake();
+    let bob_mailbox = bob.with(|m| m.mailbox().unwrap());
+    // (Bob's node may also be one of the closest peers Alice finds, once she knows it.)
+    wait_until("the closest peers and Bob's node hold it", || {
+        alice.with(|m| m.message(&message.id).unwrap().held_by) >= 3 && home.held_for(&bob_mailbox) > 0
+    });
+    alice.go_offline();
+    // Every holder the DHT chose is gone.
+    drop(holders);
+    bob.come_online();
+    let alice_id = alice.account_id();
+    wait_until("Bob got it from his own node", || {
+        bob.texts_from(&alice_id) == ["kept at your place"]
+    });
+    wait_until("and acknowledged it there", || home.held_for(&bob_mailbox) == 0);
+}
+
+#[test]
 fn a_tampered_envelope_is_rejected_by_bob_and_changes_nothing() {
     let vault = vault();
     let (alice, bob) = contacts_with(&vault, loopback(false), loopback(false));

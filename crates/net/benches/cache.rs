@@ -71,7 +71,11 @@ fn main() {
         assert_eq!(holder.cache_usage().await.unwrap().0, (FIRST + MORE) as u64);
 
         // The client's own mailbox, with ten envelopes in it.
-        let key = keypair_from_seed([2; 32]).public().try_into_ed25519().unwrap().to_bytes();
+        let key = keypair_from_seed([2; 32])
+            .public()
+            .try_into_ed25519()
+            .unwrap()
+            .to_bytes();
         for n in 0..10 {
             let request = CacheRequest::Store(envelope(1_000_000 + n, mailbox_of(&key)));
             assert!(matches!(
@@ -133,7 +137,10 @@ fn envelope(n: usize, mailbox: [u8; 32]) -> Vec<u8> {
     envelope.to_bytes()
 }
 
-fn node(seed: u8, store: Option<(std::path::PathBuf, CacheLimits)>) -> (NodeHandle, tokio::sync::mpsc::Receiver<NetEvent>) {
+fn node(
+    seed: u8,
+    store: Option<(std::path::PathBuf, CacheLimits)>,
+) -> (NodeHandle, tokio::sync::mpsc::Receiver<NetEvent>) {
     let config = NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         mdns: false,

@@ -24,6 +24,9 @@ use crate::{NetError, NodeHandle};
 const MAX_POW_BITS: u8 = 20;
 /// A moment to let more connections come up before fetching after one did.
 const SETTLE: Duration = Duration::from_millis(300);
+/// Most mailboxes one upkeep round looks up (each is a DHT lookup); a holder of many
+/// takes turns through them.
+const MAILBOXES_PER_ROUND: usize = 16;
 /// How long a lookup's holders are reused for more envelopes to the same mailbox.
 const HOLDERS_FRESH_FOR: Duration = Duration::from_secs(30);
 
@@ -168,7 +171,7 @@ impl NodeHandle {
     /// round (a holder left, or a closer node joined), so k copies stay available. A
     /// node that is no longer among the closest lets go of its copies once those peers
     /// hold them (or say they were acknowledged), as Kademlia does with records.
-    async fn maintain(&self, placed: &mut HashMap<Mailbox, HashSet<PeerId>>) -> Result<(), NetError> {
+    async fn maintain(&self, placed: &mut HashMap<Mailbox, HashSet<PeerId>>, turn: &mut usize) -> Result<(), NetError> {
         let swept = self
             .holding(|service, now| service.map(|s| s.sweep(now)).transpose())
             .await??;
@@ -177,40 +180,71 @@ impl NodeHandle {
         }
         let mailboxes = self.held_mailboxes().await?;
         placed.retain(|mailbox, _| mailboxes.contains(mailbox));
-        for mailbox in mailboxes {
-            let holders = self.holders_of(&mailbox, self.cache.replicas).await?;
-            if !self.is_among_closest(&mailbox, &holders) {
-                // Hand everything over, then let go of what every closer holder has.
-                let envelopes = self.held_envelopes(mailbox).await?;
-                let mut all = true;
-                for &holder in &holders {
-                    all &= self.copy_to(holder, &envelopes).await.1;
+        let start = if mailboxes.is_empty() {
+            0
+        } else {
+            *turn % mailboxes.len()
+        };
+        let this_round: Vec<Mailbox> = mailboxes
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(mailboxes.len().min(MAILBOXES_PER_ROUND))
+            .copied()
+            .collect();
+        *turn = start + this_round.len();
+        // Mailboxes are kept up side by side: a round is as slow as its slowest lookup.
+        let rounds = this_round.into_iter().map(|mailbox| {
+            let known = placed.remove(&mailbox).unwrap_or_default();
+            async move { (mailbox, self.maintain_mailbox(mailbox, known).await) }
+        });
+        for (mailbox, outcome) in join_all(rounds).await {
+            match outcome {
+                Ok(Some(known)) => {
+                    placed.insert(mailbox, known);
                 }
-                if all {
-                    let ids: Vec<EnvelopeId> = envelopes.iter().map(|(id, _)| *id).collect();
-                    self.holding(move |service, _| service.map(|s| s.release(&ids)))
-                        .await?
-                        .transpose()?;
-                    placed.remove(&mailbox);
-                }
-                continue;
-            }
-            let known = placed.entry(mailbox).or_default();
-            known.retain(|peer| holders.contains(peer));
-            let new: Vec<PeerId> = holders.into_iter().filter(|p| !known.contains(p)).collect();
-            if new.is_empty() {
-                continue;
-            }
-            let envelopes = self.held_envelopes(mailbox).await?;
-            for holder in new {
-                let (taken, all) = self.copy_to(holder, &envelopes).await;
-                tracing::debug!(%holder, taken, "handed over to a new holder");
-                if all {
-                    placed.entry(mailbox).or_default().insert(holder);
-                }
+                Ok(None) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// Keeps up one mailbox, given the holders it was copied to before; returns them
+    /// now, or `None` once this node let go of it.
+    async fn maintain_mailbox(
+        &self,
+        mailbox: Mailbox,
+        mut known: HashSet<PeerId>,
+    ) -> Result<Option<HashSet<PeerId>>, NetError> {
+        let holders = self.holders_of(&mailbox, self.cache.replicas).await?;
+        if !self.is_among_closest(&mailbox, &holders) {
+            // Hand everything over, then let go of what every closer holder has.
+            let envelopes = self.held_envelopes(mailbox).await?;
+            let copies = join_all(holders.iter().map(|&holder| self.copy_to(holder, &envelopes))).await;
+            if copies.iter().all(|(_, all)| *all) {
+                let ids: Vec<EnvelopeId> = envelopes.iter().map(|(id, _)| *id).collect();
+                self.holding(move |service, _| service.map(|s| s.release(&ids)))
+                    .await?
+                    .transpose()?;
+                return Ok(None);
+            }
+            return Ok(Some(HashSet::new()));
+        }
+        known.retain(|peer| holders.contains(peer));
+        let new: Vec<PeerId> = holders.into_iter().filter(|p| !known.contains(p)).collect();
+        if new.is_empty() {
+            return Ok(Some(known));
+        }
+        let envelopes = self.held_envelopes(mailbox).await?;
+        let copies = join_all(new.iter().map(|&holder| self.copy_to(holder, &envelopes))).await;
+        for (holder, (taken, all)) in new.into_iter().zip(copies) {
+            tracing::debug!(%holder, taken, "handed over to a new holder");
+            if all {
+                known.insert(holder);
+            }
+        }
+        Ok(Some(known))
     }
 
     /// Whether this node is one of the `replicas` closest to `mailbox`, given the
@@ -292,7 +326,7 @@ pub(crate) async fn upkeep(node: WeakNodeHandle, events: mpsc::Sender<NetEvent>)
     for timer in [&mut fetch, &mut maintain] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
-    let mut placed = HashMap::new();
+    let (mut placed, mut turn) = (HashMap::new(), 0);
     loop {
         let maintaining = tokio::select! {
             _ = fetch.tick() => false,
@@ -306,7 +340,7 @@ pub(crate) async fn upkeep(node: WeakNodeHandle, events: mpsc::Sender<NetEvent>)
         // Only a strong handle while working, so dropping the last one stops the node.
         let Some(node) = node.upgrade() else { return };
         let outcome = if maintaining {
-            node.maintain(&mut placed).await
+            node.maintain(&mut placed, &mut turn).await
         } else {
             node.fetch_mailbox(&events).await
         };

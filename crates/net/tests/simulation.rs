@@ -18,6 +18,7 @@ use cairn_net::{
     NodeHandle,
 };
 use cairn_proto::{mailbox_of, Envelope, EnvelopeId};
+use cairn_store::CacheDb;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::sync::mpsc;
 
@@ -29,7 +30,7 @@ const LIMITS: CacheLimits = CacheLimits {
 
 /// How often holders sweep and re-place (a minute in the apps; shorter here, so the
 /// run is short).
-const MAINTAIN_EVERY: Duration = Duration::from_secs(4);
+const MAINTAIN_EVERY: Duration = Duration::from_secs(5);
 
 struct Plan {
     nodes: usize,
@@ -54,6 +55,7 @@ struct Report {
     sent: usize,
     placed_copies: f64,
     copies_after_churn: f64,
+    lost_in_churn: usize,
     delivered: usize,
     ratio: f64,
     copies_left_after_acks: u64,
@@ -136,7 +138,13 @@ async fn simulate(plan: Plan) -> Report {
 
     // Recipients are devices that are offline now: seeds past every node's.
     let recipients: Vec<usize> = (0..plan.recipients).map(|r| 1_000_000 + r).collect();
-    let key_of = |n: usize| keypair_from_seed(seed(n)).public().try_into_ed25519().unwrap().to_bytes();
+    let key_of = |n: usize| {
+        keypair_from_seed(seed(n))
+            .public()
+            .try_into_ed25519()
+            .unwrap()
+            .to_bytes()
+    };
     let mut sent: HashMap<usize, HashSet<EnvelopeId>> = HashMap::new();
     let mut placed = 0usize;
     let mut envelope_bytes = 0;
@@ -194,44 +202,54 @@ async fn simulate(plan: Plan) -> Report {
     let copies_after_churn = copies_held(&nodes).await as f64 / total_sent as f64;
     eprintln!("phase: churned {:?}", began.elapsed());
 
-    // The recipients come online and take what waits for them.
-    let mut delivered = 0;
-    let mut online = Vec::new();
+    // Envelopes of which no node still running holds a copy: lost to churn.
+    let mut lost_in_churn = 0;
+    for (recipient, ids) in &sent {
+        let mailbox = mailbox_of(&key_of(*recipient));
+        let mut held = HashSet::new();
+        for n in nodes.keys() {
+            let db = CacheDb::open(&dir.path().join(format!("{n}.db")), LIMITS).unwrap();
+            held.extend(db.envelopes_for(&mailbox, 0).unwrap().into_iter().map(|(id, _)| id));
+        }
+        lost_in_churn += ids.iter().filter(|id| !held.contains(*id)).count();
+    }
+
+    // The recipients come online and take what waits for them, answering every copy
+    // (which acknowledges it to its holder) until they have all or time runs out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut receiving = Vec::new();
     for &recipient in &recipients {
         let bootstrap = some_addresses(&nodes, &mut rng);
-        let (handle, events) = start(seed(recipient), config(10_000 + recipient, bootstrap, None)).unwrap();
-        online.push((recipient, handle, events));
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let mut got: HashMap<usize, HashSet<EnvelopeId>> = HashMap::new();
-    for (recipient, handle, events) in &mut online {
-        let wanted = &sent[recipient];
-        let mine = got.entry(*recipient).or_default();
-        while mine.len() < wanted.len() {
-            let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await else {
-                break;
-            };
-            if let NetEvent::Envelope { bytes, inbound, .. } = event {
-                if let Ok(envelope) = Envelope::from_bytes(&bytes) {
-                    if wanted.contains(&envelope.id()) {
-                        mine.insert(envelope.id());
+        let (handle, mut events) = start(seed(recipient), config(10_000 + recipient, bootstrap, None)).unwrap();
+        let wanted = sent[&recipient].clone();
+        receiving.push(tokio::spawn(async move {
+            let mut got = HashSet::new();
+            let mut settle = deadline;
+            while let Ok(Some(event)) = tokio::time::timeout_at(settle, events.recv()).await {
+                if let NetEvent::Envelope { bytes, inbound, .. } = event {
+                    if let Ok(envelope) = Envelope::from_bytes(&bytes) {
+                        if wanted.contains(&envelope.id()) {
+                            got.insert(envelope.id());
+                        }
                     }
+                    handle.answer(inbound, Delivery::Accepted).await.unwrap();
                 }
-                handle.answer(inbound, Delivery::Accepted).await.unwrap();
+                if got.len() == wanted.len() && settle == deadline {
+                    // Keep answering a little longer, so acknowledgements reach every holder.
+                    settle = tokio::time::Instant::now() + Duration::from_secs(10);
+                }
             }
-        }
-        delivered += mine.len();
+            (got.len(), handle)
+        }));
+    }
+    let mut delivered = 0;
+    let mut handles = Vec::new();
+    for task in receiving {
+        let (got, handle) = task.await.unwrap();
+        delivered += got;
+        handles.push(handle);
     }
     eprintln!("phase: delivered {:?}", began.elapsed());
-    // Answer the copies still coming, so the acknowledgements reach every holder.
-    let settle = tokio::time::Instant::now() + Duration::from_secs(10);
-    for (_, handle, events) in &mut online {
-        while let Ok(Some(event)) = tokio::time::timeout_at(settle, events.recv()).await {
-            if let NetEvent::Envelope { inbound, .. } = event {
-                handle.answer(inbound, Delivery::Accepted).await.unwrap();
-            }
-        }
-    }
     Report {
         nodes: plan.nodes,
         left,
@@ -239,6 +257,7 @@ async fn simulate(plan: Plan) -> Report {
         sent: total_sent,
         placed_copies,
         copies_after_churn,
+        lost_in_churn,
         delivered,
         ratio: delivered as f64 / total_sent as f64,
         copies_left_after_acks: copies_held(&nodes).await,
@@ -250,7 +269,7 @@ async fn simulate(plan: Plan) -> Report {
 fn print(report: &Report) {
     println!(
         "peer cache simulation: {} nodes, {} left and {} joined; {} envelopes of {} bytes; \
-         {:.2} copies placed per envelope, {:.2} held per envelope after churn; \
+         {:.2} copies placed per envelope, {:.2} held per envelope after churn, {} with no copy left; \
          delivered {} ({:.2} %); {} copies left after acknowledgements; {:.0} s",
         report.nodes,
         report.left,
@@ -259,6 +278,7 @@ fn print(report: &Report) {
         report.envelope_bytes,
         report.placed_copies,
         report.copies_after_churn,
+        report.lost_in_churn,
         report.delivered,
         report.ratio * 100.0,
         report.copies_left_after_acks,
@@ -291,7 +311,7 @@ async fn two_hundred_nodes_with_thirty_percent_churn() {
         envelopes: 1000,
         senders: 50,
         churn: 0.3,
-        waves: 3,
+        waves: 6,
     })
     .await;
     print(&report);

@@ -14,6 +14,10 @@ use crate::{decode_versioned, encode_versioned, ProtoError};
 pub const MAX_DEVICES: usize = 32;
 /// Largest encoded device list accepted.
 pub const MAX_DEVICE_LIST_BYTES: usize = 4 * 1024;
+/// Most always-on nodes one account may name.
+pub const MAX_ALWAYS_ON: usize = 4;
+/// Longest always-on node address, in bytes.
+pub const MAX_ALWAYS_ON_BYTES: usize = 256;
 
 /// One device in an account's list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +41,20 @@ pub struct DeviceList {
     pub version: u64,
     /// The devices.
     pub devices: Vec<DeviceEntry>,
+    /// Always-on nodes (the account's own `cairnd`, a friend's) that hold envelopes for
+    /// these devices while they are offline, as multiaddrs ending in `/p2p/<peer id>`.
+    /// Senders place with them besides the peers closest to a device's mailbox.
+    pub always_on: Vec<String>,
+}
+
+/// The device list as first released, before it named always-on nodes: lists signed
+/// then are still read.
+#[derive(Deserialize)]
+struct DeviceListV1 {
+    account_id: String,
+    identity_key: Vec<u8>,
+    version: u64,
+    devices: Vec<DeviceEntry>,
 }
 
 impl DeviceList {
@@ -45,9 +63,32 @@ impl DeviceList {
         encode_versioned(self)
     }
 
-    /// Decodes and sanity-checks a list.
+    /// Decodes and sanity-checks a list (also one in the first layout, which had no
+    /// always-on nodes: the two layouts cannot be mistaken for each other, since a
+    /// decode refuses trailing bytes and a missing field alike).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
-        let list: DeviceList = decode_versioned(bytes, MAX_DEVICE_LIST_BYTES)?;
+        let list: DeviceList = match decode_versioned(bytes, MAX_DEVICE_LIST_BYTES) {
+            Ok(list) => list,
+            Err(error @ (ProtoError::TooLarge { .. } | ProtoError::Empty | ProtoError::UnsupportedVersion(_))) => {
+                return Err(error)
+            }
+            Err(error) => match decode_versioned::<DeviceListV1>(bytes, MAX_DEVICE_LIST_BYTES) {
+                Ok(v1) => DeviceList {
+                    account_id: v1.account_id,
+                    identity_key: v1.identity_key,
+                    version: v1.version,
+                    devices: v1.devices,
+                    always_on: Vec::new(),
+                },
+                Err(_) => return Err(error),
+            },
+        };
+        if list.always_on.len() > MAX_ALWAYS_ON || list.always_on.iter().any(|a| a.len() > MAX_ALWAYS_ON_BYTES) {
+            return Err(ProtoError::InvalidField {
+                field: "always_on",
+                reason: format!("at most {MAX_ALWAYS_ON} addresses of {MAX_ALWAYS_ON_BYTES} bytes"),
+            });
+        }
         if list.devices.is_empty() || list.devices.len() > MAX_DEVICES {
             return Err(ProtoError::InvalidField {
                 field: "devices",
@@ -125,4 +166,59 @@ pub(crate) fn check_identity_key(key: &[u8]) -> Result<(), ProtoError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(always_on: Vec<String>) -> DeviceList {
+        DeviceList {
+            account_id: "abcdefghijklmnopqrstuvwxyz".into(),
+            identity_key: vec![5; 33],
+            version: 3,
+            devices: vec![DeviceEntry {
+                device_id: 1,
+                registration_id: 7,
+                transport_key: [7; 32],
+            }],
+            always_on,
+        }
+    }
+
+    #[test]
+    fn a_list_signed_before_always_on_nodes_existed_still_reads() {
+        #[derive(Serialize)]
+        struct FirstLayout {
+            account_id: String,
+            identity_key: Vec<u8>,
+            version: u64,
+            devices: Vec<DeviceEntry>,
+        }
+        let current = list(Vec::new());
+        let old = encode_versioned(&FirstLayout {
+            account_id: current.account_id.clone(),
+            identity_key: current.identity_key.clone(),
+            version: current.version,
+            devices: current.devices.clone(),
+        });
+        assert_eq!(DeviceList::from_bytes(&old).unwrap(), current);
+        let with_node = list(vec!["/ip4/10.0.0.1/tcp/4001/p2p/12D3KooW".into()]);
+        assert_eq!(DeviceList::from_bytes(&with_node.to_bytes()).unwrap(), with_node);
+    }
+
+    #[test]
+    fn too_many_or_too_long_always_on_nodes_are_refused() {
+        let many = list(vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_ALWAYS_ON + 1]);
+        assert!(matches!(
+            DeviceList::from_bytes(&many.to_bytes()),
+            Err(ProtoError::InvalidField { field: "always_on", .. })
+        ));
+        let long = list(vec!["x".repeat(MAX_ALWAYS_ON_BYTES + 1)]);
+        assert!(DeviceList::from_bytes(&long.to_bytes()).is_err());
+        assert!(matches!(
+            DeviceList::from_bytes(&[1, 0xff]),
+            Err(ProtoError::Malformed(_))
+        ));
+    }
 }

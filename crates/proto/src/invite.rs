@@ -132,6 +132,7 @@ pub(crate) mod tests {
                 registration_id: 7,
                 transport_key: [7u8; 32],
             }],
+            always_on: Vec::new(),
         };
         Invite {
             card: ContactCard {

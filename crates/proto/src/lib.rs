@@ -18,7 +18,10 @@ pub use cache::{
     MAX_CACHE_REQUEST_BYTES, MAX_CACHE_RESPONSE_BYTES, MAX_FETCH_BYTES,
 };
 pub use codec::{decode_versioned, encode_versioned, WIRE_VERSION};
-pub use device::{DeviceEntry, DeviceList, PrekeyBundle, SignedDeviceList, MAX_DEVICES, MAX_DEVICE_LIST_BYTES};
+pub use device::{
+    DeviceEntry, DeviceList, PrekeyBundle, SignedDeviceList, MAX_ALWAYS_ON, MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
+    MAX_DEVICE_LIST_BYTES,
+};
 pub use envelope::{
     Content, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, SealedInner, TextMessage,
     DEFAULT_TTL_SECS, MAX_CONTENT_BYTES, MAX_ENVELOPE_BYTES, MAX_RECEIPT_IDS, MAX_SDP_BYTES, MAX_TEXT_BYTES,

@@ -254,7 +254,9 @@ impl CacheDb {
     pub fn release(&mut self, id: &EnvelopeId) -> Result<bool> {
         let size: Option<i64> = self
             .conn
-            .query_row("DELETE FROM envelopes WHERE id = ?1 RETURNING size", [&id[..]], |r| r.get(0))
+            .query_row("DELETE FROM envelopes WHERE id = ?1 RETURNING size", [&id[..]], |r| {
+                r.get(0)
+            })
             .optional()?;
         if let Some(size) = size {
             self.total -= size as u64;
@@ -381,7 +383,10 @@ mod tests {
         assert!(cache.release(&id(1)).unwrap());
         assert!(!cache.release(&id(1)).unwrap());
         assert_eq!(cache.usage().unwrap(), (2, 20));
-        assert!(matches!(cache.hold(&id(1), &[7; 32], 100, &[1; 10], 1), Ok(Held::New(_))));
+        assert!(matches!(
+            cache.hold(&id(1), &[7; 32], 100, &[1; 10], 1),
+            Ok(Held::New(_))
+        ));
     }
 
     #[test]

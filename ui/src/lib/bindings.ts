@@ -216,6 +216,17 @@ async setMessageTtl(days: number) : Promise<Result<Settings, AppError>> {
     if(e instanceof Error) throw e;
     else return { status: "error", error: e  as any };
 }
+},
+/**
+ * Names this account's always-on nodes; contacts are told through the outbox.
+ */
+async setAlwaysOnNodes(addresses: string[]) : Promise<Result<Settings, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("set_always_on_nodes", { addresses }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
 }
 }
 
@@ -335,7 +346,12 @@ cacheQuotaMib: number;
 /**
  * How long this device's messages may wait in peer caches, in days.
  */
-messageTtlDays: number }
+messageTtlDays: number; 
+/**
+ * Always-on nodes (multiaddrs ending in `/p2p/<peer id>`) that hold this account's
+ * mail while its devices are offline; contacts learn them from the device list.
+ */
+alwaysOnNodes: string[] }
 
 /** tauri-specta globals **/
 

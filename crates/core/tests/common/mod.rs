@@ -142,6 +142,11 @@ pub struct Holders {
 
 impl Holders {
     pub fn start(count: u8) -> Self {
+        Self::start_from(200, count)
+    }
+
+    /// `count` nodes with seeds from `first_seed` on.
+    pub fn start_from(first_seed: u8, count: u8) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let runtime = runtime();
         let (mut nodes, mut events, mut address) = (Vec::new(), Vec::new(), None);
@@ -151,7 +156,7 @@ impl Holders {
             config.cache.store = Some((dir.path().join(format!("holder-{n}.db")), HOLDER_LIMITS));
             let (node, mut node_events) = {
                 let _inside = runtime.enter();
-                cairn_net::start([200 + n; 32], config).unwrap()
+                cairn_net::start([first_seed + n; 32], config).unwrap()
             };
             if address.is_none() {
                 let listening = runtime.block_on(async {
