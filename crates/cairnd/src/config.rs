@@ -69,6 +69,9 @@ pub fn node_config(options: &Options) -> Result<NodeConfig> {
     };
     let quota = options.cache_quota.or(file.cache_quota_mib).unwrap_or(default_quota);
     let mut cache = defaults.cache.clone();
+    // People name an always-on node in their device lists: it keeps what it holds
+    // even when other peers are closer to the mailbox.
+    cache.keep_all = matches!(options.command, Command::Node);
     cache.store = (quota > 0).then(|| {
         let path = ProfileDir::new(&options.profile_dir).cache_path();
         (path, CacheLimits::with_total(quota << 20))

@@ -75,6 +75,9 @@ pub struct CacheConfig {
     pub fetch_every: Duration,
     /// Always-on nodes this device fetches from besides its mailbox's closest peers.
     pub always_on: Vec<PeerId>,
+    /// Keep what is held even when this node is not among the closest to its mailbox
+    /// (an always-on node that people name in their device lists).
+    pub keep_all: bool,
     /// The time.
     pub clock: Clock,
 }
@@ -88,6 +91,7 @@ impl Default for CacheConfig {
             maintain_every: Duration::from_secs(60),
             fetch_every: Duration::from_secs(60),
             always_on: Vec::new(),
+            keep_all: false,
             clock: Clock::system(),
         }
     }
@@ -159,10 +163,9 @@ impl CacheService {
         if envelope.created > now + MAX_CLOCK_SKEW_SECS {
             return Err(CacheRefusal::Expired);
         }
-        if envelope.work() < u32::from(self.pow_bits) {
-            return Err(CacheRefusal::InsufficientWork {
-                required: self.pow_bits,
-            });
+        let required = envelope.required_work(self.pow_bits);
+        if envelope.work() < u32::from(required) {
+            return Err(CacheRefusal::InsufficientWork { required });
         }
         let id = envelope.id();
         match self.db.hold(&id, &envelope.mailbox, envelope.expires(), bytes, now) {
@@ -215,12 +218,15 @@ impl CacheService {
         }
         let mailbox = ack.mailbox();
         let mut deleted = 0u32;
-        for id in &ack.ids {
+        let mut ids = ack.ids.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in &ids {
             // Keep the tombstone as long as the envelope could live: its own expiry
-            // when held here, the longest TTL otherwise.
+            // when held here, the longest TTL (from a date that may be ahead) otherwise.
             let expires = match self.db.held(id).map_err(refusal_of)? {
                 Some((held_for, expires)) if held_for == mailbox => expires,
-                _ => now + u64::from(MAX_TTL_SECS),
+                _ => now + u64::from(MAX_TTL_SECS) + MAX_CLOCK_SKEW_SECS,
             };
             if self.db.acknowledge(id, &mailbox, expires).map_err(refusal_of)? {
                 deleted += 1;
@@ -253,22 +259,19 @@ impl CacheService {
         Ok(self.db.mailboxes()?)
     }
 
-    /// What is held for `mailbox`, to hand over.
-    pub(crate) fn envelopes_for(&self, mailbox: &Mailbox, now: u64) -> Result<Vec<(EnvelopeId, Vec<u8>)>, NetError> {
-        Ok(self.db.envelopes_for(mailbox, now)?)
-    }
-
-    /// Another holder refused a hand-over because the envelope was acknowledged there:
-    /// it is acknowledged here too (the other holder checked the signature).
-    pub(crate) fn acknowledged_elsewhere(&mut self, id: &EnvelopeId) -> Result<(), NetError> {
-        if let Some((mailbox, expires)) = self.db.held(id)? {
-            self.db.acknowledge(id, &mailbox, expires)?;
-        }
-        Ok(())
+    /// A page of what is held for `mailbox` after position `after`, to hand over:
+    /// `(position, bytes)`, and whether more follow.
+    pub(crate) fn page(
+        &self,
+        mailbox: &Mailbox,
+        after: u64,
+        now: u64,
+    ) -> Result<(Vec<(u64, Vec<u8>)>, bool), NetError> {
+        Ok(self.db.fetch(mailbox, after, now, MAX_FETCH_BYTES)?)
     }
 
     /// Lets go of envelopes handed to holders closer to their mailbox.
-    pub(crate) fn release(&mut self, ids: &[EnvelopeId]) -> Result<(), NetError> {
+    pub(crate) fn release<'a>(&mut self, ids: impl IntoIterator<Item = &'a EnvelopeId>) -> Result<(), NetError> {
         for id in ids {
             self.db.release(id)?;
         }

@@ -21,7 +21,13 @@ use crate::node::{InboundId, NetEvent, WeakNodeHandle};
 use crate::{NetError, NodeHandle};
 
 /// Most proof of work a holder may ask for before this device gives up on it.
-const MAX_POW_BITS: u8 = 20;
+const MAX_POW_BITS: u8 = 24;
+/// Most pages one fetch from one holder takes (a megabyte each); the rest waits for
+/// the next round.
+const MAX_FETCH_PAGES: usize = 64;
+/// Room kept in the event queue for what arrives live while fetched copies are
+/// passed on (presence, direct deliveries).
+const LIVE_EVENT_ROOM: usize = 64;
 /// A moment to let more connections come up before fetching after one did.
 const SETTLE: Duration = Duration::from_millis(300);
 /// Most mailboxes one upkeep round looks up (each is a DHT lookup); a holder of many
@@ -75,8 +81,7 @@ impl NodeHandle {
                 holders.push(*peer);
             }
         }
-        let mut worked = envelope.clone();
-        worked.solve_work(self.cache.pow_bits);
+        let worked = solved(envelope.clone(), envelope.required_work(self.cache.pow_bits)).await;
         let stored = join_all(holders.iter().map(|&peer| self.store_on(peer, worked.clone()))).await;
         let took: Vec<PeerId> = holders
             .iter()
@@ -106,7 +111,7 @@ impl NodeHandle {
             match self.cache_request(peer, CacheRequest::Store(envelope.to_bytes())).await {
                 Ok(CacheResponse::Stored { .. }) => return true,
                 Ok(CacheResponse::Refused(CacheRefusal::InsufficientWork { required })) if required <= MAX_POW_BITS => {
-                    envelope.solve_work(required);
+                    envelope = solved(envelope, required).await;
                 }
                 other => {
                     tracing::debug!(%peer, ?other, "a holder did not take an envelope");
@@ -123,9 +128,8 @@ impl NodeHandle {
         let mut handed = 0;
         for mailbox in self.held_mailboxes().await? {
             let holders = self.holders_of(&mailbox, self.cache.replicas).await?;
-            let envelopes = self.held_envelopes(mailbox).await?;
-            for holder in holders {
-                handed += self.copy_to(holder, &envelopes).await.0;
+            for copied in join_all(holders.iter().map(|&holder| self.copy_to(holder, mailbox))).await {
+                handed += copied.taken;
             }
         }
         Ok(handed)
@@ -137,33 +141,52 @@ impl NodeHandle {
             .map(Option::unwrap_or_default)
     }
 
-    async fn held_envelopes(&self, mailbox: Mailbox) -> Result<Vec<(EnvelopeId, Vec<u8>)>, NetError> {
-        self.holding(move |service, now| service.map(|s| s.envelopes_for(&mailbox, now)).transpose())
-            .await?
-            .map(Option::unwrap_or_default)
-    }
-
-    /// Stores held envelopes on another holder. An envelope it says was acknowledged
-    /// is deleted here too. Returns how many it took, and whether it took all.
-    async fn copy_to(&self, holder: PeerId, envelopes: &[(EnvelopeId, Vec<u8>)]) -> (usize, bool) {
-        let (mut taken, mut all) = (0, true);
-        for (id, bytes) in envelopes {
-            match self.cache_request(holder, CacheRequest::Store(bytes.clone())).await {
-                Ok(CacheResponse::Stored { .. }) => taken += 1,
-                Ok(CacheResponse::Refused(CacheRefusal::Acknowledged)) => {
-                    let id = *id;
-                    let _ = self
-                        .holding(move |service, _| service.map(|s| s.acknowledged_elsewhere(&id)))
-                        .await;
+    /// Stores what this node holds for `mailbox` on another holder, a page at a time.
+    /// An envelope the other holder says was acknowledged counts as done there (it is
+    /// not deleted here on its word: only a signed acknowledgement does that).
+    async fn copy_to(&self, holder: PeerId, mailbox: Mailbox) -> Copied {
+        let mut copied = Copied {
+            taken: 0,
+            done: HashSet::new(),
+            all: true,
+        };
+        let mut after = 0;
+        loop {
+            let page = self
+                .holding(move |service, now| service.map(|s| s.page(&mailbox, after, now)).transpose())
+                .await;
+            let Ok(Ok(Some((items, more)))) = page else {
+                copied.all = false;
+                return copied;
+            };
+            for (position, bytes) in items {
+                after = position;
+                let id = match Envelope::from_bytes(&bytes) {
+                    Ok(envelope) => envelope.id(),
+                    Err(_) => continue,
+                };
+                match self.cache_request(holder, CacheRequest::Store(bytes)).await {
+                    Ok(CacheResponse::Stored { .. }) => {
+                        copied.taken += 1;
+                        copied.done.insert(id);
+                    }
+                    Ok(CacheResponse::Refused(CacheRefusal::Acknowledged)) => {
+                        copied.done.insert(id);
+                    }
+                    Ok(CacheResponse::Refused(refusal)) => {
+                        tracing::debug!(%holder, %refusal, "hand-over refused");
+                        copied.all = false;
+                    }
+                    Ok(_) | Err(_) => {
+                        copied.all = false;
+                        return copied;
+                    }
                 }
-                Ok(CacheResponse::Refused(refusal)) => {
-                    tracing::debug!(%holder, %refusal, "hand-over refused");
-                    all = false;
-                }
-                Ok(_) | Err(_) => return (taken, false),
+            }
+            if !more {
+                return copied;
             }
         }
-        (taken, all)
     }
 
     /// One round of a holder's upkeep: drop what expired, and copy what is held to
@@ -195,17 +218,25 @@ impl NodeHandle {
         *turn = start + this_round.len();
         // Mailboxes are kept up side by side: a round is as slow as its slowest lookup.
         let rounds = this_round.into_iter().map(|mailbox| {
-            let known = placed.remove(&mailbox).unwrap_or_default();
+            let known = placed.get(&mailbox).cloned().unwrap_or_default();
             async move { (mailbox, self.maintain_mailbox(mailbox, known).await) }
         });
+        let mut stopped = false;
         for (mailbox, outcome) in join_all(rounds).await {
             match outcome {
                 Ok(Some(known)) => {
                     placed.insert(mailbox, known);
                 }
-                Ok(None) => {}
-                Err(e) => return Err(e),
+                Ok(None) => {
+                    placed.remove(&mailbox);
+                }
+                // What was known stays for the next round.
+                Err(NetError::Stopped) => stopped = true,
+                Err(e) => tracing::debug!(%e, "mailbox upkeep failed"),
             }
+        }
+        if stopped {
+            return Err(NetError::Stopped);
         }
         Ok(())
     }
@@ -218,29 +249,28 @@ impl NodeHandle {
         mut known: HashSet<PeerId>,
     ) -> Result<Option<HashSet<PeerId>>, NetError> {
         let holders = self.holders_of(&mailbox, self.cache.replicas).await?;
-        if !self.is_among_closest(&mailbox, &holders) {
+        if !self.cache.keep_all && !self.is_among_closest(&mailbox, &holders) {
             // Hand everything over, then let go of what every closer holder has.
-            let envelopes = self.held_envelopes(mailbox).await?;
-            let copies = join_all(holders.iter().map(|&holder| self.copy_to(holder, &envelopes))).await;
-            if copies.iter().all(|(_, all)| *all) {
-                let ids: Vec<EnvelopeId> = envelopes.iter().map(|(id, _)| *id).collect();
-                self.holding(move |service, _| service.map(|s| s.release(&ids)))
-                    .await?
-                    .transpose()?;
-                return Ok(None);
+            let copies = join_all(holders.iter().map(|&holder| self.copy_to(holder, mailbox))).await;
+            let mut everywhere: Option<HashSet<EnvelopeId>> = None;
+            for copy in copies {
+                everywhere = Some(match everywhere {
+                    None => copy.done,
+                    Some(so_far) => so_far.intersection(&copy.done).copied().collect(),
+                });
             }
-            return Ok(Some(HashSet::new()));
+            let released = everywhere.unwrap_or_default();
+            self.holding(move |service, _| service.map(|s| s.release(&released)))
+                .await?
+                .transpose()?;
+            return Ok(None);
         }
         known.retain(|peer| holders.contains(peer));
         let new: Vec<PeerId> = holders.into_iter().filter(|p| !known.contains(p)).collect();
-        if new.is_empty() {
-            return Ok(Some(known));
-        }
-        let envelopes = self.held_envelopes(mailbox).await?;
-        let copies = join_all(new.iter().map(|&holder| self.copy_to(holder, &envelopes))).await;
-        for (holder, (taken, all)) in new.into_iter().zip(copies) {
-            tracing::debug!(%holder, taken, "handed over to a new holder");
-            if all {
+        let copies = join_all(new.iter().map(|&holder| self.copy_to(holder, mailbox))).await;
+        for (holder, copied) in new.into_iter().zip(copies) {
+            tracing::debug!(%holder, taken = copied.taken, "handed over to a new holder");
+            if copied.all {
                 known.insert(holder);
             }
         }
@@ -252,9 +282,10 @@ impl NodeHandle {
     fn is_among_closest(&self, mailbox: &Mailbox, others: &[PeerId]) -> bool {
         let target = kad::KBucketKey::new(mailbox.to_vec());
         let distance = |peer: PeerId| kad::KBucketKey::from(peer).distance(&target);
-        others.len() < self.cache.replicas
+        let replicas = self.cache.replicas.max(1);
+        others.len() < replicas
             || others
-                .get(self.cache.replicas - 1)
+                .get(replicas - 1)
                 .is_none_or(|farthest| distance(self.peer_id()) < distance(*farthest))
     }
 
@@ -276,7 +307,7 @@ impl NodeHandle {
 
     async fn fetch_from(&self, holder: PeerId, events: &mpsc::Sender<NetEvent>) {
         let mut after = 0;
-        loop {
+        for _ in 0..MAX_FETCH_PAGES {
             let request = CacheRequest::Fetch {
                 key: self.transport_key,
                 after,
@@ -289,6 +320,7 @@ impl NodeHandle {
                     return;
                 }
             };
+            let before = after;
             for (position, bytes) in items {
                 after = after.max(position);
                 let Ok(envelope) = Envelope::from_bytes(&bytes) else {
@@ -300,11 +332,16 @@ impl NodeHandle {
                     inbound: InboundId::cached(holder, envelope.id()),
                     bytes,
                 };
+                // The driver drops what does not fit: leave it room for live events.
+                while events.capacity() < LIVE_EVENT_ROOM && !events.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 if events.send(event).await.is_err() {
                     return;
                 }
             }
-            if !more {
+            // A holder that says `more` without moving on is not followed further.
+            if !more || after == before {
                 return;
             }
         }
@@ -362,4 +399,26 @@ mod tests {
         assert_eq!(mailbox_of_peer(&keypair.public().to_peer_id()), Some(mailbox_of(&key)));
         assert_eq!(mailbox_of_peer(&PeerId::random()), None);
     }
+}
+
+/// What a copy of one mailbox to another holder achieved.
+struct Copied {
+    /// Envelopes it took.
+    taken: usize,
+    /// Envelopes it has now (taken, or acknowledged there).
+    done: HashSet<EnvelopeId>,
+    /// Whether it has every one.
+    all: bool,
+}
+
+/// `envelope` with a proof of work of `bits`, made off the async threads (at high
+/// difficulties it takes a while).
+async fn solved(mut envelope: Envelope, bits: u8) -> Envelope {
+    let fallback = envelope.clone();
+    tokio::task::spawn_blocking(move || {
+        envelope.solve_work(bits);
+        envelope
+    })
+    .await
+    .unwrap_or(fallback)
 }

@@ -330,6 +330,8 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
             closest: HashMap::new(),
             cache_pending: HashMap::new(),
             acks_due: HashMap::new(),
+            subscribed_at: HashSet::new(),
+            mailbox: cairn_proto::mailbox_of(&transport_key),
             connected,
             pending: HashMap::new(),
             inbound: HashMap::new(),
@@ -537,6 +539,11 @@ struct Driver {
     cache_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<CacheResponse, NetError>>>,
     /// Envelopes answered but not yet acknowledged to the holder they came from.
     acks_due: HashMap<PeerId, Vec<EnvelopeId>>,
+    /// Holders this node asked for pushes to its mailbox, while connected: only they
+    /// may push.
+    subscribed_at: HashSet<PeerId>,
+    /// This device's mailbox.
+    mailbox: Mailbox,
     connected: Arc<tokio::sync::Notify>,
 }
 
@@ -659,6 +666,9 @@ impl Driver {
                 self.closest.insert(query, done);
             }
             Command::Cache { to, request, done } => {
+                if matches!(request, CacheRequest::Fetch { subscribe: true, .. }) {
+                    self.subscribed_at.insert(to);
+                }
                 let id = self.swarm.behaviour_mut().cache.send_request(&to, request);
                 self.cache_pending.insert(id, done);
             }
@@ -705,10 +715,10 @@ impl Driver {
     ) -> Result<(), ()> {
         let (response, effects) = match (request, self.holding.as_mut()) {
             // A holder of this device's mailbox pushes an envelope that just arrived.
-            (CacheRequest::Push { position, envelope }, _) => {
-                let _ = position;
+            (CacheRequest::Push { envelope, .. }, _) => {
                 match Envelope::from_bytes(&envelope) {
-                    Ok(decoded) => {
+                    // Only from a holder this node subscribed at, for this node's mailbox.
+                    Ok(decoded) if self.subscribed_at.contains(&peer) && decoded.mailbox == self.mailbox => {
                         let inbound = InboundId::cached(peer, decoded.id());
                         self.emit(NetEvent::Envelope {
                             from: peer,
@@ -717,7 +727,7 @@ impl Driver {
                         })?;
                         (CacheResponse::Taken, Vec::new())
                     }
-                    Err(_) => (CacheResponse::Refused(CacheRefusal::Malformed), Vec::new()),
+                    _ => (CacheResponse::Refused(CacheRefusal::Malformed), Vec::new()),
                 }
             }
             (request, Some(service)) => service.handle(peer, request, self.clock.now()),
@@ -818,6 +828,7 @@ impl Driver {
                 if let Some(service) = self.holding.as_mut() {
                     service.disconnected(&peer_id);
                 }
+                self.subscribed_at.remove(&peer_id);
                 self.emit(NetEvent::Disconnected(peer_id))?
             }
             SwarmEvent::Behaviour(BehaviourEvent::Cache(event)) => match event {

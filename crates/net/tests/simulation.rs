@@ -209,7 +209,8 @@ async fn simulate(plan: Plan) -> Report {
         let mut held = HashSet::new();
         for n in nodes.keys() {
             let db = CacheDb::open(&dir.path().join(format!("{n}.db")), LIMITS).unwrap();
-            held.extend(db.envelopes_for(&mailbox, 0).unwrap().into_iter().map(|(id, _)| id));
+            let (items, _) = db.fetch(&mailbox, 0, 0, usize::MAX).unwrap();
+            held.extend(items.iter().map(|(_, bytes)| Envelope::from_bytes(bytes).unwrap().id()));
         }
         lost_in_churn += ids.iter().filter(|id| !held.contains(*id)).count();
     }

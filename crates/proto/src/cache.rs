@@ -230,27 +230,32 @@ impl Ack {
     }
 }
 
+/// Body bytes one bit of proof of work above the base covers: work doubles with every
+/// doubling of the body past this, so a large envelope costs its sender more.
+const WORK_PER_BODY: usize = 4096;
+
 impl Envelope {
     /// Leading zero bits of this envelope's proof of work: SHA-256 over a domain tag,
-    /// the hash of the envelope with `pow` zeroed, and `pow`.
+    /// the envelope's id (which leaves the nonce out) and `pow`.
     pub fn work(&self) -> u32 {
-        work_of(&self.work_base(), self.pow)
+        work_of(&self.id(), self.pow)
+    }
+
+    /// The work a holder asking `base_bits` wants of this envelope: one more bit for
+    /// every doubling of the body past 4 KiB (a 256 KiB envelope: six more).
+    pub fn required_work(&self, base_bits: u8) -> u8 {
+        let blocks = self.body.len().div_ceil(WORK_PER_BODY).max(1);
+        base_bits.saturating_add(blocks.next_power_of_two().trailing_zeros() as u8)
     }
 
     /// Finds a `pow` with at least `bits` leading zero bits (about 2^bits hashes).
-    /// The id changes with it.
     pub fn solve_work(&mut self, bits: u8) {
-        let base = self.work_base();
+        let base = self.id();
         let mut nonce = 0u64;
         while work_of(&base, nonce) < u32::from(bits) {
             nonce += 1;
         }
         self.pow = nonce;
-    }
-
-    fn work_base(&self) -> [u8; 32] {
-        let unworked = Envelope { pow: 0, ..self.clone() };
-        unworked.id()
     }
 
     /// When caches drop it: `created + ttl`, Unix seconds.
@@ -293,13 +298,26 @@ mod tests {
     #[test]
     fn solved_work_has_the_bits_asked_and_breaks_when_the_envelope_changes() {
         let mut e = envelope();
+        let id = e.id();
         e.solve_work(12);
         assert!(e.work() >= 12);
+        assert_eq!(e.id(), id, "the nonce is not part of the id");
         let mut altered = e.clone();
         altered.body[0] ^= 1;
         // Changing the envelope keeps the nonce but not (almost surely) the work.
         assert!(altered.work() < 12 || altered.work() != e.work());
         assert_eq!(e.expires(), 1_060);
+    }
+
+    #[test]
+    fn bigger_envelopes_need_more_work() {
+        let mut e = envelope();
+        assert_eq!(e.required_work(12), 12);
+        e.body = vec![0; 8 * 1024];
+        assert_eq!(e.required_work(12), 13);
+        e.body = vec![0; 256 * 1024];
+        assert_eq!(e.required_work(12), 18);
+        assert_eq!(e.required_work(u8::MAX), u8::MAX);
     }
 
     #[test]

@@ -48,10 +48,13 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The envelope's id: SHA-256 of its encoding. A cache node that changes any
-    /// byte changes the id, and acks name ids.
+    /// The envelope's id: SHA-256 of its encoding with the proof-of-work nonce left
+    /// out. A cache node that changes any other byte changes the id (and acks name
+    /// ids); the same envelope with work redone for another holder keeps its id, so
+    /// copies de-duplicate and a tombstone cannot be dodged by redoing the work.
     pub fn id(&self) -> [u8; 32] {
-        Sha256::digest(self.to_bytes()).into()
+        let unworked = Envelope { pow: 0, ..self.clone() };
+        Sha256::digest(unworked.to_bytes()).into()
     }
 
     /// The wire form.

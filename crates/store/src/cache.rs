@@ -52,9 +52,9 @@ CREATE TABLE tombstones (
 CREATE INDEX tombstones_by_expiry ON tombstones(expires);
 ";
 
-/// Most tombstones kept for envelopes this node never held (acknowledgements passed
-/// on by other holders); tombstones of envelopes it held are always kept.
-const MAX_FOREIGN_TOMBSTONES: u64 = 100_000;
+/// Most tombstones kept in all: past this, only envelopes held here get one (an
+/// acknowledgement costs its signer nothing, so they must not fill the disk).
+const MAX_TOMBSTONES: u64 = 100_000;
 
 /// What a cache node is willing to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,8 +222,9 @@ impl CacheDb {
 
     /// Deletes an envelope its recipient acknowledged (the caller checked the
     /// signature against `mailbox`) and keeps a tombstone until `expires`, so a late
-    /// replica cannot bring it back. Whether it was held here. A tombstone for an
-    /// envelope never held here is kept only while there are fewer than a bound.
+    /// replica cannot bring it back. Whether it was held here. An envelope not held
+    /// here gets a tombstone only if something else is held for its mailbox (a replica
+    /// may still arrive) and the tombstones are within their bound.
     pub fn acknowledge(&mut self, id: &EnvelopeId, mailbox: &Mailbox, expires: u64) -> Result<bool> {
         let tx = self.conn.transaction()?;
         let deleted: Option<i64> = tx
@@ -233,17 +234,28 @@ impl CacheDb {
                 |r| r.get(0),
             )
             .optional()?;
+        let mailbox_held = || {
+            tx.query_row("SELECT 1 FROM mailboxes WHERE mailbox = ?1", [&mailbox[..]], |_| Ok(()))
+                .optional()
+                .map(|row| row.is_some())
+        };
         let mut added = 0;
-        if deleted.is_some() || self.tombstones < MAX_FOREIGN_TOMBSTONES {
+        if deleted.is_some() || (self.tombstones < MAX_TOMBSTONES && mailbox_held()?) {
             added = tx.execute(
                 "INSERT INTO tombstones (id, mailbox, expires) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(id, mailbox) DO UPDATE SET expires = MAX(expires, excluded.expires)",
+                 ON CONFLICT(id, mailbox) DO NOTHING",
                 params![&id[..], &mailbox[..], expires as i64],
             )?;
+            if added == 0 {
+                tx.execute(
+                    "UPDATE tombstones SET expires = MAX(expires, ?3) WHERE id = ?1 AND mailbox = ?2",
+                    params![&id[..], &mailbox[..], expires as i64],
+                )?;
+            }
         }
         tx.commit()?;
         if let Some(size) = deleted {
-            self.total -= size as u64;
+            self.total = self.total.saturating_sub(size as u64);
         }
         self.tombstones += added as u64;
         Ok(deleted.is_some())
@@ -259,7 +271,7 @@ impl CacheDb {
             })
             .optional()?;
         if let Some(size) = size {
-            self.total -= size as u64;
+            self.total = self.total.saturating_sub(size as u64);
         }
         Ok(size.is_some())
     }
@@ -289,7 +301,7 @@ impl CacheDb {
         };
         let tombstones = tx.execute("DELETE FROM tombstones WHERE expires <= ?1", [now as i64])?;
         tx.commit()?;
-        self.total -= bytes;
+        self.total = self.total.saturating_sub(bytes);
         self.tombstones = self.tombstones.saturating_sub(tombstones as u64);
         Ok(gone)
     }
@@ -299,25 +311,6 @@ impl CacheDb {
         let mut statement = self.conn.prepare("SELECT mailbox FROM mailboxes ORDER BY mailbox")?;
         let rows = statement.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         rows.map(|m| to_mailbox(m?)).collect()
-    }
-
-    /// Every envelope held for `mailbox` (bounded by the per-mailbox quota), oldest
-    /// first, as `(id, bytes)`: for handing over to other holders.
-    pub fn envelopes_for(&self, mailbox: &Mailbox, now: u64) -> Result<Vec<(EnvelopeId, Vec<u8>)>> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT id, bytes FROM envelopes WHERE mailbox = ?1 AND expires > ?2 ORDER BY seq")?;
-        let rows = statement.query_map(params![&mailbox[..], now as i64], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
-        rows.map(|row| {
-            let (id, bytes) = row?;
-            let id = id
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("a cached envelope's id is not 32 bytes".into()))?;
-            Ok((id, bytes))
-        })
-        .collect()
     }
 
     /// How many envelopes are held, and their bytes.
@@ -378,7 +371,6 @@ mod tests {
         assert!(cache.fetch(&[8; 32], 0, 2, 1 << 20).unwrap().0.is_empty());
         assert_eq!(cache.usage().unwrap(), (3, 30));
         assert_eq!(cache.mailboxes().unwrap(), vec![[7; 32]]);
-        assert_eq!(cache.envelopes_for(&[7; 32], 2).unwrap().len(), 3);
         let mut cache = cache;
         assert!(cache.release(&id(1)).unwrap());
         assert!(!cache.release(&id(1)).unwrap());
@@ -461,6 +453,24 @@ mod tests {
         assert!(matches!(
             cache.hold(&id(2), &[1; 32], 100, &[2; 10], 1),
             Ok(Held::New(_))
+        ));
+        // Mailbox 9 holds nothing here, so its acknowledgements left no tombstones.
+        assert_eq!(cache.tombstones, 0);
+    }
+
+    #[test]
+    fn a_replica_acknowledged_before_it_arrives_is_refused_when_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = CacheDb::open(&dir.path().join("cache.db"), LIMITS).unwrap();
+        cache.hold(&id(1), &[1; 32], 100, &[1; 10], 1).unwrap();
+        // Envelope 2 of the same mailbox is acknowledged (passed on by another holder)
+        // before its copy reaches this node, twice: one tombstone.
+        assert!(!cache.acknowledge(&id(2), &[1; 32], 100).unwrap());
+        assert!(!cache.acknowledge(&id(2), &[1; 32], 100).unwrap());
+        assert_eq!(cache.tombstones, 1);
+        assert!(matches!(
+            cache.hold(&id(2), &[1; 32], 100, &[2; 10], 1),
+            Err(StoreError::Refused(CacheRefusal::Acknowledged))
         ));
     }
 
