@@ -19,7 +19,7 @@ use cairn_proto::{
     mailbox_of, Ack, CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox, MAX_FETCH_BYTES,
     MAX_TTL_SECS,
 };
-use cairn_store::{CacheDb, CacheLimits, Held, StoreError};
+use cairn_store::{CacheDb, CacheLimits, Held, Page, StoreError};
 use libp2p::{identity, PeerId};
 
 use crate::{peer_id_of, NetError};
@@ -261,12 +261,7 @@ impl CacheService {
 
     /// A page of what is held for `mailbox` after position `after`, to hand over:
     /// `(position, bytes)`, and whether more follow.
-    pub(crate) fn page(
-        &self,
-        mailbox: &Mailbox,
-        after: u64,
-        now: u64,
-    ) -> Result<(Vec<(u64, Vec<u8>)>, bool), NetError> {
+    pub(crate) fn page(&self, mailbox: &Mailbox, after: u64, now: u64) -> Result<Page, NetError> {
         Ok(self.db.fetch(mailbox, after, now, MAX_FETCH_BYTES)?)
     }
 

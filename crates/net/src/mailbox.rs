@@ -387,20 +387,6 @@ pub(crate) async fn upkeep(node: WeakNodeHandle, events: mpsc::Sender<NetEvent>)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::keypair_from_seed;
-
-    #[test]
-    fn a_peer_id_gives_the_mailbox_of_its_device() {
-        let keypair = keypair_from_seed([4; 32]);
-        let key = keypair.public().try_into_ed25519().unwrap().to_bytes();
-        assert_eq!(mailbox_of_peer(&keypair.public().to_peer_id()), Some(mailbox_of(&key)));
-        assert_eq!(mailbox_of_peer(&PeerId::random()), None);
-    }
-}
-
 /// What a copy of one mailbox to another holder achieved.
 struct Copied {
     /// Envelopes it took.
@@ -421,4 +407,18 @@ async fn solved(mut envelope: Envelope, bits: u8) -> Envelope {
     })
     .await
     .unwrap_or(fallback)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keypair_from_seed;
+
+    #[test]
+    fn a_peer_id_gives_the_mailbox_of_its_device() {
+        let keypair = keypair_from_seed([4; 32]);
+        let key = keypair.public().try_into_ed25519().unwrap().to_bytes();
+        assert_eq!(mailbox_of_peer(&keypair.public().to_peer_id()), Some(mailbox_of(&key)));
+        assert_eq!(mailbox_of_peer(&PeerId::random()), None);
+    }
 }

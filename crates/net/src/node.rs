@@ -129,6 +129,9 @@ impl InboundId {
     }
 }
 
+/// Work run on the driver's cache service, given the time.
+type HoldingWork = Box<dyn FnOnce(Option<&mut CacheService>, u64) + Send>;
+
 enum Command {
     Send {
         to: PeerId,
@@ -163,7 +166,7 @@ enum Command {
         done: oneshot::Sender<Result<CacheResponse, NetError>>,
     },
     /// Runs work on this node's cache service (`None` when it holds for no one).
-    Holding(Box<dyn FnOnce(Option<&mut CacheService>, u64) + Send>),
+    Holding(HoldingWork),
 }
 
 /// Talks to a running node; cheap to clone. The node stops when every handle is gone.

@@ -326,7 +326,7 @@ async fn a_holder_restarts_and_still_holds_its_envelopes() {
     let restarted = peer(100, Some(&cache_file(dir.path(), 100)), &[], &clock).await;
     assert_eq!(usage(&restarted).await, before);
 
-    let mut bob = peer(2, None, &[restarted.address.clone()], &clock).await;
+    let mut bob = peer(2, None, std::slice::from_ref(&restarted.address), &clock).await;
     assert_eq!(take_from_holders(&mut bob, 3).await.len(), 3);
 }
 
@@ -378,8 +378,8 @@ async fn a_spammer_over_quota_is_refused_and_nothing_held_is_lost() {
         total: 6000,
     };
     let holder = peer_with(100, Some(&cache_file(dir.path(), 100)), limits, &[], &clock).await;
-    let alice = peer(1, None, &[holder.address.clone()], &clock).await;
-    let spammer = peer(3, None, &[holder.address.clone()], &clock).await;
+    let alice = peer(1, None, std::slice::from_ref(&holder.address), &clock).await;
+    let spammer = peer(3, None, std::slice::from_ref(&holder.address), &clock).await;
     let to = holder.node.peer_id();
     let mut mine = envelope_for(2, 1, &clock, 3600);
     mine.solve_work(POW_BITS);
@@ -422,7 +422,7 @@ async fn a_spammer_over_quota_is_refused_and_nothing_held_is_lost() {
     assert!(bytes <= limits.total);
 
     // Bob still gets Alice's envelope.
-    let mut bob = peer(2, None, &[holder.address.clone()], &clock).await;
+    let mut bob = peer(2, None, std::slice::from_ref(&holder.address), &clock).await;
     let got = take_from_holders(&mut bob, 1).await;
     assert_eq!(got[0].id(), mine.id(), "Alice's envelope was not dropped");
 }

@@ -80,6 +80,10 @@ impl CacheLimits {
     }
 }
 
+/// A page of held envelopes: `(position, bytes)` pairs, oldest first, and whether more
+/// are held after the last.
+pub type Page = (Vec<(u64, Vec<u8>)>, bool);
+
 /// Whether an envelope was new to the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {
@@ -183,13 +187,7 @@ impl CacheDb {
     /// The envelopes held for `mailbox` after position `after` that have not expired,
     /// oldest first, as `(position, bytes)`, up to about `max_bytes` (at least one);
     /// and whether more are held.
-    pub fn fetch(
-        &self,
-        mailbox: &Mailbox,
-        after: u64,
-        now: u64,
-        max_bytes: usize,
-    ) -> Result<(Vec<(u64, Vec<u8>)>, bool)> {
+    pub fn fetch(&self, mailbox: &Mailbox, after: u64, now: u64, max_bytes: usize) -> Result<Page> {
         let mut statement = self.conn.prepare_cached(
             "SELECT seq, bytes FROM envelopes WHERE mailbox = ?1 AND seq > ?2 AND expires > ?3 ORDER BY seq",
         )?;
