@@ -173,6 +173,12 @@ impl Messenger {
             list.always_on = addresses;
             let signed = sign_device_list(&this.account()?.identity, &list)?;
             this.adopt_own_device_list(&signed)?;
+            // The invite carries the list, and must still fit one QR code.
+            if this.invite()?.to_link().len() > crate::qr::MAX_QR_BYTES {
+                return Err(CoreError::InvalidSetting(
+                    "those addresses make the invite too long for a QR code".into(),
+                ));
+            }
             this.announce_card()
         })
     }

@@ -19,6 +19,9 @@ use crate::{CoreError, Outgoing, Result};
 /// Setting key of the invite secret.
 const INVITE_SECRET: &str = "invite_secret";
 
+/// Most addresses an invite carries (the invite decoder's own limit).
+const MAX_INVITE_ADDRESSES: usize = 8;
+
 /// Largest stored record decoded (bundles, device lists): far above their real size.
 pub(crate) const MAX_STORED_RECORD: usize = 64 * 1024;
 
@@ -207,18 +210,29 @@ impl Messenger {
         Ok(mailbox_of(&self.account()?.device.transport_public_key()))
     }
 
-    /// This account's contact invite: its signed device list and this device's bundle.
+    /// This account's contact invite: its signed device list, this device's bundle,
+    /// and as many of its addresses (direct ones first, then through relays) as fit
+    /// one QR code.
     pub fn invite(&self) -> Result<Invite> {
         let account = self.account()?;
-        Ok(Invite {
+        let mut invite = Invite {
             card: ContactCard {
                 display_name: account.display_name.clone(),
                 device_list: self.own_device_list()?,
                 bundles: vec![self.own_bundle()?],
             },
-            addresses: self.addresses.clone(),
+            addresses: Vec::new(),
             secret: self.invite_secret()?,
-        })
+        };
+        let (direct, relayed): (Vec<&String>, Vec<&String>) =
+            self.addresses.iter().partition(|a| !a.contains("/p2p-circuit"));
+        for address in direct.into_iter().chain(relayed).take(MAX_INVITE_ADDRESSES) {
+            invite.addresses.push(address.clone());
+            if invite.to_link().len() > crate::qr::MAX_QR_BYTES {
+                invite.addresses.pop();
+            }
+        }
+        Ok(invite)
     }
 
     /// The secret this account's invites carry; made with the account.

@@ -6,6 +6,10 @@ use qrcode::{render::svg, EcLevel, QrCode};
 
 use crate::{CoreError, Result};
 
+/// Most bytes one QR code holds at the error correction used here (version 40, level
+/// L, byte mode): invites are kept within it.
+pub(crate) const MAX_QR_BYTES: usize = 2953;
+
 /// Largest picture accepted for QR decoding, in bytes and in pixels per side.
 const MAX_IMAGE_BYTES: usize = 16 * 1024 * 1024;
 const MAX_IMAGE_SIDE: u32 = 8192;

@@ -408,6 +408,37 @@ fn invites_that_are_ones_own_or_garbage_are_refused() {
     assert!(w.m(a1).contacts().unwrap().is_empty());
 }
 
+#[test]
+fn an_invite_keeps_to_one_qr_code_however_many_addresses_the_device_has() {
+    let mut w = World::new();
+    let a1 = w.account("a1", "Alice");
+    let relay = "/ip4/203.0.113.9/tcp/4001/p2p/12D3KooWKD7iWxF93EXStusq2EC95H5CErsPwA6yQDAJdfFrXtix/p2p-circuit/p2p/12D3KooWS2udh1tH2k6cYdaPXSuEJCLZCeFT9jdg9unzsfKRvrtr";
+    let direct = "/ip4/192.0.2.1/udp/4001/quic-v1/p2p/12D3KooWS2udh1tH2k6cYdaPXSuEJCLZCeFT9jdg9unzsfKRvrtr";
+    let mut addresses = vec![relay.to_owned(); 6];
+    addresses.push(direct.to_owned());
+    w.m(a1).set_addresses(addresses);
+    let invite = w.m(a1).invite().unwrap();
+    assert_eq!(
+        invite.addresses.first().map(String::as_str),
+        Some(direct),
+        "direct addresses first"
+    );
+    assert!(invite.addresses.len() < 7, "not every relayed address fits");
+    // It renders as one QR code, and the link reads back.
+    w.m(a1).invite_qr_svg().unwrap();
+    assert_eq!(cairn_proto::Invite::from_link(&invite.to_link()).unwrap(), invite);
+    // Always-on nodes that would push the invite past one code are refused.
+    let long = format!(
+        "/dns4/{}.example/tcp/4001/p2p/12D3KooWKD7iWxF93EXStusq2EC95H5CErsPwA6yQDAJdfFrXtix",
+        "a".repeat(150)
+    );
+    assert!(matches!(
+        w.m(a1).set_always_on_nodes(&vec![long; 4]),
+        Err(CoreError::InvalidSetting(_))
+    ));
+    assert!(w.m(a1).always_on_nodes().unwrap().is_empty(), "nothing changed");
+}
+
 /// Someone presenting Bob's account id with another identity key: what a reinstall,
 /// or a person in the middle, looks like from Alice's side.
 struct Impostor {
