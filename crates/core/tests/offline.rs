@@ -30,17 +30,19 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// A loopback node that bootstraps from the holders and fetches its mailbox often.
+fn on_network(holders: &Holders) -> cairn_net::NodeConfig {
+    let mut config = loopback(false);
+    config.bootstrap = vec![holders.address.clone()];
+    config.cache.fetch_every = Duration::from_secs(1);
+    config
+}
+
 #[test]
 fn alice_writes_while_bob_is_offline_then_leaves_and_bob_gets_every_message_later() {
     let vault = vault();
     let holders = Holders::start(3);
-    let on_network = || {
-        let mut config = loopback(false);
-        config.bootstrap = vec![holders.address.clone()];
-        config.cache.fetch_every = Duration::from_secs(1);
-        config
-    };
-    let (mut alice, mut bob) = contacts_with(&vault, on_network(), on_network());
+    let (mut alice, mut bob) = contacts_with(&vault, on_network(&holders), on_network(&holders));
     let (alice_id, bob_id) = (alice.account_id(), bob.account_id());
 
     // Bob closes the app.
@@ -106,13 +108,7 @@ fn bob_names_his_always_on_node_and_gets_his_mail_there_when_every_other_holder_
     let holders = Holders::start(3);
     // Bob's own always-on node, on no DHT: only his signed device list names it.
     let home = Holders::start_from(240, 1);
-    let on_network = || {
-        let mut config = loopback(false);
-        config.bootstrap = vec![holders.address.clone()];
-        config.cache.fetch_every = Duration::from_secs(1);
-        config
-    };
-    let (mut alice, mut bob) = contacts_with(&vault, on_network(), on_network());
+    let (mut alice, mut bob) = contacts_with(&vault, on_network(&holders), on_network(&holders));
     let bob_id = bob.account_id();
     let home_address = home.address.to_string();
     bob.with(|m| m.set_always_on_nodes(std::slice::from_ref(&home_address)).unwrap());

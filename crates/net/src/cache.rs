@@ -19,7 +19,7 @@ use cairn_proto::{
     mailbox_of, Ack, CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox, MAX_FETCH_BYTES,
     MAX_TTL_SECS,
 };
-use cairn_store::{CacheDb, CacheLimits, Held, Page, StoreError};
+use cairn_store::{CacheDb, CacheLimits, Held, Page, StoreError, ToHold};
 use libp2p::{identity, PeerId};
 
 use crate::{peer_id_of, NetError};
@@ -137,28 +137,100 @@ impl CacheService {
     /// Answers one request from `from` at time `now`.
     pub(crate) fn handle(&mut self, from: PeerId, request: CacheRequest, now: u64) -> (CacheResponse, Vec<Effect>) {
         let outcome = match request {
-            CacheRequest::Store(bytes) => self.store(&bytes, now),
+            CacheRequest::Store(bytes) => {
+                return self
+                    .store_all(&[(from, bytes)], now)
+                    .pop()
+                    .unwrap_or_else(|| (CacheResponse::Refused(CacheRefusal::Unavailable), Vec::new()))
+            }
+            CacheRequest::StoreMany(envelopes) => {
+                let stores: Vec<(PeerId, Vec<u8>)> = envelopes.into_iter().map(|e| (from, e)).collect();
+                let (mut outcomes, mut effects) = (Vec::with_capacity(stores.len()), Vec::new());
+                for (answer, more) in self.store_all(&stores, now) {
+                    outcomes.push(match answer {
+                        CacheResponse::Refused(refusal) => Some(refusal),
+                        _ => None,
+                    });
+                    effects.extend(more);
+                }
+                return (CacheResponse::StoredMany(outcomes), effects);
+            }
             CacheRequest::Fetch { key, after, subscribe } => self.fetch(from, key, after, subscribe, now),
             CacheRequest::Ack(ack) => self.acknowledge(from, ack, now),
             // Pushes go from holders to devices; the node handles them itself.
             CacheRequest::Push { .. } => Err(CacheRefusal::Malformed),
         };
-        match outcome {
-            Ok(answer) => answer,
-            Err(refusal) => {
-                if matches!(
-                    refusal,
-                    CacheRefusal::Malformed | CacheRefusal::BadAck | CacheRefusal::NotYourMailbox
-                ) {
-                    self.refused += 1;
-                }
-                tracing::debug!(peer = %from, %refusal, "cache request refused");
-                (CacheResponse::Refused(refusal), Vec::new())
-            }
-        }
+        outcome.unwrap_or_else(|refusal| self.refuse(from, refusal))
     }
 
-    fn store(&mut self, bytes: &[u8], now: u64) -> Result<(CacheResponse, Vec<Effect>), CacheRefusal> {
+    /// A refusal, counted when the request was garbage or forged.
+    fn refuse(&mut self, from: PeerId, refusal: CacheRefusal) -> (CacheResponse, Vec<Effect>) {
+        if matches!(
+            refusal,
+            CacheRefusal::Malformed | CacheRefusal::BadAck | CacheRefusal::NotYourMailbox
+        ) {
+            self.refused += 1;
+        }
+        tracing::debug!(peer = %from, %refusal, "cache request refused");
+        (CacheResponse::Refused(refusal), Vec::new())
+    }
+
+    /// Answers a batch of stores in one database transaction (a busy holder's stores
+    /// are gathered for a moment, so they share one commit). One answer per store, in
+    /// order.
+    pub(crate) fn store_all(&mut self, stores: &[(PeerId, Vec<u8>)], now: u64) -> Vec<(CacheResponse, Vec<Effect>)> {
+        let checked: Vec<Result<Envelope, CacheRefusal>> =
+            stores.iter().map(|(_, bytes)| self.check_store(bytes, now)).collect();
+        let to_hold: Vec<ToHold<'_>> = checked
+            .iter()
+            .zip(stores)
+            .filter_map(|(checked, (_, bytes))| {
+                let envelope = checked.as_ref().ok()?;
+                Some(ToHold {
+                    id: envelope.id(),
+                    mailbox: envelope.mailbox,
+                    expires: envelope.expires(),
+                    bytes,
+                })
+            })
+            .collect();
+        let mut held = match self.db.hold_all(&to_hold, now) {
+            Ok(outcomes) => outcomes,
+            Err(e) => vec![Err(refusal_of(e)); to_hold.len()],
+        }
+        .into_iter();
+        let mut answers = Vec::with_capacity(stores.len());
+        for (checked, (from, bytes)) in checked.into_iter().zip(stores) {
+            let outcome = checked.and_then(|envelope| {
+                let held = held.next().ok_or(CacheRefusal::Unavailable)??;
+                Ok((envelope, held))
+            });
+            let answer = match outcome {
+                Ok((envelope, Held::New(position))) => {
+                    let effects = self
+                        .subscribers
+                        .get(&envelope.mailbox)
+                        .into_iter()
+                        .flatten()
+                        .map(|&to| Effect::Push {
+                            to,
+                            position,
+                            envelope: bytes.clone(),
+                        })
+                        .collect();
+                    (CacheResponse::Stored { new: true }, effects)
+                }
+                Ok((_, Held::Already)) => (CacheResponse::Stored { new: false }, Vec::new()),
+                Err(refusal) => self.refuse(*from, refusal),
+            };
+            answers.push(answer);
+        }
+        answers
+    }
+
+    /// What the database does not check about an envelope to store: that it decodes,
+    /// is not dated in the future, and carries the work asked for its size.
+    fn check_store(&self, bytes: &[u8], now: u64) -> Result<Envelope, CacheRefusal> {
         let envelope = Envelope::from_bytes(bytes).map_err(|_| CacheRefusal::Malformed)?;
         if envelope.created > now + MAX_CLOCK_SKEW_SECS {
             return Err(CacheRefusal::Expired);
@@ -167,25 +239,7 @@ impl CacheService {
         if envelope.work() < u32::from(required) {
             return Err(CacheRefusal::InsufficientWork { required });
         }
-        let id = envelope.id();
-        match self.db.hold(&id, &envelope.mailbox, envelope.expires(), bytes, now) {
-            Ok(Held::New(position)) => {
-                let effects = self
-                    .subscribers
-                    .get(&envelope.mailbox)
-                    .into_iter()
-                    .flatten()
-                    .map(|&to| Effect::Push {
-                        to,
-                        position,
-                        envelope: bytes.to_vec(),
-                    })
-                    .collect();
-                Ok((CacheResponse::Stored { new: true }, effects))
-            }
-            Ok(Held::Already) => Ok((CacheResponse::Stored { new: false }, Vec::new())),
-            Err(e) => Err(refusal_of(e)),
-        }
+        Ok(envelope)
     }
 
     fn fetch(

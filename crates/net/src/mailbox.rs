@@ -12,7 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_proto::{mailbox_of, CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox};
+use cairn_proto::{
+    mailbox_of, CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox, MAX_STORE_BATCH,
+};
 use futures::future::join_all;
 use libp2p::{identity, kad, PeerId};
 use tokio::sync::mpsc;
@@ -159,27 +161,37 @@ impl NodeHandle {
                 copied.all = false;
                 return copied;
             };
+            // One request per page (a megabyte at most, as the page is).
+            let mut ids = Vec::with_capacity(items.len());
+            let mut batch = Vec::with_capacity(items.len());
             for (position, bytes) in items {
                 after = position;
-                let id = match Envelope::from_bytes(&bytes) {
-                    Ok(envelope) => envelope.id(),
-                    Err(_) => continue,
-                };
-                match self.cache_request(holder, CacheRequest::Store(bytes)).await {
-                    Ok(CacheResponse::Stored { .. }) => {
-                        copied.taken += 1;
-                        copied.done.insert(id);
-                    }
-                    Ok(CacheResponse::Refused(CacheRefusal::Acknowledged)) => {
-                        copied.done.insert(id);
-                    }
-                    Ok(CacheResponse::Refused(refusal)) => {
-                        tracing::debug!(%holder, %refusal, "hand-over refused");
-                        copied.all = false;
-                    }
-                    Ok(_) | Err(_) => {
+                if let Ok(envelope) = Envelope::from_bytes(&bytes) {
+                    ids.push(envelope.id());
+                    batch.push(bytes);
+                }
+            }
+            for (ids, batch) in ids.chunks(MAX_STORE_BATCH).zip(chunks_of(batch, MAX_STORE_BATCH)) {
+                let outcomes = match self.cache_request(holder, CacheRequest::StoreMany(batch)).await {
+                    Ok(CacheResponse::StoredMany(outcomes)) if outcomes.len() == ids.len() => outcomes,
+                    _ => {
                         copied.all = false;
                         return copied;
+                    }
+                };
+                for (id, outcome) in ids.iter().zip(outcomes) {
+                    match outcome {
+                        None => {
+                            copied.taken += 1;
+                            copied.done.insert(*id);
+                        }
+                        Some(CacheRefusal::Acknowledged) => {
+                            copied.done.insert(*id);
+                        }
+                        Some(refusal) => {
+                            tracing::debug!(%holder, %refusal, "hand-over refused");
+                            copied.all = false;
+                        }
                     }
                 }
             }
@@ -395,6 +407,16 @@ struct Copied {
     done: HashSet<EnvelopeId>,
     /// Whether it has every one.
     all: bool,
+}
+
+/// `items` in owned chunks of at most `size`.
+fn chunks_of<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let mut chunks = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(size).collect());
+    }
+    chunks
 }
 
 /// `envelope` with a proof of work of `bits`, made off the async threads (at high

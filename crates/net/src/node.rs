@@ -129,6 +129,22 @@ impl InboundId {
     }
 }
 
+/// Most stores that share one commit.
+const STORE_BATCH: usize = 64;
+/// Longest a store waits for others to share its commit.
+const STORE_BATCH_WAIT: Duration = Duration::from_millis(2);
+
+/// Hands the answer to a request to whoever waits for it (nobody, if they gave up).
+fn answer<T>(
+    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<T, NetError>>>,
+    request: OutboundRequestId,
+    outcome: Result<T, NetError>,
+) {
+    if let Some(done) = pending.remove(&request) {
+        let _ = done.send(outcome);
+    }
+}
+
 /// Work run on the driver's cache service, given the time.
 type HoldingWork = Box<dyn FnOnce(Option<&mut CacheService>, u64) + Send>;
 
@@ -335,6 +351,8 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
             acks_due: HashMap::new(),
             subscribed_at: HashSet::new(),
             mailbox: cairn_proto::mailbox_of(&transport_key),
+            stores_due: Vec::new(),
+            flush_stores_at: tokio::time::Instant::now(),
             connected,
             pending: HashMap::new(),
             inbound: HashMap::new(),
@@ -547,6 +565,9 @@ struct Driver {
     subscribed_at: HashSet<PeerId>,
     /// This device's mailbox.
     mailbox: Mailbox,
+    /// Stores waiting to share one database commit, and when they are held at the latest.
+    stores_due: Vec<(PeerId, Vec<u8>, ResponseChannel<CacheResponse>)>,
+    flush_stores_at: tokio::time::Instant,
     connected: Arc<tokio::sync::Notify>,
 }
 
@@ -611,6 +632,7 @@ impl Driver {
                     Some(command) => self.command(command),
                 },
                 _ = ack_tick.tick(), if !self.acks_due.is_empty() => self.send_acks(),
+                _ = tokio::time::sleep_until(self.flush_stores_at), if !self.stores_due.is_empty() => self.flush_stores(),
                 event = self.swarm.select_next_some() => {
                     if self.handle(event).is_err() {
                         break;
@@ -733,9 +755,40 @@ impl Driver {
                     _ => (CacheResponse::Refused(CacheRefusal::Malformed), Vec::new()),
                 }
             }
+            // Stores wait a moment for others to share their commit.
+            (CacheRequest::Store(bytes), Some(_)) => {
+                if self.stores_due.is_empty() {
+                    self.flush_stores_at = tokio::time::Instant::now() + STORE_BATCH_WAIT;
+                }
+                self.stores_due.push((peer, bytes, channel));
+                if self.stores_due.len() >= STORE_BATCH {
+                    self.flush_stores();
+                }
+                return Ok(());
+            }
             (request, Some(service)) => service.handle(peer, request, self.clock.now()),
             (_, None) => (CacheResponse::Refused(CacheRefusal::NotACache), Vec::new()),
         };
+        self.respond(channel, response, effects);
+        Ok(())
+    }
+
+    /// Holds the stores that are due, in one transaction, and answers each.
+    fn flush_stores(&mut self) {
+        let due = std::mem::take(&mut self.stores_due);
+        let Some(service) = self.holding.as_mut() else { return };
+        let (stores, channels): (Vec<_>, Vec<_>) = due
+            .into_iter()
+            .map(|(peer, bytes, channel)| ((peer, bytes), channel))
+            .unzip();
+        let answers = service.store_all(&stores, self.clock.now());
+        for (channel, (response, effects)) in channels.into_iter().zip(answers) {
+            self.respond(channel, response, effects);
+        }
+    }
+
+    /// Sends a cache answer and what the service asked to send on.
+    fn respond(&mut self, channel: ResponseChannel<CacheResponse>, response: CacheResponse, effects: Vec<Effect>) {
         // The peer may have gone; then there is nobody to tell.
         let _ = self.swarm.behaviour_mut().cache.send_response(channel, response);
         for effect in effects {
@@ -759,7 +812,6 @@ impl Driver {
                 }
             }
         }
-        Ok(())
     }
 
     /// Passes an event on without ever waiting: the driver must keep serving the
@@ -840,9 +892,7 @@ impl Driver {
                         self.cache_request(peer, request, channel)?
                     }
                     request_response::Message::Response { request_id, response } => {
-                        if let Some(done) = self.cache_pending.remove(&request_id) {
-                            let _ = done.send(Ok(response));
-                        }
+                        answer(&mut self.cache_pending, request_id, Ok(response))
                     }
                 },
                 request_response::Event::OutboundFailure {
@@ -852,9 +902,11 @@ impl Driver {
                     ..
                 } => {
                     tracing::debug!(%peer, %error, "cache request failed");
-                    if let Some(done) = self.cache_pending.remove(&request_id) {
-                        let _ = done.send(Err(NetError::Unreachable(error.to_string())));
-                    }
+                    answer(
+                        &mut self.cache_pending,
+                        request_id,
+                        Err(NetError::Unreachable(error.to_string())),
+                    );
                 }
                 request_response::Event::InboundFailure { peer, error, .. } => {
                     tracing::debug!(%peer, %error, "inbound cache request failed");
@@ -874,9 +926,7 @@ impl Driver {
                         })?;
                     }
                     request_response::Message::Response { request_id, response } => {
-                        if let Some(done) = self.pending.remove(&request_id) {
-                            let _ = done.send(Ok(response));
-                        }
+                        answer(&mut self.pending, request_id, Ok(response))
                     }
                 },
                 request_response::Event::OutboundFailure {
@@ -885,9 +935,11 @@ impl Driver {
                     peer,
                     ..
                 } => {
-                    if let Some(done) = self.pending.remove(&request_id) {
-                        let _ = done.send(Err(NetError::Unreachable(error.to_string())));
-                    }
+                    answer(
+                        &mut self.pending,
+                        request_id,
+                        Err(NetError::Unreachable(error.to_string())),
+                    );
                     // No way to the peer: try through relays, and ask the DHT where it is
                     // (once at a time).
                     let unreachable = matches!(error, request_response::OutboundFailure::DialFailure);

@@ -20,8 +20,11 @@ pub type Mailbox = [u8; 32];
 pub const MAX_ACK_IDS: usize = 256;
 /// Most bytes of envelopes one fetch answer carries (a full answer says `more`).
 pub const MAX_FETCH_BYTES: usize = 1024 * 1024;
-/// Largest encoded cache request accepted.
-pub const MAX_CACHE_REQUEST_BYTES: usize = MAX_ENVELOPE_BYTES + 1024;
+/// Most envelopes one `StoreMany` request carries.
+pub const MAX_STORE_BATCH: usize = 64;
+/// Largest encoded cache request accepted: a batch of stores about a megabyte big
+/// (plus one envelope, since a batch is filled up to the megabyte).
+pub const MAX_CACHE_REQUEST_BYTES: usize = MAX_FETCH_BYTES + MAX_ENVELOPE_BYTES + 4096;
 /// Largest encoded cache response accepted: a full fetch answer plus framing.
 pub const MAX_CACHE_RESPONSE_BYTES: usize = MAX_FETCH_BYTES + MAX_ENVELOPE_BYTES + 4096;
 
@@ -43,6 +46,8 @@ pub fn mailbox_of(transport_key: &[u8; 32]) -> Mailbox {
 pub enum CacheRequest {
     /// Hold this encoded [`Envelope`] for its mailbox until it is acknowledged or expires.
     Store(Vec<u8>),
+    /// Hold each of these (a holder handing over, a sender with many): one answer each.
+    StoreMany(Vec<Vec<u8>>),
     /// Hand over what is held for the mailbox of `key`, the requester's own transport
     /// key (the node checks that the connection is that key's), oldest first, after
     /// position `after`; with `subscribe`, push new ones while the connection lasts.
@@ -83,6 +88,21 @@ impl CacheRequest {
                     limit: MAX_ENVELOPE_BYTES,
                 })
             }
+            CacheRequest::StoreMany(envelopes) => {
+                if envelopes.len() > MAX_STORE_BATCH {
+                    return Err(ProtoError::TooLarge {
+                        size: envelopes.len(),
+                        limit: MAX_STORE_BATCH,
+                    });
+                }
+                match envelopes.iter().find(|e| e.len() > MAX_ENVELOPE_BYTES) {
+                    Some(too_big) => Err(ProtoError::TooLarge {
+                        size: too_big.len(),
+                        limit: MAX_ENVELOPE_BYTES,
+                    }),
+                    None => Ok(request),
+                }
+            }
             CacheRequest::Ack(ack) => ack.check().map(|()| request),
             _ => Ok(request),
         }
@@ -97,6 +117,8 @@ pub enum CacheResponse {
         /// Whether it was new to this node.
         new: bool,
     },
+    /// For each envelope of a `StoreMany`, in order: `None` when it is held, or why not.
+    StoredMany(Vec<Option<CacheRefusal>>),
     /// Envelopes held for the mailbox, oldest first, with their positions.
     Envelopes {
         /// `(position, encoded envelope)`.
@@ -338,6 +360,7 @@ mod tests {
                 position: 4,
                 envelope: vec![1, 2],
             },
+            CacheRequest::StoreMany(vec![vec![1], vec![2, 3]]),
         ];
         for request in requests {
             assert_eq!(CacheRequest::from_bytes(&request.to_bytes()).unwrap(), request);
@@ -350,6 +373,7 @@ mod tests {
             },
             CacheResponse::Acked { deleted: 2 },
             CacheResponse::Taken,
+            CacheResponse::StoredMany(vec![None, Some(CacheRefusal::MailboxFull)]),
             CacheResponse::Refused(CacheRefusal::InsufficientWork { required: 8 }),
         ];
         for response in responses {

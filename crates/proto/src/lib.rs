@@ -15,7 +15,7 @@ mod invite;
 
 pub use cache::{
     mailbox_of, Ack, CacheRefusal, CacheRequest, CacheResponse, EnvelopeId, Mailbox, MAX_ACK_IDS,
-    MAX_CACHE_REQUEST_BYTES, MAX_CACHE_RESPONSE_BYTES, MAX_FETCH_BYTES,
+    MAX_CACHE_REQUEST_BYTES, MAX_CACHE_RESPONSE_BYTES, MAX_FETCH_BYTES, MAX_STORE_BATCH,
 };
 pub use codec::{decode_versioned, encode_versioned, WIRE_VERSION};
 pub use device::{

@@ -80,6 +80,19 @@ impl CacheLimits {
     }
 }
 
+/// An envelope to hold: its id, mailbox, expiry (Unix seconds) and encoded bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ToHold<'a> {
+    /// The envelope's id.
+    pub id: EnvelopeId,
+    /// Its recipient's mailbox.
+    pub mailbox: Mailbox,
+    /// When it expires.
+    pub expires: u64,
+    /// The envelope as received.
+    pub bytes: &'a [u8],
+}
+
 /// A page of held envelopes: `(position, bytes)` pairs, oldest first, and whether more
 /// are held after the last.
 pub type Page = (Vec<(u64, Vec<u8>)>, bool);
@@ -133,55 +146,36 @@ impl CacheDb {
     /// Holds an envelope for `mailbox` until `expires` (unix seconds), within the
     /// limits, or says why not ([`StoreError::Refused`]). Holding one twice is a no-op.
     pub fn hold(&mut self, id: &EnvelopeId, mailbox: &Mailbox, expires: u64, bytes: &[u8], now: u64) -> Result<Held> {
-        let refuse = |refusal| Err(StoreError::Refused(refusal));
-        if bytes.len() > self.limits.max_envelope {
-            return refuse(CacheRefusal::TooLarge {
-                size: bytes.len() as u64,
-                limit: self.limits.max_envelope as u64,
-            });
+        let item = ToHold {
+            id: *id,
+            mailbox: *mailbox,
+            expires,
+            bytes,
+        };
+        match self.hold_all(&[item], now)?.pop() {
+            Some(Ok(held)) => Ok(held),
+            Some(Err(refusal)) => Err(StoreError::Refused(refusal)),
+            None => Err(StoreError::Corrupt("no outcome for a held envelope".into())),
         }
-        if expires <= now {
-            return refuse(CacheRefusal::Expired);
-        }
+    }
+
+    /// Holds several envelopes in one transaction (one commit for all, which is what
+    /// makes a busy holder fast); each gets its own outcome, in order. Only a failure
+    /// of the database itself fails them all, and then none is held.
+    pub fn hold_all(&mut self, items: &[ToHold<'_>], now: u64) -> Result<Vec<Result<Held, CacheRefusal>>> {
         let tx = self.conn.transaction()?;
-        let acknowledged = tx
-            .query_row(
-                "SELECT 1 FROM tombstones WHERE id = ?1 AND mailbox = ?2",
-                [&id[..], &mailbox[..]],
-                |_| Ok(()),
-            )
-            .optional()?;
-        if acknowledged.is_some() {
-            return refuse(CacheRefusal::Acknowledged);
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut added = 0;
+        for item in items {
+            let outcome = hold_one(&tx, &self.limits, self.total + added, item, now)?;
+            if let Ok(Held::New(_)) = outcome {
+                added += item.bytes.len() as u64;
+            }
+            outcomes.push(outcome);
         }
-        if tx
-            .query_row("SELECT 1 FROM envelopes WHERE id = ?1", [&id[..]], |_| Ok(()))
-            .optional()?
-            .is_some()
-        {
-            return Ok(Held::Already);
-        }
-        let size = bytes.len() as u64;
-        let in_mailbox: i64 = tx
-            .query_row("SELECT bytes FROM mailboxes WHERE mailbox = ?1", [&mailbox[..]], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .unwrap_or(0);
-        if in_mailbox as u64 + size > self.limits.per_mailbox {
-            return refuse(CacheRefusal::MailboxFull);
-        }
-        if self.total + size > self.limits.total {
-            return refuse(CacheRefusal::CacheFull);
-        }
-        tx.execute(
-            "INSERT INTO envelopes (id, mailbox, expires, size, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![&id[..], &mailbox[..], expires as i64, size as i64, bytes],
-        )?;
-        let seq = tx.last_insert_rowid() as u64;
         tx.commit()?;
-        self.total += size;
-        Ok(Held::New(seq))
+        self.total += added;
+        Ok(outcomes)
     }
 
     /// The envelopes held for `mailbox` after position `after` that have not expired,
@@ -318,6 +312,57 @@ impl CacheDb {
             .query_row("SELECT COALESCE(SUM(count), 0) FROM mailboxes", [], |row| row.get(0))?;
         Ok((count as u64, self.total))
     }
+}
+
+/// Holds one envelope inside a transaction, given the bytes the node holds in all.
+fn hold_one(
+    tx: &rusqlite::Transaction<'_>,
+    limits: &CacheLimits,
+    total: u64,
+    item: &ToHold<'_>,
+    now: u64,
+) -> Result<Result<Held, CacheRefusal>> {
+    let (id, mailbox) = (&item.id[..], &item.mailbox[..]);
+    let size = item.bytes.len() as u64;
+    if item.bytes.len() > limits.max_envelope {
+        return Ok(Err(CacheRefusal::TooLarge {
+            size,
+            limit: limits.max_envelope as u64,
+        }));
+    }
+    if item.expires <= now {
+        return Ok(Err(CacheRefusal::Expired));
+    }
+    let exists = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> Result<bool> {
+        Ok(tx
+            .prepare_cached(sql)?
+            .query_row(args, |_| Ok(()))
+            .optional()?
+            .is_some())
+    };
+    if exists(
+        "SELECT 1 FROM tombstones WHERE id = ?1 AND mailbox = ?2",
+        &[&id, &mailbox],
+    )? {
+        return Ok(Err(CacheRefusal::Acknowledged));
+    }
+    if exists("SELECT 1 FROM envelopes WHERE id = ?1", &[&id])? {
+        return Ok(Ok(Held::Already));
+    }
+    let in_mailbox: i64 = tx
+        .prepare_cached("SELECT bytes FROM mailboxes WHERE mailbox = ?1")?
+        .query_row([mailbox], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if in_mailbox as u64 + size > limits.per_mailbox {
+        return Ok(Err(CacheRefusal::MailboxFull));
+    }
+    if total + size > limits.total {
+        return Ok(Err(CacheRefusal::CacheFull));
+    }
+    tx.prepare_cached("INSERT INTO envelopes (id, mailbox, expires, size, bytes) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![id, mailbox, item.expires as i64, size as i64, item.bytes])?;
+    Ok(Ok(Held::New(tx.last_insert_rowid() as u64)))
 }
 
 fn to_mailbox(bytes: Vec<u8>) -> Result<Mailbox> {

@@ -19,7 +19,7 @@ mod migrations;
 mod profile_dir;
 mod signal;
 
-pub use cache::{CacheDb, CacheLimits, Held, Page};
+pub use cache::{CacheDb, CacheLimits, Held, Page, ToHold};
 pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
 pub use migrations::{migrations, SCHEMA_VERSION};
