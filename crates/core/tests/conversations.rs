@@ -439,6 +439,35 @@ fn an_invite_keeps_to_one_qr_code_however_many_addresses_the_device_has() {
     assert!(w.m(a1).always_on_nodes().unwrap().is_empty(), "nothing changed");
 }
 
+#[test]
+fn the_message_ttl_and_cache_quota_settings_are_checked_and_applied() {
+    let (mut w, [a1, _, b1, _]) = alice_and_bob();
+    let bob = w.account_id(b1);
+    assert_eq!(w.m(a1).message_ttl_days().unwrap(), 7);
+    assert_eq!(w.m(a1).cache_quota_mib().unwrap(), 64);
+    for days in [0, 31] {
+        assert!(matches!(
+            w.m(a1).set_message_ttl_days(days),
+            Err(CoreError::InvalidSetting(_))
+        ));
+    }
+    assert!(matches!(
+        w.m(a1).set_cache_quota_mib(cairn_core::MAX_CACHE_QUOTA_MIB + 1),
+        Err(CoreError::InvalidSetting(_))
+    ));
+    w.m(a1).set_message_ttl_days(2).unwrap();
+    w.m(a1).set_cache_quota_mib(16).unwrap();
+    let (_, out) = w.m(a1).send_text(&bob, "for two days").unwrap();
+    assert!(
+        out.iter().all(|o| o.envelope.ttl == 2 * 86_400),
+        "new envelopes carry the TTL"
+    );
+    let limits = w.m(a1).cache_limits().unwrap();
+    assert_eq!((limits.total, limits.per_mailbox), (16 << 20, 1 << 20));
+    w.m(a1).set_cache_quota_mib(0).unwrap();
+    assert_eq!(w.m(a1).cache_limits().unwrap().total, 0, "0 holds nothing for others");
+}
+
 /// Someone presenting Bob's account id with another identity key: what a reinstall,
 /// or a person in the middle, looks like from Alice's side.
 struct Impostor {
