@@ -2,12 +2,14 @@
 //!
 //! Owns: the account identity key (a Signal identity key pair shared by every device
 //! of the account), each device's own keys and prekeys, signed device lists, 1:1
-//! Signal sessions, sealing envelope bodies to their recipient, and safety numbers.
-//! Later: MLS groups and device linking. Does not own: IO, the network, or SQL —
+//! Signal sessions, sealing envelope bodies to their recipient, safety numbers, and
+//! MLS groups (openmls). Later: device linking. Does not own: IO, the network, or SQL —
 //! storage is behind [`SignalStore`], which the store crate implements.
 
 mod device_list;
+mod group;
 mod identity;
+mod mls_crypto;
 mod prekeys;
 mod safety_number;
 mod seal;
@@ -15,8 +17,12 @@ mod session;
 
 pub use cairn_proto::mailbox_of;
 pub use device_list::{sign_device_list, verify_device_list};
+pub use group::{
+    Group, GroupEvent, GroupIdentity, GroupProvider, LeafName, GROUP_CIPHERSUITE, MAX_GROUP_MESSAGE_BYTES,
+};
 pub use identity::{AccountId, AccountIdentity, DeviceKeys, FIRST_DEVICE_ID};
 pub use libsignal_protocol::{IdentityKey, IdentityKeyPair};
+pub use mls_crypto::GroupCrypto;
 pub use prekeys::{
     bundle_of, generate_kyber_prekey, generate_signed_prekey, signed_prekey_due, to_signal_bundle,
     SIGNED_PREKEY_ROTATION_MILLIS,
@@ -69,6 +75,9 @@ pub enum CryptoError {
     /// The store failed.
     #[error("store failure: {0}")]
     Store(String),
+    /// An MLS group operation failed (the message says which and why).
+    #[error("group: {0}")]
+    Group(String),
     /// A wire payload inside was malformed.
     #[error(transparent)]
     Proto(#[from] cairn_proto::ProtoError),

@@ -1,0 +1,367 @@
+//! MLS groups (RFC 9420) through `openmls`: one leaf per device, so every device of
+//! every member holds the group's keys, and they change with every membership change.
+//!
+//! Owns: a device's group identity (an Ed25519 signature key and a basic credential
+//! naming the account and device), key packages, and the group operations — create,
+//! add, remove, send, receive, join from a Welcome — as calls that take bytes from the
+//! wire and return bytes for it. Does not own: where the group state lives (openmls's
+//! `StorageProvider`, which the store crate implements over the profile database, and
+//! `openmls_memory_storage` in tests) or how messages travel.
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::storage::{StorageProvider, CURRENT_VERSION};
+use zeroize::Zeroizing;
+
+use crate::mls_crypto::GroupCrypto;
+use crate::CryptoError;
+
+/// The one ciphersuite Cairn's groups use: X25519, AES-128-GCM, SHA-256, Ed25519.
+pub const GROUP_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// Largest group message accepted from the wire.
+pub const MAX_GROUP_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// openmls's provider over a storage of the caller's, with Cairn's crypto.
+pub struct GroupProvider<'s, S> {
+    crypto: GroupCrypto,
+    storage: &'s S,
+}
+
+impl<'s, S> GroupProvider<'s, S> {
+    /// A provider keeping group state in `storage`.
+    pub fn new(storage: &'s S) -> Self {
+        Self {
+            crypto: GroupCrypto,
+            storage,
+        }
+    }
+}
+
+impl<S: StorageProvider<CURRENT_VERSION>> openmls_traits::OpenMlsProvider for GroupProvider<'_, S> {
+    type CryptoProvider = GroupCrypto;
+    type RandProvider = GroupCrypto;
+    type StorageProvider = S;
+
+    fn storage(&self) -> &S {
+        self.storage
+    }
+    fn crypto(&self) -> &GroupCrypto {
+        &self.crypto
+    }
+    fn rand(&self) -> &GroupCrypto {
+        &self.crypto
+    }
+}
+
+fn group_error(what: &str, e: impl std::fmt::Display) -> CryptoError {
+    CryptoError::Group(format!("{what}: {e}"))
+}
+
+/// Who a leaf is: the account and the device, as a basic credential carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeafName {
+    /// The account id.
+    pub account_id: String,
+    /// The device id within the account.
+    pub device_id: u8,
+}
+
+impl LeafName {
+    fn to_identity(&self) -> Vec<u8> {
+        format!("{}/{}", self.account_id, self.device_id).into_bytes()
+    }
+
+    fn from_credential(credential: &Credential) -> Option<Self> {
+        let basic = BasicCredential::try_from(credential.clone()).ok()?;
+        let text = std::str::from_utf8(basic.identity()).ok()?;
+        let (account_id, device) = text.split_once('/')?;
+        Some(Self {
+            account_id: account_id.to_owned(),
+            device_id: device.parse().ok()?,
+        })
+    }
+}
+
+/// A device's identity in groups: its signature key and the credential naming it.
+pub struct GroupIdentity {
+    name: LeafName,
+    signer: SignatureKeyPair,
+}
+
+impl GroupIdentity {
+    /// A fresh signature key for the device `name`.
+    pub fn generate(name: LeafName) -> Result<Self, CryptoError> {
+        let signer = SignatureKeyPair::new(GROUP_CIPHERSUITE.signature_algorithm())
+            .map_err(|e| group_error("signature key", e))?;
+        Ok(Self { name, signer })
+    }
+
+    /// Restores an identity from [`GroupIdentity::to_bytes`].
+    pub fn from_bytes(name: LeafName, bytes: &[u8]) -> Result<Self, CryptoError> {
+        let signer = SignatureKeyPair::tls_deserialize_exact(bytes).map_err(|e| group_error("signature key", e))?;
+        Ok(Self { name, signer })
+    }
+
+    /// The signature key pair, private half included: only for the encrypted store.
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        Ok(Zeroizing::new(
+            self.signer
+                .tls_serialize_detached()
+                .map_err(|e| group_error("signature key", e))?,
+        ))
+    }
+
+    /// Which device this is.
+    pub fn name(&self) -> &LeafName {
+        &self.name
+    }
+
+    fn credential(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(self.name.to_identity()).into(),
+            signature_key: self.signer.to_public_vec().into(),
+        }
+    }
+
+    /// A new key package (its private part kept in the provider's storage), encoded
+    /// for others to add this device to a group with.
+    pub fn key_package<S: StorageProvider<CURRENT_VERSION>>(
+        &self,
+        provider: &GroupProvider<'_, S>,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let bundle = KeyPackage::builder()
+            .build(GROUP_CIPHERSUITE, provider, &self.signer, self.credential())
+            .map_err(|e| group_error("key package", e))?;
+        bundle
+            .key_package()
+            .tls_serialize_detached()
+            .map_err(|e| group_error("key package encoding", e))
+    }
+}
+
+/// What a received group message was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// An application message from a member device.
+    Message {
+        /// Who sent it.
+        from: LeafName,
+        /// The plaintext.
+        plaintext: Vec<u8>,
+    },
+    /// A commit was applied: the group is at a new epoch.
+    Committed {
+        /// Who committed.
+        from: Option<LeafName>,
+        /// The new epoch.
+        epoch: u64,
+        /// Whether this device was removed by it.
+        removed_self: bool,
+    },
+    /// A proposal was stored, for an admin's next commit.
+    Proposed,
+}
+
+/// One group as one device holds it.
+pub struct Group {
+    inner: MlsGroup,
+}
+
+impl Group {
+    /// Creates a group with this device as its only member.
+    pub fn create<S: StorageProvider<CURRENT_VERSION>>(
+        provider: &GroupProvider<'_, S>,
+        identity: &GroupIdentity,
+        group_id: &[u8],
+    ) -> Result<Self, CryptoError> {
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(GROUP_CIPHERSUITE)
+            // A Welcome then carries the whole tree: no directory to fetch it from.
+            .use_ratchet_tree_extension(true)
+            .build();
+        let inner = MlsGroup::new_with_group_id(
+            provider,
+            &identity.signer,
+            &config,
+            GroupId::from_slice(group_id),
+            identity.credential(),
+        )
+        .map_err(|e| group_error("create", e))?;
+        Ok(Self { inner })
+    }
+
+    /// The group `group_id` as stored, if this device is in it.
+    pub fn load<S: StorageProvider<CURRENT_VERSION>>(
+        provider: &GroupProvider<'_, S>,
+        group_id: &[u8],
+    ) -> Result<Option<Self>, CryptoError> {
+        Ok(MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(|e| group_error("load", e))?
+            .map(|inner| Self { inner }))
+    }
+
+    /// Joins the group a Welcome invites this device to (the key package it names
+    /// must be in this device's storage).
+    pub fn join<S: StorageProvider<CURRENT_VERSION>>(
+        provider: &GroupProvider<'_, S>,
+        welcome: &[u8],
+    ) -> Result<Self, CryptoError> {
+        let message = decode_message(welcome)?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+            return Err(CryptoError::Group("not a Welcome".into()));
+        };
+        let config = MlsGroupJoinConfig::builder().use_ratchet_tree_extension(true).build();
+        let staged =
+            StagedWelcome::new_from_welcome(provider, &config, welcome, None).map_err(|e| group_error("welcome", e))?;
+        let inner = staged.into_group(provider).map_err(|e| group_error("join", e))?;
+        Ok(Self { inner })
+    }
+
+    /// The group's id.
+    pub fn id(&self) -> Vec<u8> {
+        self.inner.group_id().as_slice().to_vec()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch().as_u64()
+    }
+
+    /// The member devices, in leaf order.
+    pub fn members(&self) -> Vec<LeafName> {
+        self.inner
+            .members()
+            .filter_map(|m| LeafName::from_credential(&m.credential))
+            .collect()
+    }
+
+    /// Adds devices by their key packages and moves to the next epoch: returns the
+    /// commit for the current members and the Welcome for the new ones.
+    pub fn add<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        provider: &GroupProvider<'_, S>,
+        identity: &GroupIdentity,
+        key_packages: &[Vec<u8>],
+    ) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+        let mut packages = Vec::with_capacity(key_packages.len());
+        for bytes in key_packages {
+            let package = KeyPackageIn::tls_deserialize_exact(bytes).map_err(|e| group_error("key package", e))?;
+            packages.push(
+                package
+                    .validate(provider.crypto(), ProtocolVersion::Mls10)
+                    .map_err(|e| group_error("key package", e))?,
+            );
+        }
+        let (commit, welcome, _) = self
+            .inner
+            .add_members(provider, &identity.signer, &packages)
+            .map_err(|e| group_error("add", e))?;
+        self.inner
+            .merge_pending_commit(provider)
+            .map_err(|e| group_error("merge", e))?;
+        Ok((encode(&commit)?, encode(&welcome)?))
+    }
+
+    /// Removes every leaf of the given devices and moves to the next epoch: returns
+    /// the commit.
+    pub fn remove<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        provider: &GroupProvider<'_, S>,
+        identity: &GroupIdentity,
+        devices: &[LeafName],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let leaves: Vec<LeafNodeIndex> = self
+            .inner
+            .members()
+            .filter(|m| LeafName::from_credential(&m.credential).is_some_and(|name| devices.contains(&name)))
+            .map(|m| m.index)
+            .collect();
+        let (commit, _, _) = self
+            .inner
+            .remove_members(provider, &identity.signer, &leaves)
+            .map_err(|e| group_error("remove", e))?;
+        self.inner
+            .merge_pending_commit(provider)
+            .map_err(|e| group_error("merge", e))?;
+        encode(&commit)
+    }
+
+    /// Encrypts an application message for the group.
+    pub fn send<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        provider: &GroupProvider<'_, S>,
+        identity: &GroupIdentity,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let message = self
+            .inner
+            .create_message(provider, &identity.signer, plaintext)
+            .map_err(|e| group_error("encrypt", e))?;
+        encode(&message)
+    }
+
+    /// Processes a message from the wire: decrypts an application message, applies a
+    /// commit, or stores a proposal.
+    pub fn receive<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        provider: &GroupProvider<'_, S>,
+        bytes: &[u8],
+    ) -> Result<GroupEvent, CryptoError> {
+        let message = decode_message(bytes)?;
+        let protocol = message
+            .try_into_protocol_message()
+            .map_err(|e| group_error("not a group message", e))?;
+        let processed = self
+            .inner
+            .process_message(provider, protocol)
+            .map_err(|e| group_error("process", e))?;
+        let from = LeafName::from_credential(processed.credential());
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(message) => Ok(GroupEvent::Message {
+                from: from.ok_or_else(|| CryptoError::Group("a sender without a Cairn credential".into()))?,
+                plaintext: message.into_bytes(),
+            }),
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let removed_self = staged.self_removed();
+                self.inner
+                    .merge_staged_commit(provider, *staged)
+                    .map_err(|e| group_error("merge", e))?;
+                Ok(GroupEvent::Committed {
+                    from,
+                    epoch: self.epoch(),
+                    removed_self,
+                })
+            }
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                self.inner
+                    .store_pending_proposal(provider.storage(), *proposal)
+                    .map_err(|e| group_error("proposal", e))?;
+                Ok(GroupEvent::Proposed)
+            }
+            ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
+                Err(CryptoError::Group("external joins are not accepted".into()))
+            }
+            // This device's own messages coming back (several own devices share a
+            // mailbox path): nothing to do.
+            ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage => {
+                Err(CryptoError::Group("this device's own message".into()))
+            }
+        }
+    }
+}
+
+fn encode(message: &MlsMessageOut) -> Result<Vec<u8>, CryptoError> {
+    message.tls_serialize_detached().map_err(|e| group_error("encoding", e))
+}
+
+fn decode_message(bytes: &[u8]) -> Result<MlsMessageIn, CryptoError> {
+    if bytes.len() > MAX_GROUP_MESSAGE_BYTES {
+        return Err(CryptoError::Group(format!(
+            "a group message of {} bytes is over the limit",
+            bytes.len()
+        )));
+    }
+    MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| group_error("decoding", e))
+}
