@@ -77,26 +77,6 @@ pub struct MessageRecord {
     pub held_by: u32,
 }
 
-/// openmls's SQLite storage over the profile's (SQLCipher) connection, with JSON as
-/// its codec.
-pub type GroupStorage<C> = openmls_sqlite_storage::SqliteStorageProvider<JsonCodec, C>;
-
-/// How openmls's storage encodes what it keeps: JSON, as serde gives it.
-#[derive(Debug, Default)]
-pub struct JsonCodec;
-
-impl openmls_sqlite_storage::Codec for JsonCodec {
-    type Error = serde_json::Error;
-
-    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        serde_json::to_vec(value)
-    }
-
-    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        serde_json::from_slice(slice)
-    }
-}
-
 /// An open profile database.
 pub struct ProfileDb {
     pub(crate) conn: Connection,
@@ -157,17 +137,7 @@ impl ProfileDb {
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| StoreError::Migration(e.to_string()))?;
-        // openmls keeps MLS group state in tables of its own, with its own migrations.
-        GroupStorage::new(&mut conn)
-            .run_migrations()
-            .map_err(|e| StoreError::Migration(format!("group state: {e}")))?;
         Ok(Self { conn, _lock: None })
-    }
-
-    /// MLS group state (openmls's `StorageProvider`) in this database: it lives and
-    /// dies with the profile's other writes in the same transaction.
-    pub fn group_storage(&self) -> GroupStorage<&Connection> {
-        GroupStorage::new(&self.conn)
     }
 
     pub(crate) fn holding(mut self, lock: std::fs::File) -> Self {

@@ -20,7 +20,7 @@ mod profile_dir;
 mod signal;
 
 pub use cache::{CacheDb, CacheLimits, Held, Page, ToHold};
-pub use db::{AccountRecord, DeviceRecord, GroupStorage, JsonCodec, MessageRecord, NewMessage, ProfileDb};
+pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
 pub use migrations::{migrations, SCHEMA_VERSION};
 pub use profile_dir::{KeySource, ProfileDir};

@@ -224,35 +224,3 @@ fn a_keyring_profile_reopens_with_the_key_from_the_os_keyring() {
     vault.delete(&profile.keyring_user().unwrap()).unwrap();
     assert!(matches!(profile.open_with_keyring(&vault), Err(StoreError::KeyMissing)));
 }
-
-#[test]
-fn mls_group_state_lives_in_the_encrypted_profile_and_survives_reopening() {
-    use cairn_crypto::{Group, GroupIdentity, GroupProvider, LeafName};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("profile.db");
-    let key = DbKey::random();
-    let name = LeafName {
-        account_id: "alice".into(),
-        device_id: 1,
-    };
-    let identity = GroupIdentity::generate(name.clone()).unwrap();
-    let epoch = {
-        let db = ProfileDb::create(&path, &key).unwrap();
-        let storage = db.group_storage();
-        let provider = GroupProvider::new(&storage);
-        let mut group = Group::create(&provider, &identity, b"book club").unwrap();
-        group.send(&provider, &identity, b"a note to self").unwrap();
-        group.epoch()
-    };
-    let db = ProfileDb::open(&path, &key).unwrap();
-    let storage = db.group_storage();
-    let provider = GroupProvider::new(&storage);
-    let group = Group::load(&provider, b"book club")
-        .unwrap()
-        .expect("the group is still there");
-    assert_eq!((group.epoch(), group.members()), (epoch, vec![name]));
-    // And the file is ciphertext: the group id appears nowhere in it.
-    drop(db);
-    let bytes = std::fs::read(&path).unwrap();
-    assert!(!bytes.windows(9).any(|w| w == b"book club"));
-}
