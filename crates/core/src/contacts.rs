@@ -67,7 +67,7 @@ impl Messenger {
     }
 
     /// Stores a verified card: name, device list (refusing a rollback), bundles.
-    fn save_card(&self, account_id: &str, card: &ContactCard, list: &DeviceList) -> Result<()> {
+    pub(crate) fn save_card(&self, account_id: &str, card: &ContactCard, list: &DeviceList) -> Result<()> {
         if let Some(existing) = self.db.contact(account_id)? {
             if list.version < existing.device_list_version {
                 return Err(CoreError::DeviceListRollback {
@@ -99,7 +99,7 @@ impl Messenger {
                 Err(e) => tracing::warn!(account_id, device = bundle.device_id, %e, "dropping a bad prekey bundle"),
             }
         }
-        Ok(())
+        self.save_key_packages(account_id, &card.key_packages)
     }
 
     /// Handles a card received in-band from `sender` (a contact, or one of our own
@@ -128,7 +128,7 @@ impl Messenger {
                     Err(e) => tracing::warn!(device = bundle.device_id, %e, "dropping a bad own-device bundle"),
                 }
             }
-            return Ok(());
+            return self.save_key_packages(&own, &card.key_packages);
         }
         if list.account_id != sender {
             return Err(CoreError::CardMismatch);

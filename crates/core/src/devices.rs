@@ -8,8 +8,8 @@ use cairn_crypto::{
     AccountIdentity,
 };
 use cairn_proto::{
-    decode_versioned, encode_versioned, ContactCard, Content, DeviceList, PrekeyBundle, SignedDeviceList,
-    MAX_ALWAYS_ON, MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
+    decode_versioned, encode_versioned, ContactCard, Content, DeviceKeyPackage, DeviceList, PrekeyBundle,
+    SignedDeviceList, MAX_ALWAYS_ON, MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
 };
 use zeroize::Zeroizing;
 
@@ -29,6 +29,7 @@ pub struct LinkGrant {
     device_id: u8,
     device_list: SignedDeviceList,
     bundles: Vec<PrekeyBundle>,
+    key_packages: Vec<DeviceKeyPackage>,
 }
 
 impl Messenger {
@@ -50,6 +51,7 @@ impl Messenger {
             device_id,
             device_list: self.own_device_list()?,
             bundles: self.own_card()?.bundles,
+            key_packages: self.own_card()?.key_packages,
         })
     }
 
@@ -75,6 +77,7 @@ impl Messenger {
             self.db
                 .save_bundle(&grant.account_id, bundle.device_id, &encode_versioned(bundle))?;
         }
+        self.save_key_packages(&grant.account_id, &grant.key_packages)?;
         self.own_card()
     }
 
@@ -88,6 +91,7 @@ impl Messenger {
                 self.db.save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?;
             }
         }
+        self.save_key_packages(&own, &card.key_packages)?;
         self.announce_card()
     }
 
@@ -120,6 +124,7 @@ impl Messenger {
             let cutoff = now - SIGNED_PREKEY_GRACE_MILLIS;
             this.db.delete_signed_prekeys_before(cutoff, signed_next)?;
             this.db.delete_kyber_prekeys_before(cutoff, kyber_next)?;
+            this.renew_key_package()?;
             this.announce_card()
         })
     }

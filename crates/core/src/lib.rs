@@ -10,6 +10,7 @@
 mod contacts;
 mod courier;
 mod devices;
+mod groups;
 mod messaging;
 mod messenger;
 mod outbox;
@@ -22,6 +23,7 @@ pub use cairn_net::{CacheConfig, CacheLimits, DirectConfig, IceServer, Multiaddr
 pub use cairn_store::KeyVault;
 pub use courier::{Courier, SharedMessenger};
 pub use devices::{always_on_peer, LinkGrant};
+pub use groups::{GroupMemberView, GroupView};
 pub use messaging::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE_QUOTA_MIB, MAX_MESSAGE_TTL_DAYS};
 pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use outbox::QueuedEnvelope;
@@ -121,6 +123,18 @@ pub enum CoreError {
     /// A QR code could not be rendered.
     #[error("QR code: {0}")]
     QrCode(String),
+    /// No group with this id on this device.
+    #[error("no group {0}")]
+    UnknownGroup(String),
+    /// Only a group's admins may do this (or this device is no longer in the group).
+    #[error("only an admin of the group may do that")]
+    NotGroupAdmin,
+    /// A contact's devices have handed out no key package yet, so none can be added.
+    #[error("{0} cannot be added to groups yet (no key package from their devices)")]
+    NoKeyPackage(String),
+    /// A group message or request that is not allowed.
+    #[error("group: {0}")]
+    GroupRefused(String),
 }
 
 /// Shorthand for results of this crate.

@@ -252,6 +252,7 @@ impl Messenger {
                 device: inner.sender_device,
                 signal,
             }),
+            Content::Group(packet) => self.receive_group(&sender, packet, &mut out)?,
         }
         self.enqueue(&out.replies)?;
         Ok(out)

@@ -182,7 +182,7 @@ impl Messenger {
             self.db
                 .save_kyber_prekey(1, &generate_kyber_prekey(&account.identity, 1)?, unix_millis())?;
         }
-        Ok(())
+        self.ensure_group_device()
     }
 
     /// The account, once created.
@@ -220,6 +220,8 @@ impl Messenger {
                 display_name: account.display_name.clone(),
                 device_list: self.own_device_list()?,
                 bundles: vec![self.own_bundle()?],
+                // They follow in the first Hello: an invite must fit one QR code.
+                key_packages: Vec::new(),
             },
             addresses: Vec::new(),
             secret: self.invite_secret()?,
@@ -327,6 +329,7 @@ impl Messenger {
             display_name: account.display_name.clone(),
             device_list: self.own_device_list()?,
             bundles,
+            key_packages: self.key_packages_of(&account.account_id)?,
         })
     }
 

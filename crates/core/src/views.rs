@@ -111,6 +111,8 @@ pub enum Event {
     },
     /// A contact was added or changed (name, devices).
     ContactChanged(String),
+    /// A group was joined, or its members, name or admins changed.
+    GroupChanged(String),
     /// A contact's identity key changed; sending to them is blocked until accepted.
     IdentityChanged(String),
     /// A device (of a contact, or this account's own) signals about a direct session;

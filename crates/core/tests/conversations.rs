@@ -2,122 +2,10 @@
 //! exchange invites and messages through an in-process "network" that can reorder,
 //! duplicate, delay, tamper with and replay envelopes.
 
-use std::sync::Arc;
+mod world;
 
-use cairn_core::{CoreError, DeliveryState, Event, KeyVault, Messenger, Outgoing, Unlock};
-use cairn_store::ProfileDir;
-use tempfile::TempDir;
-
-/// One device: its profile directory and open messenger.
-struct Device {
-    name: &'static str,
-    dir: TempDir,
-    messenger: Messenger,
-}
-
-/// The devices and the envelopes in flight between them.
-struct World {
-    vault: KeyVault,
-    devices: Vec<Device>,
-    in_flight: Vec<Outgoing>,
-}
-
-impl World {
-    fn new() -> Self {
-        let store: Arc<keyring_core::CredentialStore> = keyring_core::mock::Store::new().unwrap();
-        Self {
-            vault: KeyVault::with_store(store),
-            devices: Vec::new(),
-            in_flight: Vec::new(),
-        }
-    }
-
-    fn new_profile(&mut self, name: &'static str) -> usize {
-        let dir = tempfile::tempdir().unwrap();
-        let messenger = Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&self.vault)).unwrap();
-        self.devices.push(Device { name, dir, messenger });
-        self.devices.len() - 1
-    }
-
-    /// A new account on a new device.
-    fn account(&mut self, name: &'static str, display: &str) -> usize {
-        let i = self.new_profile(name);
-        self.devices[i].messenger.create_account(display).unwrap();
-        i
-    }
-
-    /// A second device linked to the account of `existing`.
-    fn link(&mut self, existing: usize, name: &'static str) -> usize {
-        let grant = self.devices[existing].messenger.grant_link().unwrap();
-        let new = self.new_profile(name);
-        let card = self.devices[new].messenger.join_account(grant).unwrap();
-        let out = self.devices[existing].messenger.complete_link(card).unwrap();
-        self.send(out);
-        self.deliver_all();
-        new
-    }
-
-    fn m(&mut self, device: usize) -> &mut Messenger {
-        &mut self.devices[device].messenger
-    }
-
-    fn send(&mut self, out: Vec<Outgoing>) {
-        self.in_flight.extend(out);
-    }
-
-    fn device_for(&self, out: &Outgoing) -> usize {
-        self.devices
-            .iter()
-            .position(|d| d.messenger.mailbox().ok() == Some(out.envelope.mailbox))
-            .expect("an envelope for a device of this world")
-    }
-
-    /// Delivers one envelope; its replies go in flight.
-    fn deliver(&mut self, out: Outgoing) -> Result<Vec<Event>, CoreError> {
-        let to = self.device_for(&out);
-        let received = self.devices[to].messenger.receive(&out.envelope.to_bytes())?;
-        self.in_flight.extend(received.replies);
-        Ok(received.events)
-    }
-
-    /// Delivers until nothing is in flight.
-    fn deliver_all(&mut self) -> Vec<Event> {
-        let mut events = Vec::new();
-        while !self.in_flight.is_empty() {
-            let batch = std::mem::take(&mut self.in_flight);
-            for out in batch {
-                events.extend(self.deliver(out).unwrap());
-            }
-        }
-        events
-    }
-
-    fn account_id(&self, device: usize) -> String {
-        self.devices[device].messenger.account_info().unwrap().account_id
-    }
-
-    fn texts(&self, device: usize, peer: &str) -> Vec<String> {
-        self.devices[device]
-            .messenger
-            .conversation(peer, 100)
-            .unwrap()
-            .into_iter()
-            .map(|m| m.body)
-            .collect()
-    }
-
-    /// Closes every store and opens it again from disk.
-    fn reopen_all(&mut self) {
-        let devices = std::mem::take(&mut self.devices);
-        for Device { name, dir, messenger } in devices {
-            // Closed first: the profile lock allows one opener at a time.
-            drop(messenger);
-            let messenger =
-                Messenger::open_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&self.vault)).unwrap();
-            self.devices.push(Device { name, dir, messenger });
-        }
-    }
-}
+use cairn_core::{CoreError, DeliveryState, Event};
+use world::World;
 
 /// Alice (a1, a2) and Bob (b1, b2), contacts of each other, all envelopes delivered.
 fn alice_and_bob() -> (World, [usize; 4]) {
@@ -499,6 +387,7 @@ fn impostor_of(account_id: &str) -> Impostor {
         display_name: "Bob".into(),
         device_list: sign_device_list(&identity, &list).unwrap(),
         bundles: vec![bundle_of(&keys, &signed, &kyber).unwrap()],
+        key_packages: Vec::new(),
     };
     let store = MemorySignalStore::new(
         account_id,

@@ -11,6 +11,7 @@
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
+use openmls_memory_storage::MemoryStorage;
 use openmls_traits::storage::{StorageProvider, CURRENT_VERSION};
 use zeroize::Zeroizing;
 
@@ -22,6 +23,14 @@ pub const GROUP_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES1
 
 /// Largest group message accepted from the wire.
 pub const MAX_GROUP_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How many earlier epochs' application messages can still be read: a message
+/// overtaken by a commit (they travel by different paths) still opens. Keeping these
+/// keys a while is the price of that; they go after five commits.
+pub const MAX_PAST_EPOCHS: usize = 5;
+
+/// Largest stored group state read back (a 1000-device group is a few MiB).
+pub const MAX_GROUP_STATE_BYTES: usize = 64 * 1024 * 1024;
 
 /// openmls's provider over a storage of the caller's, with Cairn's crypto.
 pub struct GroupProvider<'s, S> {
@@ -131,7 +140,17 @@ impl GroupIdentity {
         &self,
         provider: &GroupProvider<'_, S>,
     ) -> Result<Vec<u8>, CryptoError> {
+        // Last resort: one package stays valid for every group this device is added
+        // to until it is replaced, as there is no server to hand out fresh ones.
         let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(Capabilities::new(
+                None,
+                Some(&[GROUP_CIPHERSUITE]),
+                Some(&[ExtensionType::LastResort]),
+                None,
+                None,
+            ))
+            .mark_as_last_resort()
             .build(GROUP_CIPHERSUITE, provider, &self.signer, self.credential())
             .map_err(|e| group_error("key package", e))?;
         bundle
@@ -139,6 +158,99 @@ impl GroupIdentity {
             .tls_serialize_detached()
             .map_err(|e| group_error("key package encoding", e))
     }
+}
+
+/// Everything openmls keeps for one group on one device (and the key packages it
+/// joined with), as one value: the store keeps it encrypted, and keeping the value
+/// from before a commit lets a device return to that epoch when a concurrent commit
+/// wins.
+#[derive(Default)]
+pub struct GroupState {
+    storage: MemoryStorage,
+}
+
+impl GroupState {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Restores a state from [`GroupState::to_bytes`], within [`MAX_GROUP_STATE_BYTES`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> =
+            cairn_proto::decode_versioned(bytes, MAX_GROUP_STATE_BYTES).map_err(|e| group_error("state", e))?;
+        let storage = MemoryStorage::default();
+        *storage
+            .values
+            .write()
+            .map_err(|_| group_error("state", "poisoned lock"))? = entries.into_iter().collect();
+        Ok(Self { storage })
+    }
+
+    /// The state with its private keys: only for the encrypted store.
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let values = self
+            .storage
+            .values
+            .read()
+            .map_err(|_| group_error("state", "poisoned lock"))?;
+        let mut entries: Vec<(&Vec<u8>, &Vec<u8>)> = values.iter().collect();
+        // Sorted, so the same state always encodes to the same bytes.
+        entries.sort_unstable();
+        Ok(Zeroizing::new(cairn_proto::encode_versioned(&entries)))
+    }
+
+    /// The provider openmls works through, over this state.
+    pub fn provider(&self) -> GroupProvider<'_, MemoryStorage> {
+        GroupProvider::new(&self.storage)
+    }
+}
+
+/// Where a group message belongs, read without decrypting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageHeader {
+    /// The group's id.
+    pub group_id: Vec<u8>,
+    /// The epoch it was sent in.
+    pub epoch: u64,
+    /// Whether it is a commit (which moves the group to the next epoch).
+    pub commit: bool,
+}
+
+impl MessageHeader {
+    /// Reads the header of a group message (not a Welcome).
+    pub fn of(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let message = decode_message(bytes)?
+            .try_into_protocol_message()
+            .map_err(|e| group_error("not a group message", e))?;
+        Ok(Self {
+            group_id: message.group_id().as_slice().to_vec(),
+            epoch: message.epoch().as_u64(),
+            commit: message.content_type() == ContentType::Commit,
+        })
+    }
+}
+
+/// Checks a key package (its signature, lifetime and ciphersuite) and returns the
+/// device its credential names.
+pub fn key_package_device(bytes: &[u8]) -> Result<LeafName, CryptoError> {
+    let package = validate_key_package(bytes)?;
+    LeafName::from_credential(package.leaf_node().credential())
+        .ok_or_else(|| CryptoError::Group("a key package without a Cairn credential".into()))
+}
+
+fn validate_key_package(bytes: &[u8]) -> Result<KeyPackage, CryptoError> {
+    if bytes.len() > cairn_proto::MAX_KEY_PACKAGE_BYTES {
+        return Err(CryptoError::Group("a key package over the size limit".into()));
+    }
+    let package = KeyPackageIn::tls_deserialize_exact(bytes).map_err(|e| group_error("key package", e))?;
+    let package = package
+        .validate(&GroupCrypto, ProtocolVersion::Mls10)
+        .map_err(|e| group_error("key package", e))?;
+    if package.ciphersuite() != GROUP_CIPHERSUITE {
+        return Err(CryptoError::Group("a key package for another ciphersuite".into()));
+    }
+    Ok(package)
 }
 
 /// What a received group message was.
@@ -161,7 +273,10 @@ pub enum GroupEvent {
         removed_self: bool,
     },
     /// A proposal was stored, for an admin's next commit.
-    Proposed,
+    Proposed {
+        /// Who proposed it.
+        from: LeafName,
+    },
 }
 
 /// One group as one device holds it.
@@ -180,6 +295,7 @@ impl Group {
             .ciphersuite(GROUP_CIPHERSUITE)
             // A Welcome then carries the whole tree: no directory to fetch it from.
             .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
             .build();
         let inner = MlsGroup::new_with_group_id(
             provider,
@@ -212,7 +328,10 @@ impl Group {
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
             return Err(CryptoError::Group("not a Welcome".into()));
         };
-        let config = MlsGroupJoinConfig::builder().use_ratchet_tree_extension(true).build();
+        let config = MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .build();
         let staged =
             StagedWelcome::new_from_welcome(provider, &config, welcome, None).map_err(|e| group_error("welcome", e))?;
         let inner = staged.into_group(provider).map_err(|e| group_error("join", e))?;
@@ -245,15 +364,10 @@ impl Group {
         identity: &GroupIdentity,
         key_packages: &[Vec<u8>],
     ) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
-        let mut packages = Vec::with_capacity(key_packages.len());
-        for bytes in key_packages {
-            let package = KeyPackageIn::tls_deserialize_exact(bytes).map_err(|e| group_error("key package", e))?;
-            packages.push(
-                package
-                    .validate(provider.crypto(), ProtocolVersion::Mls10)
-                    .map_err(|e| group_error("key package", e))?,
-            );
-        }
+        let packages = key_packages
+            .iter()
+            .map(|bytes| validate_key_package(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
         let (commit, welcome, _) = self
             .inner
             .add_members(provider, &identity.signer, &packages)
@@ -286,6 +400,59 @@ impl Group {
             .merge_pending_commit(provider)
             .map_err(|e| group_error("merge", e))?;
         encode(&commit)
+    }
+
+    /// Proposes removing the leaves of this device's own account (to leave the
+    /// group): an admin's next commit carries it out. Returns one proposal per leaf.
+    pub fn propose_leaving<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        provider: &GroupProvider<'_, S>,
+        identity: &GroupIdentity,
+    ) -> Result<Vec<Vec<u8>>, CryptoError> {
+        let own: Vec<LeafNodeIndex> = self
+            .inner
+            .members()
+            .filter(|m| {
+                LeafName::from_credential(&m.credential).is_some_and(|n| n.account_id == identity.name.account_id)
+            })
+            .map(|m| m.index)
+            .collect();
+        let mut proposals = Vec::with_capacity(own.len());
+        for leaf in own {
+            let (proposal, _) = self
+                .inner
+                .propose_remove_member(provider, &identity.signer, leaf)
+                .map_err(|e| group_error("leave", e))?;
+            proposals.push(encode(&proposal)?);
+        }
+        Ok(proposals)
+    }
+
+    /// Whether proposals wait for a commit.
+    pub fn has_pending_proposals(&self) -> bool {
+        self.inner.pending_proposals().next().is_some()
+    }
+
+    /// Commits the proposals received since the last commit and moves to the next
+    /// epoch: returns the commit, and a Welcome if they added devices.
+    pub fn commit_proposals<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        provider: &GroupProvider<'_, S>,
+        identity: &GroupIdentity,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), CryptoError> {
+        let (commit, welcome, _) = self
+            .inner
+            .commit_to_pending_proposals(provider, &identity.signer)
+            .map_err(|e| group_error("commit", e))?;
+        self.inner
+            .merge_pending_commit(provider)
+            .map_err(|e| group_error("merge", e))?;
+        Ok((encode(&commit)?, welcome.as_ref().map(encode).transpose()?))
+    }
+
+    /// Whether this device is still a member (not removed by a commit it applied).
+    pub fn is_active(&self) -> bool {
+        self.inner.is_active()
     }
 
     /// Encrypts an application message for the group.
@@ -335,10 +502,27 @@ impl Group {
                 })
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
+                // A member may only propose that its own account leave; anything else
+                // is an admin's to commit.
+                let removes_own_account = match (proposal.proposal(), &from) {
+                    (Proposal::Remove(remove), Some(from)) => self
+                        .inner
+                        .member(remove.removed())
+                        .and_then(LeafName::from_credential)
+                        .is_some_and(|removed| removed.account_id == from.account_id),
+                    _ => false,
+                };
+                if !removes_own_account {
+                    return Err(CryptoError::Group(
+                        "a proposal other than a member's own leaving".into(),
+                    ));
+                }
                 self.inner
                     .store_pending_proposal(provider.storage(), *proposal)
                     .map_err(|e| group_error("proposal", e))?;
-                Ok(GroupEvent::Proposed)
+                Ok(GroupEvent::Proposed {
+                    from: from.ok_or_else(|| CryptoError::Group("a proposer without a Cairn credential".into()))?,
+                })
             }
             ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
                 Err(CryptoError::Group("external joins are not accepted".into()))

@@ -168,3 +168,17 @@ fn garbage_and_oversized_group_messages_are_typed_errors() {
     }
     assert_eq!(group.epoch(), 0, "nothing changed");
 }
+
+#[test]
+fn a_key_package_names_its_device() {
+    let device = Device::new("abcdefghijklmnopqrstuvwxyz", 3);
+    let package = device.key_package();
+    assert_eq!(
+        cairn_crypto::key_package_device(&package).unwrap(),
+        LeafName {
+            account_id: "abcdefghijklmnopqrstuvwxyz".into(),
+            device_id: 3
+        }
+    );
+    assert!(cairn_crypto::key_package_device(&package[1..]).is_err());
+}

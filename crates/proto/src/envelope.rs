@@ -178,6 +178,8 @@ pub enum Content {
     ContactSync(ContactCard),
     /// Signaling for a direct (WebRTC) session, to one device only.
     Direct(DirectSignal),
+    /// A group's Welcome or MLS message for this device.
+    Group(crate::GroupPacket),
 }
 
 /// Signaling for a direct session between two devices. The SDP carries the ICE

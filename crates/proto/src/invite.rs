@@ -20,6 +20,8 @@ pub const MAX_INVITE_BYTES: usize = 8 * 1024;
 pub const MAX_INVITE_LINK_LEN: usize = INVITE_LINK_PREFIX.len() + MAX_INVITE_BYTES * 4 / 3 + 4;
 /// Longest display name, in bytes.
 pub const MAX_DISPLAY_NAME_BYTES: usize = 256;
+/// Largest MLS key package accepted (one is about 300 bytes).
+pub const MAX_KEY_PACKAGE_BYTES: usize = 2 * 1024;
 const MAX_ADDRESSES: usize = 8;
 const MAX_ADDRESS_BYTES: usize = 256;
 
@@ -33,6 +35,18 @@ pub struct ContactCard {
     pub device_list: SignedDeviceList,
     /// Prekey bundles of some or all of the listed devices.
     pub bundles: Vec<PrekeyBundle>,
+    /// MLS key packages of some or all of the listed devices, so that others can
+    /// add them to groups (left out of invites, which must fit one QR code).
+    pub key_packages: Vec<DeviceKeyPackage>,
+}
+
+/// One device's MLS key package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceKeyPackage {
+    /// The device.
+    pub device_id: u8,
+    /// The encoded key package (a last-resort one: it serves every group).
+    pub key_package: Vec<u8>,
 }
 
 impl ContactCard {
@@ -49,6 +63,16 @@ impl ContactCard {
             return Err(ProtoError::InvalidField {
                 field: "bundles",
                 reason: "a bundle for a device not in the list".into(),
+            });
+        }
+        if self
+            .key_packages
+            .iter()
+            .any(|k| list.device(k.device_id).is_none() || k.key_package.len() > MAX_KEY_PACKAGE_BYTES)
+        {
+            return Err(ProtoError::InvalidField {
+                field: "key_packages",
+                reason: "a key package for a device not in the list, or too large".into(),
             });
         }
         Ok(list)
@@ -151,6 +175,7 @@ pub(crate) mod tests {
                     kyber_prekey: vec![8; 1569],
                     kyber_prekey_signature: vec![3; 64],
                 }],
+                key_packages: Vec::new(),
             },
             addresses: vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
             secret: [4; 16],

@@ -1,7 +1,7 @@
 //! Cairn's wire types and their binary codec.
 //!
 //! Owns: everything that leaves a device — envelopes, their sealed bodies, the
-//! content inside Signal sessions, device lists, prekey bundles, invites — and a
+//! content inside Signal sessions, group packets and group content, device lists, prekey bundles, invites — and a
 //! versioned encoding (a version byte, then `postcard`) with a hard size limit on
 //! every decode and typed decode errors; the peer cache's requests, answers and
 //! signed acknowledgements, and the mailbox and proof-of-work derivations. Does not
@@ -11,6 +11,7 @@ mod cache;
 mod codec;
 mod device;
 mod envelope;
+mod group;
 mod invite;
 
 pub use cache::{
@@ -27,8 +28,13 @@ pub use envelope::{
     DEFAULT_TTL_SECS, MAX_CONTENT_BYTES, MAX_ENVELOPE_BYTES, MAX_RECEIPT_IDS, MAX_SDP_BYTES, MAX_TEXT_BYTES,
     MAX_TTL_SECS,
 };
+pub use group::{
+    check_group_name, is_group_id, GroupContent, GroupInfo, GroupPacket, GROUP_ID_LEN, MAX_GROUP_ACCOUNTS,
+    MAX_GROUP_CONTENT_BYTES, MAX_GROUP_NAME_BYTES,
+};
 pub use invite::{
-    ContactCard, Invite, INVITE_LINK_PREFIX, MAX_DISPLAY_NAME_BYTES, MAX_INVITE_BYTES, MAX_INVITE_LINK_LEN,
+    ContactCard, DeviceKeyPackage, Invite, INVITE_LINK_PREFIX, MAX_DISPLAY_NAME_BYTES, MAX_INVITE_BYTES,
+    MAX_INVITE_LINK_LEN, MAX_KEY_PACKAGE_BYTES,
 };
 
 /// Everything that can go wrong turning bytes or text from outside into a wire type.

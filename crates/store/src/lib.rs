@@ -1,7 +1,7 @@
 //! Cairn's encrypted local store.
 //!
 //! Owns: the SQLCipher profile database (schema migrations, the account and device
-//! records, message history with full-text search) and the database key — 32 random
+//! records, message history with full-text search, MLS group state) and the database key — 32 random
 //! bytes kept in the OS keyring, or, where no keyring is reachable, derived from a
 //! passphrase with Argon2id. Does not own: the network, or what keys mean (the
 //! crypto crate hands keys over as bytes, and the store implements its
@@ -14,6 +14,7 @@
 
 mod cache;
 mod db;
+mod groups;
 mod key;
 mod migrations;
 mod profile_dir;
@@ -21,6 +22,7 @@ mod signal;
 
 pub use cache::{CacheDb, CacheLimits, Held, Page, ToHold};
 pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
+pub use groups::{GroupRecord, PendingGroupMessage};
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
 pub use migrations::{migrations, SCHEMA_VERSION};
 pub use profile_dir::{KeySource, ProfileDir};

@@ -144,8 +144,46 @@ const V4_HELD_BY: &str = "
 ALTER TABLE messages ADD COLUMN held_by INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Schema version 5: MLS groups (each group's state as one encrypted value, with the
+/// state from before the last commit while a concurrent commit may still win), group
+/// messages that arrived before the commit they follow, this device's group identity,
+/// and the key packages others' devices handed out.
+const V5_GROUPS: &str = "
+CREATE TABLE groups (
+    group_id     TEXT    PRIMARY KEY,
+    name         TEXT    NOT NULL,
+    admins       TEXT    NOT NULL,
+    state        BLOB    NOT NULL,
+    epoch        INTEGER NOT NULL,
+    fork_base    BLOB,
+    last_commit  BLOB,
+    redo         BLOB,
+    active       INTEGER NOT NULL DEFAULT 1,
+    created_at   INTEGER NOT NULL
+);
+CREATE TABLE group_pending (
+    seq       INTEGER PRIMARY KEY,
+    group_id  TEXT    NOT NULL,
+    epoch     INTEGER NOT NULL,
+    sender    TEXT    NOT NULL,
+    message   BLOB    NOT NULL
+);
+CREATE INDEX group_pending_by_group ON group_pending (group_id, epoch, seq);
+CREATE TABLE group_device (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    signer  BLOB    NOT NULL,
+    state   BLOB    NOT NULL
+);
+CREATE TABLE key_packages (
+    account_id   TEXT    NOT NULL,
+    device_id    INTEGER NOT NULL,
+    key_package  BLOB    NOT NULL,
+    PRIMARY KEY (account_id, device_id)
+);
+";
+
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 4;
+pub const SCHEMA_VERSION: usize = 5;
 
 /// All migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
@@ -154,6 +192,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V2_HISTORY),
         M::up(V3_SESSIONS),
         M::up(V4_HELD_BY),
+        M::up(V5_GROUPS),
     ])
 }
 

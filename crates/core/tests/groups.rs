@@ -1,0 +1,342 @@
+//! The group story, on real SQLCipher profiles: Alice starts a group with Bob (two
+//! devices), Carol, Dave and Erin — who know Alice but not each other — and they chat;
+//! a member who is away for three epochs catches up, whatever order their envelopes
+//! come in; a removed member is out; two admins change the group at the same moment
+//! and everyone ends up in the same epoch; every store closes and reopens.
+//! (The same story through real nodes and the peer cache is in `offline.rs`.)
+
+mod world;
+
+use cairn_core::{CoreError, GroupView, Outgoing};
+use world::World;
+
+/// The devices of the story.
+struct Cast {
+    a: usize,
+    b1: usize,
+    b2: usize,
+    c: usize,
+    d: usize,
+    e: usize,
+}
+
+impl Cast {
+    fn all(&self) -> [usize; 6] {
+        [self.a, self.b1, self.b2, self.c, self.d, self.e]
+    }
+}
+
+/// Alice, Bob (two devices), Carol, Dave and Erin; each is Alice's contact.
+fn cast() -> (World, Cast) {
+    let mut w = World::new();
+    let a = w.account("alice", "Alice");
+    let b1 = w.account("b1", "Bob");
+    let b2 = w.link(b1, "b2");
+    let c = w.account("carol", "Carol");
+    let d = w.account("dave", "Dave");
+    let e = w.account("erin", "Erin");
+    let invite = w.m(a).account_info().unwrap().invite_link;
+    for friend in [b1, c, d, e] {
+        let (_, out) = w.m(friend).accept_invite(&invite).unwrap();
+        w.send(out);
+        w.deliver_all();
+    }
+    (w, Cast { a, b1, b2, c, d, e })
+}
+
+fn group_of(w: &World, device: usize, group_id: &str) -> GroupView {
+    w.devices[device].messenger.group(group_id).unwrap()
+}
+
+/// Member account ids, sorted.
+fn members(view: &GroupView) -> Vec<String> {
+    let mut accounts: Vec<String> = view.members.iter().map(|m| m.account_id.clone()).collect();
+    accounts.sort();
+    accounts
+}
+
+fn say(w: &mut World, device: usize, group_id: &str, text: &str) {
+    let (_, out) = w.m(device).send_group_text(group_id, text).unwrap();
+    w.send(out);
+    w.deliver_all();
+}
+
+/// Alice's group with everyone in it, all envelopes delivered.
+fn everyone_in_a_group() -> (World, Cast, String) {
+    let (mut w, cast) = cast();
+    let friends: Vec<String> = [cast.b1, cast.c, cast.d, cast.e].map(|i| w.account_id(i)).to_vec();
+    let (view, out) = w.m(cast.a).create_group("Climbing", &friends).unwrap();
+    w.send(out);
+    w.deliver_all();
+    (w, cast, view.group_id)
+}
+
+#[test]
+fn five_people_one_with_two_devices_chat_in_a_group_of_six_devices() {
+    let (mut w, cast, group) = everyone_in_a_group();
+    let alice_view = group_of(&w, cast.a, &group);
+    assert_eq!(alice_view.members.len(), 5);
+    assert_eq!(alice_view.members.iter().map(|m| m.devices).sum::<usize>(), 6);
+    assert!(alice_view.is_admin && alice_view.members[0].admin && alice_view.members[0].display_name == "Alice");
+    for device in cast.all() {
+        let view = group_of(&w, device, &group);
+        assert_eq!(view.name, "Climbing", "{} knows the name", w.devices[device].name);
+        assert_eq!(view.epoch, alice_view.epoch);
+        assert_eq!(members(&view), members(&alice_view));
+    }
+    // Carol and Dave never met: the group introduced them.
+    let dave = w.account_id(cast.d);
+    assert_eq!(w.devices[cast.c].messenger.contact(&dave).unwrap().display_name, "Dave");
+
+    let script = [
+        (cast.a, "Saturday at the crag?"),
+        (cast.c, "yes, from Carol"),
+        (cast.b2, "Bob's phone: count me in"),
+        (cast.d, "Dave too"),
+        (cast.b1, "Bob's laptop, bringing the rope"),
+        (cast.e, "Erin: I'll drive"),
+    ];
+    for (from, text) in script {
+        say(&mut w, from, &group, text);
+    }
+    let expected: Vec<String> = script.iter().map(|(_, t)| t.to_string()).collect();
+    for device in cast.all() {
+        assert_eq!(
+            w.texts(device, &group),
+            expected,
+            "{} holds the whole conversation",
+            w.devices[device].name
+        );
+    }
+}
+
+/// One thing a person does, returning what it sends.
+type Step<'a> = dyn Fn(&mut World) -> Vec<Outgoing> + 'a;
+
+/// Delivers everything in flight except what is for `away`, which is returned.
+fn deliver_all_but(w: &mut World, away: usize) -> Vec<Outgoing> {
+    let mut held = Vec::new();
+    while !w.in_flight.is_empty() {
+        for o in std::mem::take(&mut w.in_flight) {
+            if w.device_for(&o) == away {
+                held.push(o);
+            } else {
+                w.deliver(o).unwrap();
+            }
+        }
+    }
+    held
+}
+
+#[test]
+fn dave_away_for_three_epochs_catches_up_whatever_order_his_envelopes_arrive_in() {
+    let (mut w, cast, group) = everyone_in_a_group();
+    let (erin, carol) = (w.account_id(cast.e), w.account_id(cast.c));
+    // Erin leaves the group first, so that she can be added back below.
+    let out = w.m(cast.a).remove_group_members(&group, std::slice::from_ref(&erin)).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let start = group_of(&w, cast.a, &group).epoch;
+
+    // Dave is away: what is sent to him waits. Three commits happen meanwhile.
+    let mut for_dave = Vec::new();
+    let steps: [Box<Step>; 7] = [
+        Box::new(|w| w.m(cast.b1).send_group_text(&group, "epoch 0 text").unwrap().1),
+        Box::new(|w| w.m(cast.a).add_group_members(&group, std::slice::from_ref(&erin)).unwrap()),
+        Box::new(|w| w.m(cast.e).send_group_text(&group, "Erin is back").unwrap().1),
+        Box::new(|w| w.m(cast.a).remove_group_members(&group, std::slice::from_ref(&carol)).unwrap()),
+        Box::new(|w| w.m(cast.a).rename_group(&group, "Climbing (Saturday)").unwrap()),
+        Box::new(|w| w.m(cast.b2).send_group_text(&group, "rope is packed").unwrap().1),
+        Box::new(|w| w.m(cast.a).add_group_members(&group, std::slice::from_ref(&carol)).unwrap()),
+    ];
+    for step in steps {
+        let out = step(&mut w);
+        w.send(out);
+        for_dave.extend(deliver_all_but(&mut w, cast.d));
+    }
+    let now = group_of(&w, cast.a, &group).epoch;
+    assert_eq!(now, start + 3, "three commits while Dave was away");
+    assert_eq!(group_of(&w, cast.d, &group).epoch, start);
+
+    // He comes back, and his envelopes arrive newest first.
+    for_dave.reverse();
+    for o in for_dave {
+        w.deliver(o).unwrap();
+    }
+    w.deliver_all();
+    let view = group_of(&w, cast.d, &group);
+    assert_eq!(view.epoch, now);
+    assert_eq!(view.name, "Climbing (Saturday)");
+    assert_eq!(members(&view), members(&group_of(&w, cast.a, &group)));
+    assert!(members(&view).contains(&erin) && members(&view).contains(&carol));
+    assert_eq!(
+        w.texts(cast.d, &group),
+        ["epoch 0 text", "Erin is back", "rope is packed"],
+        "Dave reads everything, in order"
+    );
+    assert_eq!(w.devices[cast.d].messenger.waiting_group_messages(&group).unwrap(), 0);
+    say(&mut w, cast.d, &group, "sorry, was offline");
+    assert_eq!(w.texts(cast.e, &group).last().unwrap(), "sorry, was offline");
+    assert_eq!(w.texts(cast.c, &group).last().unwrap(), "sorry, was offline");
+}
+
+#[test]
+fn a_removed_member_is_out_and_gets_nothing_sent_after_the_removal() {
+    let (mut w, cast, group) = everyone_in_a_group();
+    let carol = w.account_id(cast.c);
+    let out = w.m(cast.a).remove_group_members(&group, std::slice::from_ref(&carol)).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let view = group_of(&w, cast.c, &group);
+    assert!(!view.active, "Carol's device applied its own removal");
+    assert!(!members(&group_of(&w, cast.a, &group)).contains(&carol));
+
+    let (_, out) = w.m(cast.b1).send_group_text(&group, "after Carol left").unwrap();
+    assert!(
+        out.iter().all(|o| w.device_for(o) != cast.c),
+        "nothing is even addressed to her"
+    );
+    w.send(out);
+    w.deliver_all();
+    assert!(!w.texts(cast.c, &group).contains(&"after Carol left".to_string()));
+    assert!(matches!(
+        w.m(cast.c).send_group_text(&group, "let me back"),
+        Err(CoreError::GroupRefused(_))
+    ));
+    // Only admins change the group.
+    let erin = w.account_id(cast.e);
+    assert!(matches!(
+        w.m(cast.d).remove_group_members(&group, &[erin]),
+        Err(CoreError::NotGroupAdmin)
+    ));
+}
+
+#[test]
+fn a_member_who_leaves_is_removed_by_the_admin_and_the_last_admin_hands_over() {
+    let (mut w, cast, group) = everyone_in_a_group();
+    let (alice, dave) = (w.account_id(cast.a), w.account_id(cast.d));
+    let out = w.m(cast.d).leave_group(&group).unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert!(!group_of(&w, cast.d, &group).active);
+    for device in [cast.a, cast.b1, cast.c, cast.e] {
+        assert!(!members(&group_of(&w, device, &group)).contains(&dave));
+    }
+    // Alice, the only admin, leaves: another member becomes admin and commits it.
+    let out = w.m(cast.a).leave_group(&group).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let view = group_of(&w, cast.b1, &group);
+    assert!(!members(&view).contains(&alice));
+    assert_eq!(view.members.iter().filter(|m| m.admin).count(), 1);
+    let admin = view.members.iter().find(|m| m.admin).unwrap().account_id.clone();
+    let admin_device = [cast.b1, cast.c, cast.e]
+        .into_iter()
+        .find(|d| w.account_id(*d) == admin)
+        .unwrap();
+    let out = w.m(admin_device).rename_group(&group, "Climbing, new admin").unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(group_of(&w, cast.e, &group).name, "Climbing, new admin");
+}
+
+#[test]
+fn two_admins_change_the_group_at_once_and_every_member_converges() {
+    let (mut w, cast, group) = everyone_in_a_group();
+    let (bob, dave, erin) = (w.account_id(cast.b1), w.account_id(cast.d), w.account_id(cast.e));
+    let out = w.m(cast.a).set_group_admin(&group, &bob, true).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let out = w.m(cast.a).remove_group_members(&group, std::slice::from_ref(&erin)).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let before = group_of(&w, cast.a, &group).epoch;
+
+    // In the same epoch, Alice adds Erin back and Bob removes Dave.
+    let from_alice = w.m(cast.a).add_group_members(&group, std::slice::from_ref(&erin)).unwrap();
+    let from_bob = w.m(cast.b1).remove_group_members(&group, std::slice::from_ref(&dave)).unwrap();
+    // Bob's phone and Carol hear Alice first, the others Bob (Alice and Bob each
+    // applied their own commit already).
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for o in from_alice.into_iter().chain(from_bob) {
+        let to = w.device_for(&o);
+        if [cast.b2, cast.c].contains(&to) {
+            first.push(o);
+        } else {
+            second.push(o);
+        }
+    }
+    w.send(first);
+    w.deliver_all();
+    w.send(second);
+    w.deliver_all();
+
+    let reference = group_of(&w, cast.a, &group);
+    assert!(reference.epoch > before + 1, "the loser's change was made again");
+    assert!(members(&reference).contains(&erin), "Erin is in");
+    assert!(!members(&reference).contains(&dave), "Dave is out");
+    for device in [cast.b1, cast.b2, cast.c, cast.e] {
+        let view = group_of(&w, device, &group);
+        assert_eq!(
+            view.epoch, reference.epoch,
+            "{} is in the same epoch",
+            w.devices[device].name
+        );
+        assert_eq!(members(&view), members(&reference));
+    }
+    for (from, text) in [(cast.e, "Erin here"), (cast.c, "Carol here"), (cast.b2, "Bob here")] {
+        say(&mut w, from, &group, text);
+    }
+    for device in [cast.a, cast.b1, cast.b2, cast.c, cast.e] {
+        assert_eq!(
+            w.texts(device, &group),
+            ["Erin here", "Carol here", "Bob here"],
+            "{} reads the group after the fork",
+            w.devices[device].name
+        );
+    }
+}
+
+#[test]
+fn closing_and_reopening_every_store_keeps_every_group() {
+    let (mut w, cast, group) = everyone_in_a_group();
+    say(&mut w, cast.c, &group, "before");
+    let erin = w.account_id(cast.e);
+    let (_, out) = w.m(cast.a).create_group("Second group", &[erin]).unwrap();
+    w.send(out);
+    w.deliver_all();
+    w.reopen_all();
+    assert_eq!(w.devices[cast.a].messenger.groups().unwrap().len(), 2);
+    assert_eq!(w.devices[cast.e].messenger.groups().unwrap().len(), 2);
+    for (from, text) in [(cast.b2, "after, from Bob's phone"), (cast.e, "after, from Erin")] {
+        say(&mut w, from, &group, text);
+    }
+    for device in cast.all() {
+        assert_eq!(
+            w.texts(device, &group),
+            ["before", "after, from Bob's phone", "after, from Erin"],
+            "{}",
+            w.devices[device].name
+        );
+    }
+}
+
+#[test]
+fn group_names_and_strangers_are_checked() {
+    let (mut w, cast) = cast();
+    assert!(matches!(w.m(cast.a).create_group("  ", &[]), Err(CoreError::Proto(_))));
+    // Carol and Dave are not contacts: Carol cannot put Dave in a group.
+    let dave = w.account_id(cast.d);
+    assert!(matches!(
+        w.m(cast.c).create_group("Strangers", &[dave]),
+        Err(CoreError::UnknownContact(_))
+    ));
+    assert!(
+        w.m(cast.c).groups().unwrap().is_empty(),
+        "nothing was kept of the failed group"
+    );
+    assert!(matches!(
+        w.m(cast.a).group("g0123456789abcdef0123456789abcdef"),
+        Err(CoreError::UnknownGroup(_))
+    ));
+}

@@ -1,0 +1,200 @@
+//! The group side of the profile database: each MLS group this device is in (its
+//! name, admins and openmls state as one encrypted value, plus what is needed to
+//! return to the epoch before the last commit), group messages waiting for the commit
+//! they follow, this device's group identity, and the key packages of others' devices.
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use crate::{ProfileDb, Result};
+
+/// A group as this device keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// The group id (also its conversation id).
+    pub group_id: String,
+    /// Its name.
+    pub name: String,
+    /// Account ids of its admins.
+    pub admins: Vec<String>,
+    /// openmls's state for the group, encoded.
+    pub state: Vec<u8>,
+    /// The current epoch.
+    pub epoch: u64,
+    /// The state before the last commit, kept while a concurrent commit to that
+    /// epoch may still win.
+    pub fork_base: Option<Vec<u8>>,
+    /// SHA-256 of the last commit applied.
+    pub last_commit: Option<Vec<u8>>,
+    /// What this device's own last commit did, to do again if another commit wins.
+    pub redo: Option<Vec<u8>>,
+    /// False once this device left or was removed.
+    pub active: bool,
+    /// When this device created or joined it, Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A group message that arrived before the commit it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingGroupMessage {
+    /// Its place, to drop it once processed.
+    pub seq: i64,
+    /// The account that sent it (from the 1:1 session that carried it).
+    pub sender: String,
+    /// The MLS message.
+    pub message: Vec<u8>,
+}
+
+const GROUP_COLUMNS: &str = "group_id, name, admins, state, epoch, fork_base, last_commit, redo, active, created_at";
+
+fn group_from_row(row: &Row<'_>) -> rusqlite::Result<GroupRecord> {
+    let admins: String = row.get(2)?;
+    Ok(GroupRecord {
+        group_id: row.get(0)?,
+        name: row.get(1)?,
+        admins: admins.split_whitespace().map(str::to_owned).collect(),
+        state: row.get(3)?,
+        epoch: row.get::<_, i64>(4)? as u64,
+        fork_base: row.get(5)?,
+        last_commit: row.get(6)?,
+        redo: row.get(7)?,
+        active: row.get(8)?,
+        created_at: row.get(9)?,
+    })
+}
+
+impl ProfileDb {
+    /// Inserts or replaces a group.
+    pub fn save_group(&self, group: &GroupRecord) -> Result<()> {
+        self.conn.execute(
+            &format!(
+                "INSERT INTO groups ({GROUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (group_id) DO UPDATE SET name = excluded.name, admins = excluded.admins,
+                     state = excluded.state, epoch = excluded.epoch, fork_base = excluded.fork_base,
+                     last_commit = excluded.last_commit, redo = excluded.redo, active = excluded.active"
+            ),
+            params![
+                group.group_id,
+                group.name,
+                group.admins.join(" "),
+                group.state,
+                group.epoch as i64,
+                group.fork_base,
+                group.last_commit,
+                group.redo,
+                group.active,
+                group.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One group.
+    pub fn group(&self, group_id: &str) -> Result<Option<GroupRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {GROUP_COLUMNS} FROM groups WHERE group_id = ?1"),
+                [group_id],
+                group_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Every group, newest first.
+    pub fn groups(&self) -> Result<Vec<GroupRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {GROUP_COLUMNS} FROM groups ORDER BY created_at DESC"))?;
+        let rows = stmt.query_map([], group_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Keeps a group message for when the group reaches `epoch`.
+    pub fn hold_group_message(&self, group_id: &str, epoch: u64, sender: &str, message: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO group_pending (group_id, epoch, sender, message) VALUES (?1, ?2, ?3, ?4)",
+            params![group_id, epoch as i64, sender, message],
+        )?;
+        Ok(())
+    }
+
+    /// How many messages wait for a group.
+    pub fn held_group_message_count(&self, group_id: &str) -> Result<usize> {
+        let count: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM group_pending WHERE group_id = ?1",
+            [group_id],
+            |r| r.get(0),
+        )?;
+        Ok(count as usize)
+    }
+
+    /// How many group messages wait, for all groups.
+    pub fn held_group_message_total(&self) -> Result<usize> {
+        let count: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM group_pending", [], |r| r.get(0))?;
+        Ok(count as usize)
+    }
+
+    /// The messages waiting for a group at epochs up to `epoch`, oldest epoch first.
+    pub fn held_group_messages(&self, group_id: &str, epoch: u64) -> Result<Vec<PendingGroupMessage>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, sender, message FROM group_pending
+             WHERE group_id = ?1 AND epoch <= ?2 ORDER BY epoch, seq",
+        )?;
+        let rows = stmt.query_map(params![group_id, epoch as i64], |r| {
+            Ok(PendingGroupMessage {
+                seq: r.get(0)?,
+                sender: r.get(1)?,
+                message: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Drops a waiting group message.
+    pub fn release_group_message(&self, seq: i64) -> Result<()> {
+        self.conn.execute("DELETE FROM group_pending WHERE seq = ?1", [seq])?;
+        Ok(())
+    }
+
+    /// This device's group signature key and its key-package state.
+    pub fn group_device(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .conn
+            .query_row("SELECT signer, state FROM group_device WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    /// Stores this device's group signature key and key-package state.
+    pub fn save_group_device(&self, signer: &[u8], state: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO group_device (id, signer, state) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET signer = excluded.signer, state = excluded.state",
+            params![signer, state],
+        )?;
+        Ok(())
+    }
+
+    /// Stores the key package a device of an account (a contact's, or our own other)
+    /// handed out.
+    pub fn save_key_package(&self, account_id: &str, device_id: u8, key_package: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO key_packages (account_id, device_id, key_package) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account_id, device_id) DO UPDATE SET key_package = excluded.key_package",
+            params![account_id, device_id, key_package],
+        )?;
+        Ok(())
+    }
+
+    /// The key packages known for an account's devices.
+    pub fn key_packages(&self, account_id: &str) -> Result<Vec<(u8, Vec<u8>)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT device_id, key_package FROM key_packages WHERE account_id = ?1 ORDER BY device_id",
+        )?;
+        let rows = stmt.query_map([account_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
