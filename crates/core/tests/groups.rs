@@ -133,7 +133,10 @@ fn dave_away_for_three_epochs_catches_up_whatever_order_his_envelopes_arrive_in(
     let (mut w, cast, group) = everyone_in_a_group();
     let (erin, carol) = (w.account_id(cast.e), w.account_id(cast.c));
     // Erin leaves the group first, so that she can be added back below.
-    let out = w.m(cast.a).remove_group_members(&group, std::slice::from_ref(&erin)).unwrap();
+    let out = w
+        .m(cast.a)
+        .remove_group_members(&group, std::slice::from_ref(&erin))
+        .unwrap();
     w.send(out);
     w.deliver_all();
     let start = group_of(&w, cast.a, &group).epoch;
@@ -142,12 +145,24 @@ fn dave_away_for_three_epochs_catches_up_whatever_order_his_envelopes_arrive_in(
     let mut for_dave = Vec::new();
     let steps: [Box<Step>; 7] = [
         Box::new(|w| w.m(cast.b1).send_group_text(&group, "epoch 0 text").unwrap().1),
-        Box::new(|w| w.m(cast.a).add_group_members(&group, std::slice::from_ref(&erin)).unwrap()),
+        Box::new(|w| {
+            w.m(cast.a)
+                .add_group_members(&group, std::slice::from_ref(&erin))
+                .unwrap()
+        }),
         Box::new(|w| w.m(cast.e).send_group_text(&group, "Erin is back").unwrap().1),
-        Box::new(|w| w.m(cast.a).remove_group_members(&group, std::slice::from_ref(&carol)).unwrap()),
+        Box::new(|w| {
+            w.m(cast.a)
+                .remove_group_members(&group, std::slice::from_ref(&carol))
+                .unwrap()
+        }),
         Box::new(|w| w.m(cast.a).rename_group(&group, "Climbing (Saturday)").unwrap()),
         Box::new(|w| w.m(cast.b2).send_group_text(&group, "rope is packed").unwrap().1),
-        Box::new(|w| w.m(cast.a).add_group_members(&group, std::slice::from_ref(&carol)).unwrap()),
+        Box::new(|w| {
+            w.m(cast.a)
+                .add_group_members(&group, std::slice::from_ref(&carol))
+                .unwrap()
+        }),
     ];
     for step in steps {
         let out = step(&mut w);
@@ -184,7 +199,10 @@ fn dave_away_for_three_epochs_catches_up_whatever_order_his_envelopes_arrive_in(
 fn a_removed_member_is_out_and_gets_nothing_sent_after_the_removal() {
     let (mut w, cast, group) = everyone_in_a_group();
     let carol = w.account_id(cast.c);
-    let out = w.m(cast.a).remove_group_members(&group, std::slice::from_ref(&carol)).unwrap();
+    let out = w
+        .m(cast.a)
+        .remove_group_members(&group, std::slice::from_ref(&carol))
+        .unwrap();
     w.send(out);
     w.deliver_all();
     let view = group_of(&w, cast.c, &group);
@@ -247,14 +265,23 @@ fn two_admins_change_the_group_at_once_and_every_member_converges() {
     let out = w.m(cast.a).set_group_admin(&group, &bob, true).unwrap();
     w.send(out);
     w.deliver_all();
-    let out = w.m(cast.a).remove_group_members(&group, std::slice::from_ref(&erin)).unwrap();
+    let out = w
+        .m(cast.a)
+        .remove_group_members(&group, std::slice::from_ref(&erin))
+        .unwrap();
     w.send(out);
     w.deliver_all();
     let before = group_of(&w, cast.a, &group).epoch;
 
     // In the same epoch, Alice adds Erin back and Bob removes Dave.
-    let from_alice = w.m(cast.a).add_group_members(&group, std::slice::from_ref(&erin)).unwrap();
-    let from_bob = w.m(cast.b1).remove_group_members(&group, std::slice::from_ref(&dave)).unwrap();
+    let from_alice = w
+        .m(cast.a)
+        .add_group_members(&group, std::slice::from_ref(&erin))
+        .unwrap();
+    let from_bob = w
+        .m(cast.b1)
+        .remove_group_members(&group, std::slice::from_ref(&dave))
+        .unwrap();
     // Bob's phone and Carol hear Alice first, the others Bob (Alice and Bob each
     // applied their own commit already).
     let (mut first, mut second) = (Vec::new(), Vec::new());

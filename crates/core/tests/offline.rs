@@ -3,14 +3,15 @@
 //! three always-on nodes hold the sealed envelopes (in their own database files, which
 //! never see a word of plaintext); Bob comes back, gets every message once and in
 //! order, and his acknowledgement deletes every copy. His receipts wait in the caches
-//! in turn until Alice is back.
+//! in turn until Alice is back. A group member away for three epochs catches up the
+//! same way.
 
 mod common;
 
 use std::time::Duration;
 
 use cairn_core::{CoreError, DeliveryState};
-use common::{contacts_with, loopback, vault, wait_until, Holders};
+use common::{befriend, contacts_with, loopback, vault, wait_until, Holders, Person};
 
 const SECRET: &str = "the eagle lands at dawn";
 
@@ -156,4 +157,67 @@ fn a_tampered_envelope_is_rejected_by_bob_and_changes_nothing() {
     // The real one still opens.
     bob.with(|m| m.receive(&envelope.to_bytes()).unwrap());
     assert_eq!(bob.texts_from(&alice_id), ["untouched"]);
+}
+
+#[test]
+fn dave_is_away_for_three_epochs_and_catches_up_on_the_group_through_the_cache() {
+    let vault = vault();
+    let holders = Holders::start(3);
+    let people: Vec<Person> = ["Alice", "Bob", "Carol", "Dave"]
+        .into_iter()
+        .map(|name| Person::with_config(name, &vault, on_network(&holders)))
+        .collect();
+    for friend in &people[1..] {
+        befriend(&people[0], friend);
+    }
+    let ids: Vec<String> = people.iter().map(Person::account_id).collect();
+    let [alice, bob, carol, dave] = <[Person; 4]>::try_from(people).ok().unwrap();
+    let [_, bob_id, carol_id, _] = <[String; 4]>::try_from(ids.clone()).unwrap();
+    let group = alice.with(|m| m.create_group("Trip", &ids[1..]).unwrap().0.group_id);
+    alice.courier.wake();
+    let in_group = |p: &Person, epoch: u64| p.with(|m| m.group(&group).map(|g| g.epoch >= epoch && g.name == "Trip"));
+    let epoch = alice.with(|m| m.group(&group).unwrap().epoch);
+    wait_until("everyone is in the group", || {
+        [&bob, &carol, &dave]
+            .iter()
+            .all(|p| in_group(p, epoch).unwrap_or(false))
+    });
+
+    let mut dave = dave;
+    dave.go_offline();
+    let say = |p: &Person, text: &str| {
+        p.with(|m| m.send_group_text(&group, text).unwrap());
+        p.courier.wake();
+    };
+    let change = |work: &dyn Fn(&mut cairn_core::Messenger) -> Vec<cairn_core::Outgoing>| {
+        alice.with(|m| work(m));
+        alice.courier.wake();
+        let epoch = alice.with(|m| m.group(&group).unwrap().epoch);
+        wait_until("Bob follows Alice's commit", || in_group(&bob, epoch).unwrap());
+    };
+    say(&alice, "one");
+    change(&|m| m.remove_group_members(&group, std::slice::from_ref(&carol_id)).unwrap());
+    change(&|m| m.add_group_members(&group, std::slice::from_ref(&carol_id)).unwrap());
+    wait_until("Carol is back in", || carol.with(|m| m.group(&group).unwrap().active));
+    say(&carol, "two");
+    change(&|m| m.remove_group_members(&group, std::slice::from_ref(&bob_id)).unwrap());
+    say(&alice, "three");
+    let final_epoch = alice.with(|m| m.group(&group).unwrap().epoch);
+    assert_eq!(final_epoch, epoch + 3);
+
+    dave.come_online();
+    let texts = |p: &Person| -> Vec<String> {
+        p.with(|m| m.conversation(&group, 100).unwrap())
+            .into_iter()
+            .map(|m| m.body)
+            .collect()
+    };
+    wait_until("Dave caught up through the cache", || {
+        dave.with(|m| m.group(&group).unwrap().epoch) == final_epoch && texts(&dave).len() == 3
+    });
+    assert_eq!(texts(&dave), ["one", "two", "three"]);
+    let view = dave.with(|m| m.group(&group).unwrap());
+    assert_eq!(view.members.len(), 3, "Alice, Carol and Dave");
+    assert!(view.members.iter().all(|m| m.account_id != bob_id));
+    assert!(dave.courier.cached_arrivals() > 0, "some of it came from the cache");
 }

@@ -218,17 +218,23 @@ pub fn contacts(vault: &KeyVault, alice_direct: bool, bob_direct: bool) -> (Pers
 pub fn contacts_with(vault: &KeyVault, alice: NodeConfig, bob: NodeConfig) -> (Person, Person) {
     let alice = Person::with_config("Alice", vault, alice);
     let bob = Person::with_config("Bob", vault, bob);
-    wait_until("Alice's invite carries her address", || {
-        alice.with(|m| !m.invite().unwrap().addresses.is_empty())
-    });
-    let link = alice.with(|m| m.account_info().unwrap().invite_link);
-    bob.with(|m| m.accept_invite(&link).unwrap());
-    bob.runtime.block_on(bob.courier.reach_inviter(&link)).unwrap();
-    let bob_id = bob.account_id();
-    wait_until("Alice has Bob as a contact", || {
-        alice.with(|m| m.contacts().unwrap().iter().any(|c| c.account_id == bob_id))
-    });
+    befriend(&alice, &bob);
     (alice, bob)
+}
+
+/// `other` accepts `inviter`'s invite (with the inviter's node address), and both
+/// see each other as contacts.
+pub fn befriend(inviter: &Person, other: &Person) {
+    wait_until("the invite carries the inviter's address", || {
+        inviter.with(|m| !m.invite().unwrap().addresses.is_empty())
+    });
+    let link = inviter.with(|m| m.account_info().unwrap().invite_link);
+    other.with(|m| m.accept_invite(&link).unwrap());
+    other.runtime.block_on(other.courier.reach_inviter(&link)).unwrap();
+    let other_id = other.account_id();
+    wait_until("the inviter has the other as a contact", || {
+        inviter.with(|m| m.contacts().unwrap().iter().any(|c| c.account_id == other_id))
+    });
 }
 
 pub fn vault() -> KeyVault {
