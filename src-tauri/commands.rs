@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use cairn_core::{ContactView, CoreError, DeliveryState, KeyVault, MessageView, Messenger, SharedMessenger, Unlock};
+use cairn_core::{
+    ContactView, CoreError, DeliveryState, GroupView, KeyVault, MessageView, Messenger, SharedMessenger, Unlock,
+};
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
 use specta::Type;
@@ -161,7 +163,11 @@ impl From<CoreError> for AppError {
             | CoreError::InvalidProfileName
             | CoreError::InvalidText
             | CoreError::InvalidSetting(_)
-            | CoreError::UnknownContact(_) => (InvalidInput, error.to_string()),
+            | CoreError::UnknownContact(_)
+            | CoreError::UnknownGroup(_)
+            | CoreError::NotGroupAdmin
+            | CoreError::NoKeyPackage(_)
+            | CoreError::GroupRefused(_) => (InvalidInput, error.to_string()),
             _ => (Internal, format!("Something went wrong: {error}.")),
         };
         tracing::warn!(?code, %error, "command failed");
@@ -360,7 +366,7 @@ pub enum MessageState {
 pub struct MessageItem {
     /// Hex of the 128-bit message id.
     id: String,
-    /// The contact's account id.
+    /// The contact's account id, or the group's id.
     conversation: String,
     sender: String,
     outgoing: bool,
@@ -604,4 +610,144 @@ pub async fn set_always_on_nodes(
         settings_of(m)
     })
     .inspect(|_| wake_network(&state))
+}
+
+/// A group as the UI shows it.
+#[derive(Debug, Clone, Serialize, Type)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupItem {
+    group_id: String,
+    name: String,
+    /// Admins first.
+    members: Vec<GroupMemberItem>,
+    epoch: f64,
+    is_admin: bool,
+    /// False once this device left or was removed.
+    active: bool,
+}
+
+/// A member of a group.
+#[derive(Debug, Clone, Serialize, Type)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMemberItem {
+    account_id: String,
+    display_name: String,
+    admin: bool,
+    devices: u32,
+}
+
+impl From<GroupView> for GroupItem {
+    fn from(g: GroupView) -> Self {
+        Self {
+            group_id: g.group_id,
+            name: g.name,
+            epoch: g.epoch as f64,
+            is_admin: g.is_admin,
+            active: g.active,
+            members: g
+                .members
+                .into_iter()
+                .map(|m| GroupMemberItem {
+                    account_id: m.account_id,
+                    display_name: m.display_name,
+                    admin: m.admin,
+                    devices: m.devices as u32,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Every group, newest first.
+#[tauri::command]
+#[specta::specta]
+pub async fn groups(state: tauri::State<'_, AppState>) -> Result<Vec<GroupItem>, AppError> {
+    with_messenger(&state, |m| Ok(m.groups()?.into_iter().map(GroupItem::from).collect()))
+}
+
+/// Runs a group change and returns the group as it is afterwards.
+fn group_change(
+    state: &AppState,
+    group_id: &str,
+    change: impl FnOnce(&mut Messenger) -> Result<Vec<cairn_core::Outgoing>, CoreError>,
+) -> Result<GroupItem, AppError> {
+    with_messenger(state, |m| {
+        change(m)?;
+        Ok(m.group(group_id)?.into())
+    })
+    .inspect(|_| wake_network(state))
+}
+
+/// Creates a group with some contacts; this account is its admin.
+#[tauri::command]
+#[specta::specta]
+pub async fn create_group(
+    state: tauri::State<'_, AppState>,
+    name: String,
+    members: Vec<String>,
+) -> Result<GroupItem, AppError> {
+    with_messenger(&state, |m| Ok(m.create_group(&name, &members)?.0.into())).inspect(|_| wake_network(&state))
+}
+
+/// Adds contacts to a group (admins).
+#[tauri::command]
+#[specta::specta]
+pub async fn add_group_members(
+    state: tauri::State<'_, AppState>,
+    group_id: String,
+    members: Vec<String>,
+) -> Result<GroupItem, AppError> {
+    group_change(&state, &group_id, |m| m.add_group_members(&group_id, &members))
+}
+
+/// Removes members from a group (admins).
+#[tauri::command]
+#[specta::specta]
+pub async fn remove_group_members(
+    state: tauri::State<'_, AppState>,
+    group_id: String,
+    members: Vec<String>,
+) -> Result<GroupItem, AppError> {
+    group_change(&state, &group_id, |m| m.remove_group_members(&group_id, &members))
+}
+
+/// Renames a group (admins).
+#[tauri::command]
+#[specta::specta]
+pub async fn rename_group(
+    state: tauri::State<'_, AppState>,
+    group_id: String,
+    name: String,
+) -> Result<GroupItem, AppError> {
+    group_change(&state, &group_id, |m| m.rename_group(&group_id, &name))
+}
+
+/// Makes a member an admin or not (admins).
+#[tauri::command]
+#[specta::specta]
+pub async fn set_group_admin(
+    state: tauri::State<'_, AppState>,
+    group_id: String,
+    member: String,
+    admin: bool,
+) -> Result<GroupItem, AppError> {
+    group_change(&state, &group_id, |m| m.set_group_admin(&group_id, &member, admin))
+}
+
+/// Leaves a group.
+#[tauri::command]
+#[specta::specta]
+pub async fn leave_group(state: tauri::State<'_, AppState>, group_id: String) -> Result<GroupItem, AppError> {
+    group_change(&state, &group_id, |m| m.leave_group(&group_id))
+}
+
+/// Sends a text to a group.
+#[tauri::command]
+#[specta::specta]
+pub async fn send_group_text(
+    state: tauri::State<'_, AppState>,
+    group_id: String,
+    body: String,
+) -> Result<MessageItem, AppError> {
+    with_messenger(&state, |m| Ok(m.send_group_text(&group_id, &body)?.0.into())).inspect(|_| wake_network(&state))
 }

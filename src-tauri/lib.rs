@@ -48,6 +48,14 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::set_cache_quota,
         commands::set_message_ttl,
         commands::set_always_on_nodes,
+        commands::groups,
+        commands::create_group,
+        commands::add_group_members,
+        commands::remove_group_members,
+        commands::rename_group,
+        commands::set_group_admin,
+        commands::leave_group,
+        commands::send_group_text,
     ])
 }
 

@@ -597,3 +597,123 @@ async fn a_message_to_a_closed_app_waits_in_the_peer_cache_after_the_sender_clos
     })
     .await
 }
+
+/// The texts of every `message-body` shown, in order.
+async fn bodies(client: &Client) -> Result<Vec<String>> {
+    let mut texts = Vec::new();
+    for body in client.find_all(Locator::Css("[data-testid='message-body']")).await? {
+        texts.push(body.text().await?);
+    }
+    Ok(texts)
+}
+
+/// Waits until the conversation shown holds exactly `expected`.
+async fn wait_bodies(client: &Client, who: &str, expected: &[&str]) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let texts = bodies(client).await?;
+        if texts == expected {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{who} shows {texts:?}, not {expected:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Opens the group called `name` from the list, once it is there.
+async fn open_group(client: &Client, name: &str) -> Result<()> {
+    client
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Css(&format!("[data-testid='group'][data-name='{name}']")))
+        .await
+        .with_context(|| format!("waiting for the group {name}"))?
+        .click()
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_app_instances_one_creates_a_group_and_all_three_chat_in_it() -> Result<()> {
+    with_timeout(async {
+        let data = tempfile::tempdir()?;
+        let ((_alice_driver, alice), (_bob_driver, bob)) = onboarded_pair(data.path()).await?;
+        let carol_driver = Driver::start(data.path(), &[])?;
+        let carol = carol_driver.launch("carol").await?;
+        onboard(&carol, "Carol").await?;
+
+        // Bob and Carol each add Alice; they do not know each other.
+        wait_text(&alice, "invite-addresses", |n| n != "0").await?;
+        let alice_link = full_text(&alice, "invite-link").await?;
+        for friend in [&bob, &carol] {
+            click(friend, "add-contact").await?;
+            paste(friend, "invite-input", &alice_link).await?;
+            click(friend, "accept-invite").await?;
+            assert_eq!(text_of(friend, "conversation-title").await?, "Alice");
+        }
+        let deadline = tokio::time::Instant::now() + STEP;
+        while alice.find_all(Locator::Css("[data-testid='contact']")).await?.len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "Alice sees both contacts");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // Alice starts a group with both.
+        click(&alice, "new-group").await?;
+        paste(&alice, "group-name", "Saturday climb").await?;
+        for pick in alice.find_all(Locator::Css("[data-testid='group-pick']")).await? {
+            pick.click().await?;
+        }
+        click(&alice, "create-group").await?;
+        assert_eq!(text_of(&alice, "group-title").await?, "Saturday climb");
+
+        // Bob and Carol see it, with its three members and Alice marked admin.
+        for (who, client) in [("Bob", &bob), ("Carol", &carol)] {
+            open_group(client, "Saturday climb").await?;
+            assert_eq!(text_of(client, "group-title").await?, "Saturday climb");
+            let deadline = tokio::time::Instant::now() + STEP;
+            loop {
+                let members = client.find_all(Locator::Css("[data-testid='group-member']")).await?;
+                let mut admins = Vec::new();
+                for member in &members {
+                    if member.attr("data-admin").await?.as_deref() == Some("true") {
+                        admins.push(member.attr("data-name").await?.unwrap_or_default());
+                    }
+                }
+                if members.len() == 3 && admins == ["Alice"] {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{who} sees three members, Alice admin"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        screenshot(&carol, "group-members").await?;
+
+        // They talk: each line reaches the other two.
+        paste(&bob, "group-message-input", "Bob: I'll bring the rope").await?;
+        click(&bob, "group-send").await?;
+        wait_bodies(&carol, "Carol", &["Bob: I'll bring the rope"]).await?;
+        paste(&carol, "group-message-input", "Carol: I'll drive").await?;
+        click(&carol, "group-send").await?;
+        wait_bodies(&bob, "Bob", &["Bob: I'll bring the rope", "Carol: I'll drive"]).await?;
+        paste(&alice, "group-message-input", "Alice: see you at 8").await?;
+        click(&alice, "group-send").await?;
+        let all = ["Bob: I'll bring the rope", "Carol: I'll drive", "Alice: see you at 8"];
+        for (who, client) in [("Alice", &alice), ("Bob", &bob), ("Carol", &carol)] {
+            wait_bodies(client, who, &all).await?;
+        }
+        // Incoming lines name their sender.
+        assert_eq!(text_of(&carol, "message-sender").await?, "Bob");
+        screenshot(&bob, "group-chat").await?;
+
+        for client in [alice, bob, carol] {
+            client.close().await?;
+        }
+        Ok(())
+    })
+    .await
+}

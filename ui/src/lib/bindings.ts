@@ -227,6 +227,94 @@ async setAlwaysOnNodes(addresses: string[]) : Promise<Result<Settings, AppError>
     if(e instanceof Error) throw e;
     else return { status: "error", error: e  as any };
 }
+},
+/**
+ * Every group, newest first.
+ */
+async groups() : Promise<Result<GroupItem[], AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("groups") };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Creates a group with some contacts; this account is its admin.
+ */
+async createGroup(name: string, members: string[]) : Promise<Result<GroupItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("create_group", { name, members }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Adds contacts to a group (admins).
+ */
+async addGroupMembers(groupId: string, members: string[]) : Promise<Result<GroupItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("add_group_members", { groupId, members }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Removes members from a group (admins).
+ */
+async removeGroupMembers(groupId: string, members: string[]) : Promise<Result<GroupItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("remove_group_members", { groupId, members }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Renames a group (admins).
+ */
+async renameGroup(groupId: string, name: string) : Promise<Result<GroupItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("rename_group", { groupId, name }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Makes a member an admin or not (admins).
+ */
+async setGroupAdmin(groupId: string, member: string, admin: boolean) : Promise<Result<GroupItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("set_group_admin", { groupId, member, admin }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Leaves a group.
+ */
+async leaveGroup(groupId: string) : Promise<Result<GroupItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("leave_group", { groupId }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Sends a text to a group.
+ */
+async sendGroupText(groupId: string, body: string) : Promise<Result<MessageItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("send_group_text", { groupId, body }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
 }
 }
 
@@ -276,6 +364,22 @@ direct: boolean }
  * Error kinds the UI can react to.
  */
 export type ErrorCode = "NotOpen" | "IdentityChanged" | "WrongPassphrase" | "KeyringUnavailable" | "KeyMissing" | "ProfileInUse" | "InvalidInput" | "ProfileDamaged" | "Internal"
+/**
+ * A group as the UI shows it.
+ */
+export type GroupItem = { groupId: string; name: string; 
+/**
+ * Admins first.
+ */
+members: GroupMemberItem[]; epoch: number; isAdmin: boolean; 
+/**
+ * False once this device left or was removed.
+ */
+active: boolean }
+/**
+ * A member of a group.
+ */
+export type GroupMemberItem = { accountId: string; displayName: string; admin: boolean; devices: number }
 /**
  * A message as the UI shows it.
  */
