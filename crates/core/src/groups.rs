@@ -17,7 +17,7 @@
 //! last-resort key packages, whoever its lost commit had welcomed), so no member is
 //! stranded on the losing branch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cairn_crypto::{
     key_package_device, verify_device_list, Group, GroupEvent, GroupIdentity, GroupState, LeafName, MessageHeader,
@@ -100,10 +100,24 @@ impl Redo {
 }
 
 /// A group opened for one operation: its record, openmls's state, the group.
-struct OpenGroup {
+pub(crate) struct OpenGroup {
     record: GroupRecord,
     state: GroupState,
     group: Group,
+}
+
+/// Groups kept open between operations, so that each operation pays for what it
+/// changes and not for decoding the whole group again. The database stays the truth:
+/// an entry is put here only after its changes were written, and the cache is
+/// emptied whenever a transaction rolls back.
+#[derive(Default)]
+pub(crate) struct OpenGroups(HashMap<String, OpenGroup>);
+
+impl OpenGroups {
+    /// Forgets every open group (after a rollback).
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 impl Messenger {
@@ -126,9 +140,7 @@ impl Messenger {
                     group_id: group_id.clone(),
                     name: name.to_owned(),
                     admins: vec![own.clone()],
-                    state: Vec::new(),
                     epoch: 0,
-                    fork_base: None,
                     last_commit: None,
                     redo: None,
                     active: true,
@@ -143,6 +155,7 @@ impl Messenger {
             accounts.push(own);
             accounts.dedup();
             let out = this.add_now(&mut open, &accounts)?;
+            this.keep_open(open);
             this.enqueue(&out)?;
             Ok((this.group(&group_id)?, out))
         })
@@ -213,6 +226,7 @@ impl Messenger {
             open.record.admins.retain(|a| *a != own);
             open.record.active = false;
             this.store_group(&mut open)?;
+            this.keep_open(open);
             this.enqueue(&out)?;
             Ok(out)
         })
@@ -239,6 +253,7 @@ impl Messenger {
                 sync_peer: None,
             });
             let mut out = this.send_app(&mut open, &text)?;
+            this.keep_open(open);
             for o in &mut out {
                 o.message = Some(id);
             }
@@ -268,7 +283,7 @@ impl Messenger {
 
     /// One group.
     pub fn group(&self, group_id: &str) -> Result<GroupView> {
-        let open = self.open_group(group_id)?;
+        let open = self.load_group(group_id)?;
         let own = self.account()?;
         let admins = &open.record.admins;
         let mut members: Vec<GroupMemberView> = member_accounts(&open.group)
@@ -381,19 +396,44 @@ impl Messenger {
         Ok(())
     }
 
-    fn open_group(&self, group_id: &str) -> Result<OpenGroup> {
+    /// Takes a group out of the open ones, or loads it.
+    fn open_group(&mut self, group_id: &str) -> Result<OpenGroup> {
+        match self.open_groups.0.remove(group_id) {
+            Some(open) => Ok(open),
+            None => self.load_group(group_id),
+        }
+    }
+
+    /// Reads a group from the database.
+    fn load_group(&self, group_id: &str) -> Result<OpenGroup> {
         let record = self
             .db
             .group(group_id)?
             .ok_or_else(|| CoreError::UnknownGroup(group_id.to_owned()))?;
-        let state = GroupState::from_bytes(&record.state)?;
+        let state = GroupState::from_entries(self.db.group_state(group_id)?)?;
         let group = Group::load(&state.provider(), group_id.as_bytes())?
             .ok_or_else(|| CoreError::UnknownGroup(group_id.to_owned()))?;
         Ok(OpenGroup { record, state, group })
     }
 
+    /// Puts a group whose changes are stored back among the open ones.
+    fn keep_open(&mut self, open: OpenGroup) {
+        self.open_groups.0.insert(open.record.group_id.clone(), open);
+    }
+
+    /// Writes what changed in a group. While a concurrent commit may still win (the
+    /// last commit is known), the values replaced are remembered to go back to.
     fn store_group(&self, open: &mut OpenGroup) -> Result<()> {
-        open.record.state = open.state.to_bytes()?.to_vec();
+        self.write_group(open, false)
+    }
+
+    fn write_group(&self, open: &mut OpenGroup, commit: bool) -> Result<()> {
+        let group_id = &open.record.group_id;
+        let changes = open.state.take_changes()?;
+        self.db.write_group_state(group_id, &changes)?;
+        if commit || open.record.last_commit.is_some() {
+            self.db.remember_group_undo(group_id, &changes, commit)?;
+        }
         open.record.epoch = open.group.epoch();
         Ok(self.db.save_group(&open.record)?)
     }
@@ -410,6 +450,7 @@ impl Messenger {
                 return Err(CoreError::NotGroupAdmin);
             }
             let out = change(this, &mut open)?;
+            this.keep_open(open);
             this.enqueue(&out)?;
             Ok(out)
         })
@@ -448,7 +489,6 @@ impl Messenger {
         if packages.is_empty() {
             return Ok(Vec::new());
         }
-        let base = open.state.to_bytes()?.to_vec();
         let (commit, welcome) = open
             .group
             .add(&open.state.provider(), &self.group_identity()?, &packages)?;
@@ -460,7 +500,7 @@ impl Messenger {
             .filter(|l| !before.contains(l))
             .collect();
         out.extend(self.to_leaves(&added, &GroupPacket::Welcome(welcome)));
-        self.committed(open, base, &commit, Some(Redo::Add(accounts.to_vec())))?;
+        self.committed(open, &commit, Some(Redo::Add(accounts.to_vec())))?;
         out.extend(self.send_info(open)?);
         Ok(out)
     }
@@ -483,24 +523,22 @@ impl Messenger {
         if removed.is_empty() {
             return Ok(Vec::new());
         }
-        let base = open.state.to_bytes()?.to_vec();
         let commit = open
             .group
             .remove(&open.state.provider(), &self.group_identity()?, &removed)?;
         let mut out = self.to_leaves(&before, &GroupPacket::Message(commit.clone()));
         open.record.admins.retain(|a| !accounts.contains(a));
-        self.committed(open, base, &commit, Some(Redo::Remove(accounts.to_vec())))?;
+        self.committed(open, &commit, Some(Redo::Remove(accounts.to_vec())))?;
         out.extend(self.send_info(open)?);
         Ok(out)
     }
 
-    /// Records a commit this device made or applied: the state before it stays,
-    /// with its hash, while a concurrent commit may still win.
-    fn committed(&self, open: &mut OpenGroup, base: Vec<u8>, commit: &[u8], redo: Option<Redo>) -> Result<()> {
-        open.record.fork_base = Some(base);
+    /// Stores a commit this device made or applied: the values it replaced are
+    /// kept, with its hash, while a concurrent commit may still win.
+    fn committed(&self, open: &mut OpenGroup, commit: &[u8], redo: Option<Redo>) -> Result<()> {
         open.record.last_commit = Some(Sha256::digest(commit).to_vec());
         open.record.redo = redo.map(|r| r.to_bytes());
-        self.store_group(open)
+        self.write_group(open, true)
     }
 
     /// Sends the group's description (name, admins, members' cards) to the group.
@@ -592,7 +630,8 @@ impl Messenger {
     fn receive_welcome(&mut self, sender: &str, welcome: &[u8], out: &mut Received) -> Result<String> {
         let (_, device_state) = self.db.group_device()?.ok_or(CoreError::NoAccount)?;
         // The join leaves the group in a copy of the device's key-package state.
-        let state = GroupState::from_bytes(&device_state)?;
+        let mut state = GroupState::from_bytes(&device_state)?;
+        state.mark_unsaved();
         let group = Group::join(&state.provider(), welcome)?;
         let group_id = String::from_utf8(group.id())
             .ok()
@@ -609,6 +648,8 @@ impl Messenger {
                 return Err(CoreError::GroupRefused("a Welcome to a group this device is in".into()));
             }
         }
+        self.db.clear_group_state(&group_id)?;
+        self.open_groups.0.remove(&group_id);
         let now = unix_millis();
         let mut open = OpenGroup {
             record: GroupRecord {
@@ -620,9 +661,7 @@ impl Messenger {
                     .as_ref()
                     .filter(|g| !g.admins.is_empty())
                     .map_or_else(|| vec![sender.to_owned()], |g| g.admins.clone()),
-                state: Vec::new(),
                 epoch: 0,
-                fork_base: None,
                 last_commit: None,
                 redo: None,
                 active: true,
@@ -634,6 +673,7 @@ impl Messenger {
         self.store_group(&mut open)?;
         self.db
             .ensure_conversation(group_id.as_bytes(), &open.record.name, now)?;
+        self.keep_open(open);
         out.events.push(Event::GroupChanged(group_id.clone()));
         Ok(group_id)
     }
@@ -660,7 +700,7 @@ impl Messenger {
                 Ok(()) => Ok(()),
                 // While a fork may still be settled, a message of this epoch that does
                 // not open may belong to the other branch: it waits for the switch.
-                Err(e) if record.fork_base.is_some() && !is_final(&e) => {
+                Err(e) if record.last_commit.is_some() && !is_final(&e) => {
                     tracing::debug!(group_id, %e, "a group message that may follow the other commit waits");
                     self.keep_waiting(group_id, header.epoch, sender, message)
                 }
@@ -669,7 +709,6 @@ impl Messenger {
             std::cmp::Ordering::Less => {
                 let wins = header.commit
                     && header.epoch + 1 == record.epoch
-                    && record.fork_base.is_some()
                     && record
                         .last_commit
                         .as_deref()
@@ -704,7 +743,8 @@ impl Messenger {
     ) -> Result<()> {
         tracing::info!(group_id, "a concurrent commit wins; switching to it");
         let redo = record.redo.take().and_then(|r| Redo::from_bytes(&r));
-        record.state = record.fork_base.take().ok_or(CoreError::NoAccount)?;
+        self.open_groups.0.remove(group_id);
+        self.db.undo_group_commit(group_id)?;
         record.epoch = record.epoch.saturating_sub(1);
         record.last_commit = None;
         self.db.save_group(&record)?;
@@ -718,6 +758,7 @@ impl Messenger {
             Redo::Add(accounts) => self.add_now(&mut open, &accounts),
             Redo::Remove(accounts) => self.remove_now(&mut open, &accounts),
         };
+        self.keep_open(open);
         match again {
             Ok(replies) => out.replies.extend(replies),
             Err(e) => tracing::warn!(group_id, %e, "could not redo a change a concurrent commit displaced"),
@@ -728,7 +769,6 @@ impl Messenger {
     /// Processes a message of the group's current epoch.
     fn apply(&mut self, group_id: &str, sender: &str, message: &[u8], out: &mut Received) -> Result<()> {
         let mut open = self.open_group(group_id)?;
-        let base = open.record.state.clone();
         let event = open.group.receive(&open.state.provider(), message)?;
         match event {
             GroupEvent::Message { from, plaintext } => {
@@ -748,7 +788,7 @@ impl Messenger {
                     return Err(CoreError::NotGroupAdmin);
                 }
                 open.record.active = !removed_self;
-                self.committed(&mut open, base, message, None)?;
+                self.committed(&mut open, message, None)?;
                 out.events.push(Event::GroupChanged(group_id.to_owned()));
             }
             GroupEvent::Proposed { from } => {
@@ -758,19 +798,19 @@ impl Messenger {
                 self.store_group(&mut open)?;
                 if self.commits_for(&open, &from.account_id)? {
                     let before = open.group.members();
-                    let base = open.state.to_bytes()?.to_vec();
                     let (commit, _) = open
                         .group
                         .commit_proposals(&open.state.provider(), &self.group_identity()?)?;
                     out.replies
                         .extend(self.to_leaves(&before, &GroupPacket::Message(commit.clone())));
                     open.record.admins.retain(|a| *a != from.account_id);
-                    self.committed(&mut open, base, &commit, None)?;
+                    self.committed(&mut open, &commit, None)?;
                     out.replies.extend(self.send_info(&mut open)?);
                     out.events.push(Event::GroupChanged(group_id.to_owned()));
                 }
             }
         }
+        self.keep_open(open);
         Ok(())
     }
 

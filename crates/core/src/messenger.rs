@@ -59,6 +59,8 @@ pub struct Messenger {
     pub(crate) account: Option<Account>,
     /// Where this device can be reached now (set by the network layer), for invites.
     addresses: Vec<String>,
+    /// Groups kept decoded between operations.
+    pub(crate) open_groups: crate::groups::OpenGroups,
 }
 
 impl Messenger {
@@ -72,6 +74,7 @@ impl Messenger {
             db,
             account: None,
             addresses: Vec::new(),
+            open_groups: Default::default(),
         })
     }
 
@@ -86,6 +89,7 @@ impl Messenger {
             db,
             account,
             addresses: Vec::new(),
+            open_groups: Default::default(),
         };
         if messenger.account.is_some() {
             messenger.ensure_device_material()?;
@@ -483,6 +487,8 @@ impl Messenger {
         self.db.begin()?;
         let outcome = work(self).and_then(|value| Ok(self.db.commit().map(|()| value)?));
         if outcome.is_err() {
+            // What was kept open may hold changes the rollback undoes.
+            self.open_groups.clear();
             // Also after a failed COMMIT, which can leave the transaction open.
             if let Err(rollback) = self.db.rollback() {
                 tracing::debug!(%rollback, "rollback after failure");

@@ -8,6 +8,8 @@
 //! `StorageProvider`, which the store crate implements over the profile database, and
 //! `openmls_memory_storage` in tests) or how messages travel.
 
+use std::collections::HashMap;
+
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
@@ -161,12 +163,26 @@ impl GroupIdentity {
 }
 
 /// Everything openmls keeps for one group on one device (and the key packages it
-/// joined with), as one value: the store keeps it encrypted, and keeping the value
-/// from before a commit lets a device return to that epoch when a concurrent commit
-/// wins.
+/// joined with), as entries of bytes: the store keeps them encrypted. The state knows
+/// what changed since it was last saved, so a save writes only that — and the values
+/// changes replaced, which let a device return to the epoch before a commit when a
+/// concurrent commit wins.
 #[derive(Default)]
 pub struct GroupState {
     storage: MemoryStorage,
+    /// The entries as last saved.
+    saved: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// One entry a save writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// The entry's key.
+    pub key: Vec<u8>,
+    /// Its new value; `None` when it was removed.
+    pub value: Option<Vec<u8>>,
+    /// Its value before; `None` when it is new.
+    pub before: Option<Vec<u8>>,
 }
 
 impl GroupState {
@@ -175,19 +191,25 @@ impl GroupState {
         Self::default()
     }
 
-    /// Restores a state from [`GroupState::to_bytes`], within [`MAX_GROUP_STATE_BYTES`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
-        let entries: Vec<(Vec<u8>, Vec<u8>)> =
-            cairn_proto::decode_versioned(bytes, MAX_GROUP_STATE_BYTES).map_err(|e| group_error("state", e))?;
+    /// A state from its saved entries.
+    pub fn from_entries(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, CryptoError> {
+        let saved: HashMap<Vec<u8>, Vec<u8>> = entries.into_iter().collect();
         let storage = MemoryStorage::default();
         *storage
             .values
             .write()
-            .map_err(|_| group_error("state", "poisoned lock"))? = entries.into_iter().collect();
-        Ok(Self { storage })
+            .map_err(|_| group_error("state", "poisoned lock"))? = saved.clone();
+        Ok(Self { storage, saved })
     }
 
-    /// The state with its private keys: only for the encrypted store.
+    /// A state from [`GroupState::to_bytes`], within [`MAX_GROUP_STATE_BYTES`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> =
+            cairn_proto::decode_versioned(bytes, MAX_GROUP_STATE_BYTES).map_err(|e| group_error("state", e))?;
+        Self::from_entries(entries)
+    }
+
+    /// All entries in one value, private keys included: only for the encrypted store.
     pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let values = self
             .storage
@@ -198,6 +220,51 @@ impl GroupState {
         // Sorted, so the same state always encodes to the same bytes.
         entries.sort_unstable();
         Ok(Zeroizing::new(cairn_proto::encode_versioned(&entries)))
+    }
+
+    /// What changed since the last call (or since the state was made), and marks it
+    /// saved.
+    pub fn take_changes(&mut self) -> Result<Vec<StateChange>, CryptoError> {
+        let values = self
+            .storage
+            .values
+            .read()
+            .map_err(|_| group_error("state", "poisoned lock"))?;
+        let mut changes = Vec::new();
+        for (key, value) in values.iter() {
+            let before = self.saved.get(key);
+            if before != Some(value) {
+                changes.push(StateChange {
+                    key: key.clone(),
+                    value: Some(value.clone()),
+                    before: before.cloned(),
+                });
+            }
+        }
+        for (key, before) in &self.saved {
+            if !values.contains_key(key) {
+                changes.push(StateChange {
+                    key: key.clone(),
+                    value: None,
+                    before: Some(before.clone()),
+                });
+            }
+        }
+        drop(values);
+        for change in &changes {
+            match &change.value {
+                Some(value) => self.saved.insert(change.key.clone(), value.clone()),
+                None => self.saved.remove(&change.key),
+            };
+        }
+        Ok(changes)
+    }
+
+    /// Treats every entry as unsaved, so the next [`GroupState::take_changes`] writes
+    /// them all (a state that starts from another's, as a join from the device's
+    /// key-package state does).
+    pub fn mark_unsaved(&mut self) {
+        self.saved.clear();
     }
 
     /// The provider openmls works through, over this state.

@@ -19,7 +19,7 @@ pub use cairn_proto::mailbox_of;
 pub use device_list::{sign_device_list, verify_device_list};
 pub use group::{
     key_package_device, Group, GroupEvent, GroupIdentity, GroupProvider, GroupState, LeafName, MessageHeader,
-    GROUP_CIPHERSUITE, MAX_GROUP_MESSAGE_BYTES, MAX_GROUP_STATE_BYTES,
+    StateChange, GROUP_CIPHERSUITE, MAX_GROUP_MESSAGE_BYTES, MAX_GROUP_STATE_BYTES,
 };
 pub use identity::{AccountId, AccountIdentity, DeviceKeys, FIRST_DEVICE_ID};
 pub use libsignal_protocol::{IdentityKey, IdentityKeyPair};

@@ -1,8 +1,10 @@
 //! The group side of the profile database: each MLS group this device is in (its
-//! name, admins and openmls state as one encrypted value, plus what is needed to
-//! return to the epoch before the last commit), group messages waiting for the commit
-//! they follow, this device's group identity, and the key packages of others' devices.
+//! name and admins, openmls's state as entries written as they change, and the
+//! values to put back to return to the epoch before the last commit), group messages
+//! waiting for the commit they follow, this device's group identity, and the key
+//! packages of others' devices.
 
+use cairn_crypto::StateChange;
 use rusqlite::{params, OptionalExtension, Row};
 
 use crate::{ProfileDb, Result};
@@ -16,14 +18,10 @@ pub struct GroupRecord {
     pub name: String,
     /// Account ids of its admins.
     pub admins: Vec<String>,
-    /// openmls's state for the group, encoded.
-    pub state: Vec<u8>,
     /// The current epoch.
     pub epoch: u64,
-    /// The state before the last commit, kept while a concurrent commit to that
-    /// epoch may still win.
-    pub fork_base: Option<Vec<u8>>,
-    /// SHA-256 of the last commit applied.
+    /// SHA-256 of the last commit applied; while set, the state from before it can
+    /// be restored ([`ProfileDb::undo_group_commit`]).
     pub last_commit: Option<Vec<u8>>,
     /// What this device's own last commit did, to do again if another commit wins.
     pub redo: Option<Vec<u8>>,
@@ -44,7 +42,7 @@ pub struct PendingGroupMessage {
     pub message: Vec<u8>,
 }
 
-const GROUP_COLUMNS: &str = "group_id, name, admins, state, epoch, fork_base, last_commit, redo, active, created_at";
+const GROUP_COLUMNS: &str = "group_id, name, admins, epoch, last_commit, redo, active, created_at";
 
 fn group_from_row(row: &Row<'_>) -> rusqlite::Result<GroupRecord> {
     let admins: String = row.get(2)?;
@@ -52,13 +50,11 @@ fn group_from_row(row: &Row<'_>) -> rusqlite::Result<GroupRecord> {
         group_id: row.get(0)?,
         name: row.get(1)?,
         admins: admins.split_whitespace().map(str::to_owned).collect(),
-        state: row.get(3)?,
-        epoch: row.get::<_, i64>(4)? as u64,
-        fork_base: row.get(5)?,
-        last_commit: row.get(6)?,
-        redo: row.get(7)?,
-        active: row.get(8)?,
-        created_at: row.get(9)?,
+        epoch: row.get::<_, i64>(3)? as u64,
+        last_commit: row.get(4)?,
+        redo: row.get(5)?,
+        active: row.get(6)?,
+        created_at: row.get(7)?,
     })
 }
 
@@ -67,18 +63,16 @@ impl ProfileDb {
     pub fn save_group(&self, group: &GroupRecord) -> Result<()> {
         self.conn.execute(
             &format!(
-                "INSERT INTO groups ({GROUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                "INSERT INTO groups ({GROUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (group_id) DO UPDATE SET name = excluded.name, admins = excluded.admins,
-                     state = excluded.state, epoch = excluded.epoch, fork_base = excluded.fork_base,
-                     last_commit = excluded.last_commit, redo = excluded.redo, active = excluded.active"
+                     epoch = excluded.epoch, last_commit = excluded.last_commit, redo = excluded.redo,
+                     active = excluded.active"
             ),
             params![
                 group.group_id,
                 group.name,
                 group.admins.join(" "),
-                group.state,
                 group.epoch as i64,
-                group.fork_base,
                 group.last_commit,
                 group.redo,
                 group.active,
@@ -107,6 +101,78 @@ impl ProfileDb {
             .prepare_cached(&format!("SELECT {GROUP_COLUMNS} FROM groups ORDER BY created_at DESC"))?;
         let rows = stmt.query_map([], group_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// openmls's state entries for a group.
+    pub fn group_state(&self, group_id: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM group_state WHERE group_id = ?1")?;
+        let rows = stmt.query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Writes what changed in a group's state.
+    pub fn write_group_state(&self, group_id: &str, changes: &[StateChange]) -> Result<()> {
+        let mut upsert = self.conn.prepare_cached(
+            "INSERT INTO group_state (group_id, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (group_id, key) DO UPDATE SET value = excluded.value",
+        )?;
+        let mut delete = self
+            .conn
+            .prepare_cached("DELETE FROM group_state WHERE group_id = ?1 AND key = ?2")?;
+        for change in changes {
+            match &change.value {
+                Some(value) => upsert.execute(params![group_id, change.key, value])?,
+                None => delete.execute(params![group_id, change.key])?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Forgets a group's state and undo entirely (before a fresh join replaces it).
+    pub fn clear_group_state(&self, group_id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM group_state WHERE group_id = ?1", [group_id])?;
+        self.conn
+            .execute("DELETE FROM group_undo WHERE group_id = ?1", [group_id])?;
+        Ok(())
+    }
+
+    /// Remembers, for the entries `changes` touch, the value to put back to return
+    /// to the state before them. `from_commit` starts over (a commit opens a new
+    /// epoch); otherwise the earliest remembered value of an entry stays.
+    pub fn remember_group_undo(&self, group_id: &str, changes: &[StateChange], from_commit: bool) -> Result<()> {
+        if from_commit {
+            self.conn
+                .execute("DELETE FROM group_undo WHERE group_id = ?1", [group_id])?;
+        }
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO group_undo (group_id, key, value) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        )?;
+        for change in changes {
+            insert.execute(params![group_id, change.key, change.before])?;
+        }
+        Ok(())
+    }
+
+    /// Puts back the state from before the last commit (see
+    /// [`ProfileDb::remember_group_undo`]) and forgets the undo.
+    pub fn undo_group_commit(&self, group_id: &str) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM group_state WHERE group_id = ?1
+               AND key IN (SELECT key FROM group_undo WHERE group_id = ?1 AND value IS NULL)",
+            [group_id],
+        )?;
+        self.conn.execute(
+            "INSERT INTO group_state (group_id, key, value)
+               SELECT group_id, key, value FROM group_undo WHERE group_id = ?1 AND value IS NOT NULL
+             ON CONFLICT (group_id, key) DO UPDATE SET value = excluded.value",
+            [group_id],
+        )?;
+        self.conn
+            .execute("DELETE FROM group_undo WHERE group_id = ?1", [group_id])?;
+        Ok(())
     }
 
     /// Keeps a group message for when the group reaches `epoch`.

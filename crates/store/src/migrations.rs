@@ -144,8 +144,8 @@ const V4_HELD_BY: &str = "
 ALTER TABLE messages ADD COLUMN held_by INTEGER NOT NULL DEFAULT 0;
 ";
 
-/// Schema version 5: MLS groups (each group's state as one encrypted value, with the
-/// state from before the last commit while a concurrent commit may still win), group
+/// Schema version 5: MLS groups (openmls's state for each group as entries, and the
+/// entries' values from before the last commit while a concurrent commit may win), group
 /// messages that arrived before the commit they follow, this device's group identity,
 /// and the key packages others' devices handed out.
 const V5_GROUPS: &str = "
@@ -153,14 +153,24 @@ CREATE TABLE groups (
     group_id     TEXT    PRIMARY KEY,
     name         TEXT    NOT NULL,
     admins       TEXT    NOT NULL,
-    state        BLOB    NOT NULL,
     epoch        INTEGER NOT NULL,
-    fork_base    BLOB,
     last_commit  BLOB,
     redo         BLOB,
     active       INTEGER NOT NULL DEFAULT 1,
     created_at   INTEGER NOT NULL
 );
+CREATE TABLE group_state (
+    group_id  TEXT NOT NULL,
+    key       BLOB NOT NULL,
+    value     BLOB NOT NULL,
+    PRIMARY KEY (group_id, key)
+) WITHOUT ROWID;
+CREATE TABLE group_undo (
+    group_id  TEXT NOT NULL,
+    key       BLOB NOT NULL,
+    value     BLOB,
+    PRIMARY KEY (group_id, key)
+) WITHOUT ROWID;
 CREATE TABLE group_pending (
     seq       INTEGER PRIMARY KEY,
     group_id  TEXT    NOT NULL,

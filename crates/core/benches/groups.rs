@@ -1,0 +1,255 @@
+//! What group operations cost at 10, 100, 500 and 1000 member devices, through openmls
+//! alone and through Cairn.
+//!
+//! - *openmls alone*: the group lives in memory (openmls's `MlsGroup` over a memory
+//!   storage, with Cairn's crypto provider: `openmls_rust_crypto` cannot be built
+//!   beside libsignal here), and the operation is timed by itself.
+//! - *Cairn*: what the messenger does for the same operation with the group already
+//!   open (it keeps groups decoded between operations): the operation, then, in one
+//!   SQLCipher transaction, the state entries it changed, the values they replaced
+//!   (to return to the epoch before a commit, should a concurrent one win) and the
+//!   group's row. Opening a group from the database is timed on its own ("load").
+//!
+//! Operations: **add** (an admin adds one device: commit and Welcome), **commit** (an
+//! admin removes one device) and **process** (another member applies that commit).
+//!
+//! Run: `cargo bench -p cairn-core --bench groups` (add `-- --quick` for 10 and 100
+//! only). It prints a table of medians; results are in docs/benchmarks.md.
+
+use std::time::{Duration, Instant};
+
+use cairn_crypto::{Group, GroupIdentity, GroupState, LeafName};
+use cairn_store::{DbKey, GroupRecord, ProfileDb};
+
+const GROUP_ID: &str = "g0123456789abcdef0123456789abcdef";
+
+fn leaf(n: usize) -> LeafName {
+    LeafName {
+        account_id: format!("account{n:019}"),
+        device_id: 1,
+    }
+}
+
+/// A device: its group identity and the state holding its key package.
+struct Device {
+    identity: GroupIdentity,
+    state: GroupState,
+    key_package: Vec<u8>,
+}
+
+impl Device {
+    fn new(n: usize) -> Self {
+        let identity = GroupIdentity::generate(leaf(n)).unwrap();
+        let state = GroupState::new();
+        let key_package = identity.key_package(&state.provider()).unwrap();
+        Self {
+            identity,
+            state,
+            key_package,
+        }
+    }
+}
+
+/// A group of `size` devices as its admin and one other member hold it, and a
+/// device waiting to be added.
+struct Setup {
+    admin: Device,
+    admin_state: Vec<u8>,
+    member: Device,
+    member_state: Vec<u8>,
+    newcomer: Device,
+    /// The device the commit removes.
+    removed: LeafName,
+}
+
+fn setup(size: usize) -> Setup {
+    let admin = Device::new(0);
+    let member = Device::new(1);
+    let others: Vec<Device> = (2..size).map(Device::new).collect();
+    let state = GroupState::new();
+    let mut group = Group::create(&state.provider(), &admin.identity, GROUP_ID.as_bytes()).unwrap();
+    let mut packages = vec![member.key_package.clone()];
+    packages.extend(others.iter().map(|d| d.key_package.clone()));
+    let (_, welcome) = group.add(&state.provider(), &admin.identity, &packages).unwrap();
+    Group::join(&member.state.provider(), &welcome).unwrap();
+    Setup {
+        admin_state: state.to_bytes().unwrap().to_vec(),
+        member_state: member.state.to_bytes().unwrap().to_vec(),
+        admin,
+        member,
+        newcomer: Device::new(size),
+        removed: leaf(size - 1),
+    }
+}
+
+/// A profile database holding the group's row and state.
+fn profile_with(dir: &tempfile::TempDir, name: &str, state: &mut GroupState) -> ProfileDb {
+    let db = ProfileDb::create(&dir.path().join(name), &DbKey::random()).unwrap();
+    db.save_group(&record()).unwrap();
+    state.mark_unsaved();
+    db.write_group_state(GROUP_ID, &state.take_changes().unwrap()).unwrap();
+    db
+}
+
+fn record() -> GroupRecord {
+    GroupRecord {
+        group_id: GROUP_ID.into(),
+        name: "bench".into(),
+        admins: vec![leaf(0).account_id],
+        epoch: 1,
+        last_commit: Some(vec![0; 32]),
+        redo: None,
+        active: true,
+        created_at: 0,
+    }
+}
+
+/// Cairn's path around one operation on an open group: operate, then store what
+/// changed (and what it replaced) with the group's row, in one transaction.
+fn through_cairn<T>(db: &ProfileDb, state: &mut GroupState, operation: impl FnOnce(&GroupState) -> T) -> T {
+    let result = operation(state);
+    db.begin().unwrap();
+    let changes = state.take_changes().unwrap();
+    db.write_group_state(GROUP_ID, &changes).unwrap();
+    db.remember_group_undo(GROUP_ID, &changes, true).unwrap();
+    db.save_group(&record()).unwrap();
+    db.commit().unwrap();
+    result
+}
+
+/// A group opened from its saved bytes, as if just stored.
+fn open(bytes: &[u8]) -> (GroupState, Group) {
+    let state = GroupState::from_bytes(bytes).unwrap();
+    let group = Group::load(&state.provider(), GROUP_ID.as_bytes()).unwrap().unwrap();
+    (state, group)
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Times `runs` fresh runs of an operation: `prepare` (untimed) then `timed`.
+fn time<P>(runs: usize, mut prepare: impl FnMut() -> P, mut timed: impl FnMut(P)) -> Duration {
+    median(
+        (0..runs)
+            .map(|_| {
+                let prepared = prepare();
+                let start = Instant::now();
+                timed(prepared);
+                start.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes: &[usize] = if quick { &[10, 100] } else { &[10, 100, 500, 1000] };
+    println!("| devices | operation | openmls alone | Cairn (SQLCipher) | ratio |");
+    println!("|---:|---|---:|---:|---:|");
+    for &size in sizes {
+        let s = setup(size);
+        let runs = if size >= 500 { 11 } else { 31 };
+        let dir = tempfile::tempdir().unwrap();
+        let admin_db = profile_with(&dir, "admin.db", &mut open(&s.admin_state).0);
+        let member_db = profile_with(&dir, "member.db", &mut open(&s.member_state).0);
+        let newcomer = [s.newcomer.key_package.clone()];
+        let removed = [s.removed.clone()];
+        let identity = &s.admin.identity;
+
+        let add_alone = time(
+            runs,
+            || open(&s.admin_state),
+            |(state, mut group)| {
+                group.add(&state.provider(), identity, &newcomer).unwrap();
+            },
+        );
+        let add_cairn = time(
+            runs,
+            || open(&s.admin_state),
+            |(mut state, mut group)| {
+                through_cairn(&admin_db, &mut state, |state| {
+                    group.add(&state.provider(), identity, &newcomer).unwrap()
+                });
+            },
+        );
+        let commit_alone = time(
+            runs,
+            || open(&s.admin_state),
+            |(state, mut group)| {
+                group.remove(&state.provider(), identity, &removed).unwrap();
+            },
+        );
+        let commit_cairn = time(
+            runs,
+            || open(&s.admin_state),
+            |(mut state, mut group)| {
+                through_cairn(&admin_db, &mut state, |state| {
+                    group.remove(&state.provider(), identity, &removed).unwrap()
+                });
+            },
+        );
+        let (state, mut group) = open(&s.admin_state);
+        let commit = group.remove(&state.provider(), identity, &removed).unwrap();
+        let process_alone = time(
+            runs,
+            || open(&s.member_state),
+            |(state, mut group)| {
+                group.receive(&state.provider(), &commit).unwrap();
+            },
+        );
+        let process_cairn = time(
+            runs,
+            || open(&s.member_state),
+            |(mut state, mut group)| {
+                through_cairn(&member_db, &mut state, |state| {
+                    group.receive(&state.provider(), &commit).unwrap()
+                });
+            },
+        );
+        let load = time(
+            runs,
+            || (),
+            |()| {
+                let state = GroupState::from_entries(member_db.group_state(GROUP_ID).unwrap()).unwrap();
+                Group::load(&state.provider(), GROUP_ID.as_bytes()).unwrap().unwrap();
+            },
+        );
+        for (operation, alone, cairn) in [
+            ("add", add_alone, add_cairn),
+            ("commit", commit_alone, commit_cairn),
+            ("process", process_alone, process_cairn),
+        ] {
+            println!(
+                "| {size} | {operation} | {} | {} | {:.2}× |",
+                ms(alone),
+                ms(cairn),
+                cairn.as_secs_f64() / alone.as_secs_f64()
+            );
+        }
+        let floor = time(
+            runs,
+            || (),
+            |()| {
+                member_db.begin().unwrap();
+                member_db.save_group(&record()).unwrap();
+                member_db.commit().unwrap();
+            },
+        );
+        println!(
+            "| {size} | one-row transaction (the floor of any write) | | {} | |",
+            ms(floor)
+        );
+        println!(
+            "| {size} | load from the profile | | {} (state {} KiB) | |",
+            ms(load),
+            s.member_state.len() / 1024
+        );
+        let _ = &s.member;
+    }
+}
