@@ -4,6 +4,10 @@
 //! - *openmls alone*: the group lives in memory (openmls's `MlsGroup` over a memory
 //!   storage, with Cairn's crypto provider: `openmls_rust_crypto` cannot be built
 //!   beside libsignal here), and the operation is timed by itself.
+//! - *openmls + its SQLite storage*: the same, with the state in openmls's own
+//!   `openmls_sqlite_storage` (JSON codec) on an SQLCipher file with the profile's
+//!   settings (WAL, secure delete), the operation and its writes in one transaction:
+//!   what persisting costs without Cairn's design.
 //! - *Cairn*: what the messenger does for the same operation with the group already
 //!   open (it keeps groups decoded between operations): the operation, then, in one
 //!   SQLCipher transaction, the state entries it changed, the values they replaced
@@ -18,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_crypto::{Group, GroupIdentity, GroupState, LeafName};
+use cairn_crypto::{Group, GroupIdentity, GroupProvider, GroupState, LeafName};
 use cairn_store::{DbKey, GroupRecord, ProfileDb};
 
 const GROUP_ID: &str = "g0123456789abcdef0123456789abcdef";
@@ -60,6 +64,8 @@ struct Setup {
     newcomer: Device,
     /// The device the commit removes.
     removed: LeafName,
+    /// The key packages of the devices beyond the admin and the member.
+    others: Vec<Vec<u8>>,
 }
 
 fn setup(size: usize) -> Setup {
@@ -79,7 +85,82 @@ fn setup(size: usize) -> Setup {
         member,
         newcomer: Device::new(size),
         removed: leaf(size - 1),
+        others: others.iter().map(|d| d.key_package.clone()).collect(),
     }
+}
+
+/// openmls's own SQLite storage, JSON-encoded (its usual codec).
+#[derive(Default)]
+struct Json;
+
+impl openmls_sqlite_storage::Codec for Json {
+    type Error = serde_json::Error;
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+type Sqlite<'c> = openmls_sqlite_storage::SqliteStorageProvider<Json, &'c rusqlite::Connection>;
+
+const SQLCIPHER_KEY: &str = "x'2f6f9f2f6f9f2f6f9f2f6f9f2f6f9f2f6f9f2f6f9f2f6f9f2f6f9f2f6f9f2f6f'";
+
+/// An SQLCipher connection set up as a profile's is.
+fn sqlcipher(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "key", SQLCIPHER_KEY).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "secure_delete", "ON").unwrap();
+    conn
+}
+
+/// The same group as `setup` builds, for an admin and a member whose states live in
+/// openmls's SQLite storage: the two database files (to copy before each run) and
+/// the admin's identity.
+fn setup_sqlite(dir: &std::path::Path, others: &[Vec<u8>]) -> (std::path::PathBuf, std::path::PathBuf, GroupIdentity) {
+    let (admin_path, member_path) = (dir.join("admin-openmls.db"), dir.join("member-openmls.db"));
+    let (mut admin_conn, mut member_conn) = (sqlcipher(&admin_path), sqlcipher(&member_path));
+    for conn in [&mut admin_conn, &mut member_conn] {
+        openmls_sqlite_storage::SqliteStorageProvider::<Json, &mut rusqlite::Connection>::new(conn)
+            .run_migrations()
+            .unwrap();
+    }
+    let (admin_storage, member_storage) = (Sqlite::new(&admin_conn), Sqlite::new(&member_conn));
+    let (admin, member) = (
+        GroupIdentity::generate(leaf(0)).unwrap(),
+        GroupIdentity::generate(leaf(1)).unwrap(),
+    );
+    let member_package = member.key_package(&GroupProvider::new(&member_storage)).unwrap();
+    let provider = GroupProvider::new(&admin_storage);
+    let mut group = Group::create(&provider, &admin, GROUP_ID.as_bytes()).unwrap();
+    let mut packages = vec![member_package];
+    packages.extend(others.iter().cloned());
+    let (_, welcome) = group.add(&provider, &admin, &packages).unwrap();
+    Group::join(&GroupProvider::new(&member_storage), &welcome).unwrap();
+    (admin_path, member_path, admin)
+}
+
+/// A fresh copy of a database file set up by `setup_sqlite`, opened.
+fn fresh_sqlite(path: &std::path::Path) -> rusqlite::Connection {
+    let run = path.with_extension("run.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", run.display()));
+    }
+    let conn = sqlcipher(path);
+    conn.execute("VACUUM INTO ?1", [run.to_str().unwrap()]).unwrap();
+    drop(conn);
+    sqlcipher(&run)
+}
+
+/// An operation with its writes in one transaction on openmls's SQLite storage.
+fn in_transaction<T>(conn: &rusqlite::Connection, operation: impl FnOnce(&GroupProvider<'_, Sqlite<'_>>) -> T) -> T {
+    conn.execute_batch("BEGIN").unwrap();
+    let storage = Sqlite::new(conn);
+    let result = operation(&GroupProvider::new(&storage));
+    conn.execute_batch("COMMIT").unwrap();
+    result
 }
 
 /// A profile database holding the group's row and state.
@@ -150,8 +231,8 @@ fn ms(d: Duration) -> String {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes: &[usize] = if quick { &[10, 100] } else { &[10, 100, 500, 1000] };
-    println!("| devices | operation | openmls alone | Cairn (SQLCipher) | ratio |");
-    println!("|---:|---|---:|---:|---:|");
+    println!("| devices | operation | openmls alone (memory) | openmls + its SQLite storage | Cairn | Cairn / memory | Cairn / openmls SQLite |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
     for &size in sizes {
         let s = setup(size);
         let runs = if size >= 500 { 11 } else { 31 };
@@ -169,6 +250,22 @@ fn main() {
                 group.add(&state.provider(), identity, &newcomer).unwrap();
             },
         );
+        let (admin_file, member_file, sqlite_admin) = setup_sqlite(dir.path(), &s.others);
+        let load_sqlite = |path: &std::path::Path| {
+            let conn = fresh_sqlite(path);
+            Group::load(&GroupProvider::new(&Sqlite::new(&conn)), GROUP_ID.as_bytes()).unwrap();
+            conn
+        };
+        let add_sqlite = time(
+            runs,
+            || load_sqlite(&admin_file),
+            |conn| {
+                let mut group = Group::load(&GroupProvider::new(&Sqlite::new(&conn)), GROUP_ID.as_bytes())
+                    .unwrap()
+                    .unwrap();
+                in_transaction(&conn, |p| group.add(p, &sqlite_admin, &newcomer).unwrap());
+            },
+        );
         let add_cairn = time(
             runs,
             || open(&s.admin_state),
@@ -183,6 +280,16 @@ fn main() {
             || open(&s.admin_state),
             |(state, mut group)| {
                 group.remove(&state.provider(), identity, &removed).unwrap();
+            },
+        );
+        let commit_sqlite = time(
+            runs,
+            || load_sqlite(&admin_file),
+            |conn| {
+                let mut group = Group::load(&GroupProvider::new(&Sqlite::new(&conn)), GROUP_ID.as_bytes())
+                    .unwrap()
+                    .unwrap();
+                in_transaction(&conn, |p| group.remove(p, &sqlite_admin, &removed).unwrap());
             },
         );
         let commit_cairn = time(
@@ -203,6 +310,23 @@ fn main() {
                 group.receive(&state.provider(), &commit).unwrap();
             },
         );
+        let sqlite_commit = {
+            let conn = fresh_sqlite(&admin_file);
+            let storage = Sqlite::new(&conn);
+            let provider = GroupProvider::new(&storage);
+            let mut group = Group::load(&provider, GROUP_ID.as_bytes()).unwrap().unwrap();
+            group.remove(&provider, &sqlite_admin, &removed).unwrap()
+        };
+        let process_sqlite = time(
+            runs,
+            || load_sqlite(&member_file),
+            |conn| {
+                let mut group = Group::load(&GroupProvider::new(&Sqlite::new(&conn)), GROUP_ID.as_bytes())
+                    .unwrap()
+                    .unwrap();
+                in_transaction(&conn, |p| group.receive(p, &sqlite_commit).unwrap());
+            },
+        );
         let process_cairn = time(
             runs,
             || open(&s.member_state),
@@ -220,16 +344,18 @@ fn main() {
                 Group::load(&state.provider(), GROUP_ID.as_bytes()).unwrap().unwrap();
             },
         );
-        for (operation, alone, cairn) in [
-            ("add", add_alone, add_cairn),
-            ("commit", commit_alone, commit_cairn),
-            ("process", process_alone, process_cairn),
+        for (operation, alone, sqlite, cairn) in [
+            ("add", add_alone, add_sqlite, add_cairn),
+            ("commit", commit_alone, commit_sqlite, commit_cairn),
+            ("process", process_alone, process_sqlite, process_cairn),
         ] {
             println!(
-                "| {size} | {operation} | {} | {} | {:.2}× |",
+                "| {size} | {operation} | {} | {} | {} | {:.2}× | {:.2}× |",
                 ms(alone),
+                ms(sqlite),
                 ms(cairn),
-                cairn.as_secs_f64() / alone.as_secs_f64()
+                cairn.as_secs_f64() / alone.as_secs_f64(),
+                cairn.as_secs_f64() / sqlite.as_secs_f64()
             );
         }
         let floor = time(
@@ -242,11 +368,11 @@ fn main() {
             },
         );
         println!(
-            "| {size} | one-row transaction (the floor of any write) | | {} | |",
+            "| {size} | one-row transaction (the floor of any write) | | | {} | | |",
             ms(floor)
         );
         println!(
-            "| {size} | load from the profile | | {} (state {} KiB) | |",
+            "| {size} | load from the profile | | | {} (state {} KiB) | | |",
             ms(load),
             s.member_state.len() / 1024
         );

@@ -38,6 +38,8 @@ use crate::{CoreError, Event, MessageView, Outgoing, Received, Result};
 const MAX_HELD_PER_GROUP: usize = 256;
 /// Most group messages kept waiting in all.
 const MAX_HELD_GROUP_MESSAGES: usize = 4096;
+/// Most cards in one part of a group's description (each part must fit an envelope).
+const CARDS_PER_INFO: usize = 24;
 /// The name a group has until its description arrives.
 const UNNAMED_GROUP: &str = "New group";
 
@@ -542,6 +544,8 @@ impl Messenger {
     }
 
     /// Sends the group's description (name, admins, members' cards) to the group.
+    /// Texts and descriptions are MLS application messages; only admins' descriptions
+    /// are taken.
     fn send_info(&mut self, open: &mut OpenGroup) -> Result<Vec<Outgoing>> {
         let own = self.account()?.account_id.clone();
         let mut cards = Vec::new();
@@ -556,12 +560,23 @@ impl Messenger {
                 Err(e) => tracing::warn!(account, %e, "a member without a card"),
             }
         }
-        let info = GroupContent::Info(GroupInfo {
-            name: open.record.name.clone(),
-            admins: open.record.admins.clone(),
-            cards,
-        });
-        self.send_app(open, &info)
+        // A card with its prekey bundles is a few KiB: the description goes out in
+        // parts that each fit one envelope, and receivers take each part as it comes.
+        let mut out = Vec::new();
+        let parts: Vec<Vec<ContactCard>> = if cards.is_empty() {
+            vec![Vec::new()]
+        } else {
+            cards.chunks(CARDS_PER_INFO).map(<[ContactCard]>::to_vec).collect()
+        };
+        for cards in parts {
+            let info = GroupContent::Info(GroupInfo {
+                name: open.record.name.clone(),
+                admins: open.record.admins.clone(),
+                cards,
+            });
+            out.extend(self.send_app(open, &info)?);
+        }
+        Ok(out)
     }
 
     /// A contact's card as this device knows it.
