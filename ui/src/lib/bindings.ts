@@ -389,7 +389,7 @@ export type MessageItem = {
  */
 id: string; 
 /**
- * The contact's account id.
+ * The contact's account id, or the group's id.
  */
 conversation: string; sender: string; outgoing: boolean; 
 /**
