@@ -256,25 +256,33 @@ fn main() {
             Group::load(&GroupProvider::new(&Sqlite::new(&conn)), GROUP_ID.as_bytes()).unwrap();
             conn
         };
-        let add_sqlite = time(
-            runs,
-            || load_sqlite(&admin_file),
-            |conn| {
-                let mut group = Group::load(&GroupProvider::new(&Sqlite::new(&conn)), GROUP_ID.as_bytes())
-                    .unwrap()
-                    .unwrap();
-                in_transaction(&conn, |p| group.add(p, &sqlite_admin, &newcomer).unwrap());
-            },
-        );
-        let add_cairn = time(
-            runs,
-            || open(&s.admin_state),
-            |(mut state, mut group)| {
-                through_cairn(&admin_db, &mut state, |state| {
-                    group.add(&state.provider(), identity, &newcomer).unwrap()
-                });
-            },
-        );
+        // One operation on a fresh copy of an openmls SQLite database, in a transaction.
+        let on_sqlite = |path: &std::path::Path, operation: &dyn Fn(&mut Group, &GroupProvider<'_, Sqlite<'_>>)| {
+            time(
+                runs,
+                || load_sqlite(path),
+                |conn| {
+                    let mut group = Group::load(&GroupProvider::new(&Sqlite::new(&conn)), GROUP_ID.as_bytes())
+                        .unwrap()
+                        .unwrap();
+                    in_transaction(&conn, |p| operation(&mut group, p));
+                },
+            )
+        };
+        // One operation on an open group, stored as the messenger stores it.
+        let on_cairn = |bytes: &[u8], db: &ProfileDb, operation: &dyn Fn(&mut Group, &GroupState)| {
+            time(
+                runs,
+                || open(bytes),
+                |(mut state, mut group)| through_cairn(db, &mut state, |state| operation(&mut group, state)),
+            )
+        };
+        let add_sqlite = on_sqlite(&admin_file, &|group, p| {
+            group.add(p, &sqlite_admin, &newcomer).unwrap();
+        });
+        let add_cairn = on_cairn(&s.admin_state, &admin_db, &|group, state| {
+            group.add(&state.provider(), identity, &newcomer).unwrap();
+        });
         let commit_alone = time(
             runs,
             || open(&s.admin_state),
@@ -282,25 +290,12 @@ fn main() {
                 group.remove(&state.provider(), identity, &removed).unwrap();
             },
         );
-        let commit_sqlite = time(
-            runs,
-            || load_sqlite(&admin_file),
-            |conn| {
-                let mut group = Group::load(&GroupProvider::new(&Sqlite::new(&conn)), GROUP_ID.as_bytes())
-                    .unwrap()
-                    .unwrap();
-                in_transaction(&conn, |p| group.remove(p, &sqlite_admin, &removed).unwrap());
-            },
-        );
-        let commit_cairn = time(
-            runs,
-            || open(&s.admin_state),
-            |(mut state, mut group)| {
-                through_cairn(&admin_db, &mut state, |state| {
-                    group.remove(&state.provider(), identity, &removed).unwrap()
-                });
-            },
-        );
+        let commit_sqlite = on_sqlite(&admin_file, &|group, p| {
+            group.remove(p, &sqlite_admin, &removed).unwrap();
+        });
+        let commit_cairn = on_cairn(&s.admin_state, &admin_db, &|group, state| {
+            group.remove(&state.provider(), identity, &removed).unwrap();
+        });
         let (state, mut group) = open(&s.admin_state);
         let commit = group.remove(&state.provider(), identity, &removed).unwrap();
         let process_alone = time(
@@ -317,25 +312,12 @@ fn main() {
             let mut group = Group::load(&provider, GROUP_ID.as_bytes()).unwrap().unwrap();
             group.remove(&provider, &sqlite_admin, &removed).unwrap()
         };
-        let process_sqlite = time(
-            runs,
-            || load_sqlite(&member_file),
-            |conn| {
-                let mut group = Group::load(&GroupProvider::new(&Sqlite::new(&conn)), GROUP_ID.as_bytes())
-                    .unwrap()
-                    .unwrap();
-                in_transaction(&conn, |p| group.receive(p, &sqlite_commit).unwrap());
-            },
-        );
-        let process_cairn = time(
-            runs,
-            || open(&s.member_state),
-            |(mut state, mut group)| {
-                through_cairn(&member_db, &mut state, |state| {
-                    group.receive(&state.provider(), &commit).unwrap()
-                });
-            },
-        );
+        let process_sqlite = on_sqlite(&member_file, &|group, p| {
+            group.receive(p, &sqlite_commit).unwrap();
+        });
+        let process_cairn = on_cairn(&s.member_state, &member_db, &|group, state| {
+            group.receive(&state.provider(), &commit).unwrap();
+        });
         let load = time(
             runs,
             || (),

@@ -259,18 +259,7 @@ impl Messenger {
             for o in &mut out {
                 o.message = Some(id);
             }
-            let own = this.account()?.account_id.clone();
-            this.db.insert_message(&NewMessage {
-                id,
-                conversation_id: group_id.as_bytes(),
-                sender: &own,
-                sent_at,
-                body,
-                state: "sending",
-                outgoing: true,
-            })?;
-            this.enqueue(&out)?;
-            Ok((this.message(&id)?, out))
+            this.keep_outgoing(group_id, id, sent_at, body, out)
         })
     }
 

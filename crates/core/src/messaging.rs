@@ -82,16 +82,29 @@ impl Messenger {
         )?);
         self.db
             .ensure_conversation(peer.as_bytes(), &contact.display_name, sent_at)?;
+        self.keep_outgoing(peer, id, sent_at, body, out)
+    }
+
+    /// Stores a message this account sends in `conversation` and queues its
+    /// envelopes, in the transaction of the ratchet steps that made them.
+    pub(crate) fn keep_outgoing(
+        &mut self,
+        conversation: &str,
+        id: MessageId,
+        sent_at: i64,
+        body: &str,
+        out: Vec<Outgoing>,
+    ) -> Result<(MessageView, Vec<Outgoing>)> {
+        let own = self.account()?.account_id.clone();
         self.db.insert_message(&NewMessage {
             id,
-            conversation_id: peer.as_bytes(),
+            conversation_id: conversation.as_bytes(),
             sender: &own,
             sent_at,
             body,
             state: "sending",
             outgoing: true,
         })?;
-        // Queued in the same transaction as the ratchet step and the message.
         self.enqueue(&out)?;
         Ok((self.message(&id)?, out))
     }

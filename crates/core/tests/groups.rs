@@ -55,6 +55,18 @@ fn members(view: &GroupView) -> Vec<String> {
     accounts
 }
 
+/// Checks that each of `devices` shows exactly `expected` in the group.
+fn all_read(w: &World, devices: &[usize], group_id: &str, expected: &[&str]) {
+    for &device in devices {
+        assert_eq!(
+            w.texts(device, group_id),
+            expected,
+            "what {} reads",
+            w.devices[device].name
+        );
+    }
+}
+
 fn say(w: &mut World, device: usize, group_id: &str, text: &str) {
     let (_, out) = w.m(device).send_group_text(group_id, text).unwrap();
     w.send(out);
@@ -99,15 +111,8 @@ fn five_people_one_with_two_devices_chat_in_a_group_of_six_devices() {
     for (from, text) in script {
         say(&mut w, from, &group, text);
     }
-    let expected: Vec<String> = script.iter().map(|(_, t)| t.to_string()).collect();
-    for device in cast.all() {
-        assert_eq!(
-            w.texts(device, &group),
-            expected,
-            "{} holds the whole conversation",
-            w.devices[device].name
-        );
-    }
+    let expected: Vec<&str> = script.iter().map(|(_, t)| *t).collect();
+    all_read(&w, &cast.all(), &group, &expected);
 }
 
 /// One thing a person does, returning what it sends.
@@ -314,14 +319,12 @@ fn two_admins_change_the_group_at_once_and_every_member_converges() {
     for (from, text) in [(cast.e, "Erin here"), (cast.c, "Carol here"), (cast.b2, "Bob here")] {
         say(&mut w, from, &group, text);
     }
-    for device in [cast.a, cast.b1, cast.b2, cast.c, cast.e] {
-        assert_eq!(
-            w.texts(device, &group),
-            ["Erin here", "Carol here", "Bob here"],
-            "{} reads the group after the fork",
-            w.devices[device].name
-        );
-    }
+    all_read(
+        &w,
+        &[cast.a, cast.b1, cast.b2, cast.c, cast.e],
+        &group,
+        &["Erin here", "Carol here", "Bob here"],
+    );
 }
 
 #[test]
@@ -338,14 +341,12 @@ fn closing_and_reopening_every_store_keeps_every_group() {
     for (from, text) in [(cast.b2, "after, from Bob's phone"), (cast.e, "after, from Erin")] {
         say(&mut w, from, &group, text);
     }
-    for device in cast.all() {
-        assert_eq!(
-            w.texts(device, &group),
-            ["before", "after, from Bob's phone", "after, from Erin"],
-            "{}",
-            w.devices[device].name
-        );
-    }
+    all_read(
+        &w,
+        &cast.all(),
+        &group,
+        &["before", "after, from Bob's phone", "after, from Erin"],
+    );
 }
 
 #[test]
