@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 runs="${1:-200000}"
 command -v cargo-fuzz >/dev/null || cargo install --locked --root "$CAIRN_TOOLS" cargo-fuzz --quiet
 cd crates/proto/fuzz
-for target in envelope sealed content invite device_list cache group; do
+for target in envelope sealed content invite device_list cache group link; do
   log="$(mktemp)"
   start=$(date +%s)
   if RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" -- -runs="$runs" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then

@@ -3,12 +3,13 @@
 //! Owns: the account identity key (a Signal identity key pair shared by every device
 //! of the account), each device's own keys and prekeys, signed device lists, 1:1
 //! Signal sessions, sealing envelope bodies to their recipient, safety numbers, and
-//! MLS groups (openmls). Later: device linking. Does not own: IO, the network, or SQL —
+//! MLS groups (openmls), and the device-link handshake (Noise). Does not own: IO, the network, or SQL —
 //! storage is behind [`SignalStore`], which the store crate implements.
 
 mod device_list;
 mod group;
 mod identity;
+mod link;
 mod mls_crypto;
 mod prekeys;
 mod safety_number;
@@ -23,6 +24,7 @@ pub use group::{
 };
 pub use identity::{AccountId, AccountIdentity, DeviceKeys, FIRST_DEVICE_ID};
 pub use libsignal_protocol::{IdentityKey, IdentityKeyPair};
+pub use link::{answer_link, LinkChannel, LinkInitiator, LINK_NOISE_PATTERN, MAX_LINK_FRAME};
 pub use mls_crypto::GroupCrypto;
 pub use prekeys::{
     bundle_of, generate_kyber_prekey, generate_signed_prekey, signed_prekey_due, to_signal_bundle,
@@ -79,6 +81,9 @@ pub enum CryptoError {
     /// An MLS group operation failed (the message says which and why).
     #[error("group: {0}")]
     Group(String),
+    /// The device-link handshake or channel failed (the message says how).
+    #[error("device link: {0}")]
+    Link(String),
     /// A wire payload inside was malformed.
     #[error(transparent)]
     Proto(#[from] cairn_proto::ProtoError),

@@ -1,7 +1,7 @@
 //! Cairn's wire types and their binary codec.
 //!
 //! Owns: everything that leaves a device — envelopes, their sealed bodies, the
-//! content inside Signal sessions, group packets and group content, device lists, prekey bundles, invites — and a
+//! content inside Signal sessions, group packets and group content, device lists, prekey bundles, invites, device-link offers — and a
 //! versioned encoding (a version byte, then `postcard`) with a hard size limit on
 //! every decode and typed decode errors; the peer cache's requests, answers and
 //! signed acknowledgements, and the mailbox and proof-of-work derivations. Does not
@@ -13,6 +13,7 @@ mod device;
 mod envelope;
 mod group;
 mod invite;
+mod link;
 
 pub use cache::{
     mailbox_of, Ack, CacheRefusal, CacheRequest, CacheResponse, EnvelopeId, Mailbox, MAX_ACK_IDS,
@@ -36,6 +37,7 @@ pub use invite::{
     ContactCard, DeviceKeyPackage, Invite, INVITE_LINK_PREFIX, MAX_DISPLAY_NAME_BYTES, MAX_INVITE_BYTES,
     MAX_INVITE_LINK_LEN, MAX_KEY_PACKAGE_BYTES,
 };
+pub use link::{LinkOffer, LINK_OFFER_PREFIX, MAX_LINK_OFFER_BYTES, MAX_LINK_OFFER_LEN};
 
 /// Everything that can go wrong turning bytes or text from outside into a wire type.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,0 +1,121 @@
+//! The device-link offer: what an existing device shows (as a `cairn://link/...` link
+//! or the same text in a QR code) so that a new device of the same person can reach
+//! it and prove it saw the screen.
+//!
+//! It carries a one-time 32-byte secret (the pre-shared key of the Noise handshake
+//! that follows), the offering device's transport key and addresses, and when the
+//! offer expires. Anyone who reads it can start a handshake, which is why it is
+//! one-time, short-lived, and followed by a code both screens show.
+
+use data_encoding::BASE64URL_NOPAD;
+use serde::{Deserialize, Serialize};
+
+use crate::{decode_versioned, encode_versioned, ProtoError};
+
+/// The scheme and path every link offer starts with.
+pub const LINK_OFFER_PREFIX: &str = "cairn://link/";
+/// Largest encoded link offer accepted, in bytes.
+pub const MAX_LINK_OFFER_BYTES: usize = 2 * 1024;
+/// Longest link offer accepted, in characters.
+pub const MAX_LINK_OFFER_LEN: usize = LINK_OFFER_PREFIX.len() + MAX_LINK_OFFER_BYTES * 4 / 3 + 4;
+/// Most addresses an offer carries.
+const MAX_OFFER_ADDRESSES: usize = 8;
+/// Longest address, in bytes.
+const MAX_OFFER_ADDRESS_BYTES: usize = 256;
+
+/// An offer to link a new device to this account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkOffer {
+    /// One-time secret: the Noise handshake's pre-shared key.
+    pub secret: [u8; 32],
+    /// The offering device's transport public key (its peer id derives from it).
+    pub transport_key: [u8; 32],
+    /// Where the offering device listens (multiaddrs).
+    pub addresses: Vec<String>,
+    /// When the offer stops being accepted, Unix seconds.
+    pub expires_at: u64,
+}
+
+impl LinkOffer {
+    /// The binary form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    /// Parses the binary form within [`MAX_LINK_OFFER_BYTES`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
+        let offer: LinkOffer = decode_versioned(bytes, MAX_LINK_OFFER_BYTES)?;
+        if offer.addresses.len() > MAX_OFFER_ADDRESSES
+            || offer.addresses.iter().any(|a| a.len() > MAX_OFFER_ADDRESS_BYTES)
+        {
+            return Err(ProtoError::InvalidField {
+                field: "addresses",
+                reason: "too many or too long".into(),
+            });
+        }
+        Ok(offer)
+    }
+
+    /// The `cairn://link/<base64url>` form.
+    pub fn to_link(&self) -> String {
+        format!("{LINK_OFFER_PREFIX}{}", BASE64URL_NOPAD.encode(&self.to_bytes()))
+    }
+
+    /// Parses a link as pasted by a person: surrounding whitespace is ignored.
+    pub fn from_link(link: &str) -> Result<Self, ProtoError> {
+        let link = link.trim();
+        if link.len() > MAX_LINK_OFFER_LEN {
+            return Err(ProtoError::TooLarge {
+                size: link.len(),
+                limit: MAX_LINK_OFFER_LEN,
+            });
+        }
+        let payload = link.strip_prefix(LINK_OFFER_PREFIX).ok_or(ProtoError::WrongLinkKind {
+            expected: "cairn device link",
+        })?;
+        let bytes = BASE64URL_NOPAD
+            .decode(payload.as_bytes())
+            .map_err(|_| ProtoError::BadLinkEncoding)?;
+        Self::from_bytes(&bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn offer() -> LinkOffer {
+        LinkOffer {
+            secret: [7; 32],
+            transport_key: [9; 32],
+            addresses: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            expires_at: 1_800_000_000,
+        }
+    }
+
+    #[test]
+    fn a_link_offer_survives_the_link_round_trip_and_other_links_are_refused() {
+        let link = offer().to_link();
+        assert_eq!(LinkOffer::from_link(&format!("  {link}\n")).unwrap(), offer());
+        assert!(matches!(
+            LinkOffer::from_link("cairn://invite/AAAA"),
+            Err(ProtoError::WrongLinkKind { .. })
+        ));
+        assert!(matches!(
+            LinkOffer::from_link("cairn://link/!!"),
+            Err(ProtoError::BadLinkEncoding)
+        ));
+        let mut crowded = offer();
+        crowded.addresses = vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_OFFER_ADDRESSES + 1];
+        assert!(LinkOffer::from_bytes(&crowded.to_bytes()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_links_never_panic(text in ".{0,512}", bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = LinkOffer::from_link(&text);
+            let _ = LinkOffer::from_bytes(&bytes);
+        }
+    }
+}
