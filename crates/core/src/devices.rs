@@ -8,10 +8,10 @@ use cairn_crypto::{
     AccountIdentity,
 };
 use cairn_proto::{
-    decode_versioned, encode_versioned, ContactCard, Content, DeviceKeyPackage, DeviceList, PrekeyBundle,
-    SignedDeviceList, MAX_ALWAYS_ON, MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
+    decode_versioned, encode_versioned, ContactCard, Content, DeviceList, LinkHandOver, MAX_ALWAYS_ON,
+    MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
 };
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::messenger::{unix_millis, Messenger, MAX_STORED_RECORD};
 use crate::{CoreError, Outgoing, Result};
@@ -19,17 +19,27 @@ use crate::{CoreError, Outgoing, Result};
 /// How long a replaced signed prekey is kept (as Signal does: 30 days).
 const SIGNED_PREKEY_GRACE_MILLIS: i64 = 30 * 24 * 3600 * 1000;
 
-/// What an existing device hands a new one so it can join the account. Holds the
-/// account identity private key: it only ever travels inside the encrypted link
-/// channel.
-pub struct LinkGrant {
-    account_id: String,
-    identity: Zeroizing<Vec<u8>>,
-    display_name: String,
-    device_id: u8,
-    device_list: SignedDeviceList,
-    bundles: Vec<PrekeyBundle>,
-    key_packages: Vec<DeviceKeyPackage>,
+/// What an existing device hands a new one so it can join the account: the account
+/// (its identity private key included: it only ever travels inside the encrypted
+/// link channel), the device id granted, contacts, verified marks and settings.
+pub struct LinkGrant(LinkHandOver);
+
+impl Drop for LinkGrant {
+    fn drop(&mut self) {
+        self.0.identity.zeroize();
+    }
+}
+
+impl LinkGrant {
+    /// The encoded form, for the link channel.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
+    /// Decodes a grant received over the link channel.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Ok(Self(LinkHandOver::from_bytes(bytes)?))
+    }
 }
 
 impl Messenger {
@@ -44,29 +54,46 @@ impl Messenger {
         let device_id = (1..=127u8)
             .find(|id| list.device(*id).is_none())
             .ok_or(CoreError::TooManyDevices)?;
-        Ok(LinkGrant {
+        let own = self.own_card()?;
+        let mut contacts = Vec::new();
+        let mut verified = Vec::new();
+        for contact in self.contacts()? {
+            contacts.push(self.card_of(&contact.account_id)?);
+            if contact.verified {
+                verified.push(contact.account_id);
+            }
+        }
+        Ok(LinkGrant(LinkHandOver {
             account_id: account.account_id.clone(),
-            identity: account.identity.to_bytes(),
+            identity: account.identity.to_bytes().to_vec(),
             display_name: account.display_name.clone(),
             device_id,
             device_list: self.own_device_list()?,
-            bundles: self.own_card()?.bundles,
-            key_packages: self.own_card()?.key_packages,
-        })
+            bundles: own.bundles,
+            key_packages: own.key_packages,
+            contacts,
+            verified,
+            settings: self.db.settings()?,
+        }))
     }
 
     /// On the new device: takes the granted identity, makes this device's keys, adds
-    /// it to the device list (one version up) and returns this account's card for
-    /// the granting device.
+    /// it to the device list (one version up), takes the contacts, verified marks and
+    /// settings, and returns this account's card for the granting device.
     pub fn join_account(&mut self, grant: LinkGrant) -> Result<ContactCard> {
         self.installing(|this| this.join_account_now(grant))
     }
 
     fn join_account_now(&mut self, grant: LinkGrant) -> Result<ContactCard> {
+        let grant = &grant.0;
         let identity = AccountIdentity::from_bytes(&grant.identity)?;
         let (mut list, signer) = verify_device_list(&grant.device_list)?;
         if signer != *identity.public_key() || list.account_id != grant.account_id {
             return Err(CoreError::NotOurAccount);
+        }
+        // The settings first: the invite secret among them is the account's.
+        for (key, value) in &grant.settings {
+            self.db.set_setting(key, value)?;
         }
         self.install_identity(grant.account_id.clone(), identity, &grant.display_name, grant.device_id)?;
         list.version += 1;
@@ -78,6 +105,14 @@ impl Messenger {
                 .save_bundle(&grant.account_id, bundle.device_id, &encode_versioned(bundle))?;
         }
         self.save_key_packages(&grant.account_id, &grant.key_packages)?;
+        for card in &grant.contacts {
+            let (list, identity) = verify_device_list(&card.device_list)?;
+            self.check_identity(&list.account_id, &identity)?;
+            self.save_card(&list.account_id, card, &list)?;
+        }
+        for account_id in &grant.verified {
+            self.db.set_verified(account_id, true)?;
+        }
         self.own_card()
     }
 

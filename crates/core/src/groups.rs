@@ -569,7 +569,7 @@ impl Messenger {
     }
 
     /// A contact's card as this device knows it.
-    fn card_of(&self, account_id: &str) -> Result<ContactCard> {
+    pub(crate) fn card_of(&self, account_id: &str) -> Result<ContactCard> {
         let contact = self
             .db
             .contact(account_id)?

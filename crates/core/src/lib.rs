@@ -11,6 +11,7 @@ mod contacts;
 mod courier;
 mod devices;
 mod groups;
+mod linking;
 mod messaging;
 mod messenger;
 mod outbox;
@@ -24,6 +25,7 @@ pub use cairn_store::KeyVault;
 pub use courier::{Courier, SharedMessenger};
 pub use devices::{always_on_peer, LinkGrant};
 pub use groups::{GroupMemberView, GroupView};
+pub use linking::{ExistingDeviceLink, NewDeviceLink, LINK_OFFER_VALIDITY};
 pub use messaging::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE_QUOTA_MIB, MAX_MESSAGE_TTL_DAYS};
 pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use outbox::QueuedEnvelope;
@@ -135,6 +137,9 @@ pub enum CoreError {
     /// A group message or request that is not allowed.
     #[error("group: {0}")]
     GroupRefused(String),
+    /// A device link that cannot go ahead (the offer expired, was used or changed).
+    #[error("device link refused: {0}")]
+    LinkRefused(String),
 }
 
 /// Shorthand for results of this crate.

@@ -61,6 +61,9 @@ pub struct Messenger {
     addresses: Vec<String>,
     /// Groups kept decoded between operations.
     pub(crate) open_groups: crate::groups::OpenGroups,
+    /// Device-link offers made and not used yet (kept in memory only: an offer does
+    /// not outlive the app that shows it).
+    pub(crate) link_offers: Vec<crate::linking::PendingOffer>,
 }
 
 impl Messenger {
@@ -75,6 +78,7 @@ impl Messenger {
             account: None,
             addresses: Vec::new(),
             open_groups: Default::default(),
+            link_offers: Vec::new(),
         })
     }
 
@@ -90,6 +94,7 @@ impl Messenger {
             account,
             addresses: Vec::new(),
             open_groups: Default::default(),
+            link_offers: Vec::new(),
         };
         if messenger.account.is_some() {
             messenger.ensure_device_material()?;

@@ -37,7 +37,9 @@ pub use invite::{
     ContactCard, DeviceKeyPackage, Invite, INVITE_LINK_PREFIX, MAX_DISPLAY_NAME_BYTES, MAX_INVITE_BYTES,
     MAX_INVITE_LINK_LEN, MAX_KEY_PACKAGE_BYTES,
 };
-pub use link::{LinkOffer, LINK_OFFER_PREFIX, MAX_LINK_OFFER_BYTES, MAX_LINK_OFFER_LEN};
+pub use link::{
+    LinkHandOver, LinkOffer, LINK_OFFER_PREFIX, MAX_HAND_OVER_BYTES, MAX_LINK_OFFER_BYTES, MAX_LINK_OFFER_LEN,
+};
 
 /// Everything that can go wrong turning bytes or text from outside into a wire type.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -10,7 +10,12 @@
 use data_encoding::BASE64URL_NOPAD;
 use serde::{Deserialize, Serialize};
 
-use crate::{decode_versioned, encode_versioned, ProtoError};
+use crate::{
+    decode_versioned, encode_versioned, ContactCard, DeviceKeyPackage, PrekeyBundle, ProtoError, SignedDeviceList,
+};
+
+/// Largest hand-over accepted (contacts' cards are a few KiB each).
+pub const MAX_HAND_OVER_BYTES: usize = 16 * 1024 * 1024;
 
 /// The scheme and path every link offer starts with.
 pub const LINK_OFFER_PREFIX: &str = "cairn://link/";
@@ -77,6 +82,60 @@ impl LinkOffer {
             .decode(payload.as_bytes())
             .map_err(|_| ProtoError::BadLinkEncoding)?;
         Self::from_bytes(&bytes)
+    }
+}
+
+/// What the existing device hands the new one inside the link channel: the account
+/// (its identity private key included), the device id granted, and the person's
+/// contacts, verified marks and settings.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkHandOver {
+    /// The account id.
+    pub account_id: String,
+    /// The account identity key pair, private half included.
+    pub identity: Vec<u8>,
+    /// The account's display name.
+    pub display_name: String,
+    /// The device id the new device takes.
+    pub device_id: u8,
+    /// The account's signed device list, as the granting device has it.
+    pub device_list: SignedDeviceList,
+    /// Prekey bundles of the account's devices.
+    pub bundles: Vec<PrekeyBundle>,
+    /// MLS key packages of the account's devices.
+    pub key_packages: Vec<DeviceKeyPackage>,
+    /// The contacts' cards.
+    pub contacts: Vec<ContactCard>,
+    /// Account ids of the contacts marked verified.
+    pub verified: Vec<String>,
+    /// Settings, as keys and values.
+    pub settings: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for LinkHandOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("LinkHandOver")
+            .field("account_id", &self.account_id)
+            .field("device_id", &self.device_id)
+            .field("contacts", &self.contacts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkHandOver {
+    /// Encodes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    /// Decodes within [`MAX_HAND_OVER_BYTES`] and checks the cards' shapes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
+        let hand_over: LinkHandOver = decode_versioned(bytes, MAX_HAND_OVER_BYTES)?;
+        for card in &hand_over.contacts {
+            card.check()?;
+        }
+        Ok(hand_over)
     }
 }
 

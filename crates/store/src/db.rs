@@ -363,6 +363,15 @@ impl ProfileDb {
             .optional()?)
     }
 
+    /// Every setting, as keys and values.
+    pub fn settings(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM settings ORDER BY key")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Writes a setting.
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
         self.conn.execute(
