@@ -30,6 +30,73 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{CoreError, Event, Messenger, Result};
 
+/// Links the open profile (which has no account yet) to the account of the device
+/// that made `offer`, over a node of its own that stops afterwards: the handshake,
+/// `on_code` with the code to show, then waiting (until the offer expires) for the
+/// person to confirm on the other device, the hand-over, and this device's card back.
+pub async fn join_by_link(
+    messenger: &SharedMessenger,
+    offer: &cairn_proto::LinkOffer,
+    config: NodeConfig,
+    on_code: impl FnOnce(String),
+) -> Result<()> {
+    use cairn_proto::{LinkRequest, LinkResponse};
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+    let (node, _events) = cairn_net::start(seed, config)?;
+    let peer = peer_id_of(&offer.transport_key)?;
+    for address in &offer.addresses {
+        if let Ok(address) = address.parse() {
+            node.add_address(peer, address).await?;
+        }
+    }
+    let ask = |request: LinkRequest| {
+        let node = node.clone();
+        async move {
+            let answer = node.link_request(peer, request.to_bytes()).await?;
+            match LinkResponse::from_bytes(&answer)? {
+                LinkResponse::Refused(why) => Err(CoreError::LinkRefused(why)),
+                response => Ok(response),
+            }
+        }
+    };
+    let (mut link, first) = crate::NewDeviceLink::start(offer)?;
+    let LinkResponse::Answer(answer) = ask(LinkRequest::Hello(first)).await? else {
+        return Err(CoreError::LinkRefused(
+            "the other device did not answer the handshake".into(),
+        ));
+    };
+    on_code(link.answered(&answer)?);
+    let frames = loop {
+        match ask(LinkRequest::Ready).await? {
+            LinkResponse::HandOver(frames) => break frames,
+            LinkResponse::Wait if unix_secs() < offer.expires_at => {
+                tokio::time::sleep(Duration::from_millis(300)).await
+            }
+            _ => return Err(CoreError::LinkRefused("the code was not confirmed in time".into())),
+        }
+    };
+    let card = with(messenger, |m| {
+        let card = m.join_over_link(&mut link, &frames)?;
+        // Where the other device listens, for this device's node from now on.
+        for address in offer.addresses.iter().take(8) {
+            m.db.save_peer_address(&offer.transport_key, address, crate::messenger::unix_millis())?;
+        }
+        Ok::<_, CoreError>(card)
+    })
+    .ok_or(CoreError::NoAccount)??;
+    match ask(LinkRequest::Card(card)).await? {
+        LinkResponse::Done => Ok(()),
+        _ => Err(CoreError::LinkRefused(
+            "the other device did not take this one's card".into(),
+        )),
+    }
+}
+
+fn unix_secs() -> u64 {
+    crate::messenger::unix_millis() as u64 / 1000
+}
+
 /// A messenger shared between the UI (or CLI) and the courier; `None` until open.
 pub type SharedMessenger = Arc<Mutex<Option<Messenger>>>;
 
@@ -230,6 +297,13 @@ impl Courier {
                     Some(NetEvent::Disconnected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
                         on_change();
+                    }
+                    Some(NetEvent::LinkRequest { from, request, reply }) => {
+                        tracing::info!(%from, "a device asks to be linked");
+                        let response = with(&messenger, |m| m.serve_link(&request)).unwrap_or_default();
+                        let _ = self.handle.answer_link(reply, response).await;
+                        on_change();
+                        self.kick(&messenger, &on_change);
                     }
                     Some(NetEvent::Discovered(peer)) => {
                         // Now there is a way to it: what waits for it can go.

@@ -22,7 +22,7 @@ mod views;
 pub use cairn_crypto::SafetyNumber;
 pub use cairn_net::{CacheConfig, CacheLimits, DirectConfig, IceServer, Multiaddr, NodeConfig};
 pub use cairn_store::KeyVault;
-pub use courier::{Courier, SharedMessenger};
+pub use courier::{join_by_link, Courier, SharedMessenger};
 pub use devices::{always_on_peer, LinkGrant};
 pub use groups::{GroupMemberView, GroupView};
 pub use linking::{ExistingDeviceLink, NewDeviceLink, LINK_OFFER_VALIDITY};

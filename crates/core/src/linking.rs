@@ -17,7 +17,9 @@
 use std::time::Duration;
 
 use cairn_crypto::{answer_link, LinkChannel, LinkInitiator, MAX_LINK_FRAME};
-use cairn_proto::{decode_versioned, encode_versioned, ContactCard, LinkOffer, MAX_HAND_OVER_BYTES};
+use cairn_proto::{
+    decode_versioned, encode_versioned, ContactCard, LinkOffer, LinkRequest, LinkResponse, MAX_HAND_OVER_BYTES,
+};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -32,6 +34,13 @@ pub const LINK_OFFER_VALIDITY: Duration = Duration::from_secs(600);
 pub(crate) struct PendingOffer {
     secret: Zeroizing<[u8; 32]>,
     expires_at: u64,
+}
+
+/// A link this device serves over the network: the handshake is done, and the
+/// person has or has not confirmed the code yet.
+pub(crate) struct ServedLink {
+    link: ExistingDeviceLink,
+    confirmed: bool,
 }
 
 /// The existing device's side of a link, after the handshake.
@@ -176,6 +185,69 @@ impl Messenger {
         }
         tracing::info!(at = unix_millis(), "a new device is linked");
         Ok(out)
+    }
+}
+
+impl Messenger {
+    /// Answers one request of the link protocol (from the network): the handshake,
+    /// "confirmed yet?", and the new device's card. Never fails: a refusal is an
+    /// answer too.
+    pub fn serve_link(&mut self, request: &[u8]) -> Vec<u8> {
+        let response = match LinkRequest::from_bytes(request) {
+            Ok(request) => self.serve_link_request(request),
+            Err(e) => Err(e.into()),
+        };
+        response
+            .unwrap_or_else(|e| {
+                tracing::info!(%e, "a link request was refused");
+                LinkResponse::Refused(e.to_string())
+            })
+            .to_bytes()
+    }
+
+    fn serve_link_request(&mut self, request: LinkRequest) -> Result<LinkResponse> {
+        match request {
+            LinkRequest::Hello(first) => {
+                let (link, answer) = self.answer_link(&first)?;
+                self.served_link = Some(ServedLink { link, confirmed: false });
+                Ok(LinkResponse::Answer(answer))
+            }
+            LinkRequest::Ready => match self.served_link.take() {
+                Some(mut served) if served.confirmed => {
+                    let frames = self.hand_over(&mut served.link)?;
+                    self.served_link = Some(served);
+                    Ok(LinkResponse::HandOver(frames))
+                }
+                Some(served) => {
+                    self.served_link = Some(served);
+                    Ok(LinkResponse::Wait)
+                }
+                None => Err(CoreError::LinkRefused("no link is under way".into())),
+            },
+            LinkRequest::Card(frame) => match self.served_link.take() {
+                Some(mut served) if served.confirmed => {
+                    self.finish_link(&mut served.link, &frame)?;
+                    Ok(LinkResponse::Done)
+                }
+                _ => Err(CoreError::LinkRefused("no confirmed link is under way".into())),
+            },
+        }
+    }
+
+    /// The code of a link waiting for the person to confirm it, if any.
+    pub fn link_waiting_for_confirmation(&self) -> Option<String> {
+        self.served_link
+            .as_ref()
+            .filter(|s| !s.confirmed)
+            .map(|s| s.link.confirmation_code().to_owned())
+    }
+
+    /// The person compared the codes: go ahead (`true`) or drop the link.
+    pub fn confirm_link(&mut self, same_code: bool) {
+        match self.served_link.as_mut() {
+            Some(served) if same_code => served.confirmed = true,
+            _ => self.served_link = None,
+        }
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Messenger {
     /// Device-link offers made and not used yet (kept in memory only: an offer does
     /// not outlive the app that shows it).
     pub(crate) link_offers: Vec<crate::linking::PendingOffer>,
+    /// The link this device serves over the network, once a new device answered.
+    pub(crate) served_link: Option<crate::linking::ServedLink>,
 }
 
 impl Messenger {
@@ -79,6 +81,7 @@ impl Messenger {
             addresses: Vec::new(),
             open_groups: Default::default(),
             link_offers: Vec::new(),
+            served_link: None,
         })
     }
 
@@ -95,6 +98,7 @@ impl Messenger {
             addresses: Vec::new(),
             open_groups: Default::default(),
             link_offers: Vec::new(),
+            served_link: None,
         };
         if messenger.account.is_some() {
             messenger.ensure_device_material()?;

@@ -3,13 +3,19 @@
 //! shows an offer, her new desktop reads it, both show the same code, the laptop hands
 //! the account over, and from then on both devices get everything — and Bob's safety
 //! number with Alice does not change. Offers that expired, were used or were changed
-//! are refused and change nothing.
+//! are refused and change nothing. Over loopback, the same link runs through real
+//! libp2p nodes.
 
+mod common;
 mod world;
 
-use cairn_core::{CoreError, NewDeviceLink, LINK_OFFER_VALIDITY};
-use cairn_proto::LinkOffer;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use cairn_core::{CoreError, Messenger, NewDeviceLink, Unlock, LINK_OFFER_VALIDITY};
+use cairn_proto::LinkOffer;
+use cairn_store::ProfileDir;
+use common::{befriend, loopback, vault, wait_until, Person};
 use world::World;
 
 /// Runs the whole link from `existing` to the fresh profile `new`, as a person would.
@@ -133,4 +139,69 @@ fn an_expired_used_or_changed_offer_is_refused_and_changes_nothing() {
     let after = w.m(laptop).account_info().unwrap();
     assert_eq!(after.account_id, version_before.account_id);
     assert_eq!(w.m(desktop).account_info().unwrap().account_id, after.account_id);
+}
+
+#[test]
+fn a_new_device_links_over_loopback_and_both_devices_get_bobs_message() {
+    let vault = vault();
+    let laptop = Person::new("Alice", &vault, false);
+    let bob = Person::new("Bob", &vault, false);
+    befriend(&laptop, &bob);
+    let (alice_id, bob_id) = (laptop.account_id(), bob.account_id());
+    let addresses = laptop.with(|m| m.invite().unwrap().addresses);
+    let offer = laptop.with(|m| m.offer_link(addresses, LINK_OFFER_VALIDITY).unwrap());
+
+    // The new desktop: a profile with no account yet, and the person at the laptop
+    // who confirms once the code shows there.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&vault)).unwrap();
+    let desktop: cairn_core::SharedMessenger = Arc::new(Mutex::new(Some(profile)));
+    let shown_on_laptop = Arc::new(Mutex::new(None));
+    let confirmer = {
+        let (laptop_messenger, shown) = (laptop.messenger.clone(), shown_on_laptop.clone());
+        std::thread::spawn(move || {
+            wait_until("the laptop shows a code", || {
+                let mut slot = laptop_messenger.lock().unwrap();
+                let messenger = slot.as_mut().unwrap();
+                match messenger.link_waiting_for_confirmation() {
+                    Some(code) => {
+                        *shown.lock().unwrap() = Some(code);
+                        messenger.confirm_link(true);
+                        true
+                    }
+                    None => false,
+                }
+            })
+        })
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut shown_on_desktop = None;
+    runtime
+        .block_on(cairn_core::join_by_link(&desktop, &offer, loopback(false), |code| {
+            shown_on_desktop = Some(code)
+        }))
+        .unwrap();
+    confirmer.join().unwrap();
+    assert_eq!(
+        shown_on_desktop,
+        *shown_on_laptop.lock().unwrap(),
+        "both screens showed one code"
+    );
+    drop(runtime);
+
+    // Like any node, the desktop's needs a way into the network (here the laptop; in
+    // the app also bootstrap nodes and the LAN).
+    let mut config = loopback(false);
+    config.bootstrap = offer.addresses.iter().map(|a| a.parse().unwrap()).collect();
+    let desktop = Person::from_profile(dir, desktop, config);
+    assert_eq!(desktop.account_id(), alice_id);
+    laptop.courier.wake();
+    wait_until("Bob knows Alice's second device", || {
+        bob.with(|m| m.contact(&alice_id).unwrap().devices) == 2
+    });
+    bob.with(|m| m.send_text(&alice_id, "hello both of you").unwrap());
+    bob.courier.wake();
+    wait_until("both of Alice's devices have Bob's message", || {
+        laptop.texts_from(&bob_id) == ["hello both of you"] && desktop.texts_from(&bob_id) == ["hello both of you"]
+    });
 }

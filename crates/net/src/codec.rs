@@ -4,13 +4,18 @@
 //! response is one byte saying whether the receiver took it.
 //! `/cairn/cache/1`: a length-prefixed [`CacheRequest`] and a length-prefixed
 //! [`CacheResponse`], between a device and a peer cache node.
+//! `/cairn/link/1`: a length-prefixed link request and answer between a new device
+//! and the device whose offer it read (opaque here; the core reads them).
 //!
 //! Lengths are checked against each type's limit before anything is read, and buffers
 //! grow with what arrives rather than with what the prefix claims.
 
 use std::io;
 
-use cairn_proto::{CacheRequest, CacheResponse, MAX_CACHE_REQUEST_BYTES, MAX_CACHE_RESPONSE_BYTES, MAX_ENVELOPE_BYTES};
+use cairn_proto::{
+    CacheRequest, CacheResponse, MAX_CACHE_REQUEST_BYTES, MAX_CACHE_RESPONSE_BYTES, MAX_ENVELOPE_BYTES,
+    MAX_LINK_MESSAGE_BYTES,
+};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
@@ -18,6 +23,8 @@ use libp2p::StreamProtocol;
 pub const ENVELOPE_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/envelope/1");
 /// The peer cache protocol's name.
 pub const CACHE_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/cache/1");
+/// The device-link protocol's name.
+pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/link/1");
 
 /// What the receiver says about an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +145,44 @@ impl libp2p::request_response::Codec for CacheCodec {
         T: AsyncWrite + Unpin + Send,
     {
         write_frame(io, &response.to_bytes(), MAX_CACHE_RESPONSE_BYTES).await
+    }
+}
+
+/// Codec for [`LINK_PROTOCOL`]: frames of bytes both ways.
+#[derive(Debug, Clone, Default)]
+pub struct LinkCodec;
+
+impl libp2p::request_response::Codec for LinkCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, MAX_LINK_MESSAGE_BYTES).await
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, MAX_LINK_MESSAGE_BYTES).await
+    }
+
+    async fn write_request<T>(&mut self, _: &Self::Protocol, io: &mut T, bytes: Vec<u8>) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &bytes, MAX_LINK_MESSAGE_BYTES).await
+    }
+
+    async fn write_response<T>(&mut self, _: &Self::Protocol, io: &mut T, bytes: Vec<u8>) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &bytes, MAX_LINK_MESSAGE_BYTES).await
     }
 }
 

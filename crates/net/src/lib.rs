@@ -20,11 +20,11 @@ mod node;
 
 pub use cache::{verify_ack, CacheConfig, Clock, DEFAULT_POW_BITS};
 pub use cairn_store::CacheLimits;
-pub use codec::{CacheCodec, Delivery, EnvelopeCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL};
+pub use codec::{CacheCodec, Delivery, EnvelopeCodec, LinkCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL, LINK_PROTOCOL};
 pub use direct::{DirectConfig, IceServer, MAX_DIRECT_ENVELOPE};
 pub use libp2p::{multiaddr, Multiaddr, PeerId};
 pub use mailbox::mailbox_of_peer;
-pub use node::{keypair_from_seed, peer_id_of, start, InboundId, NetEvent, NodeConfig, NodeHandle};
+pub use node::{keypair_from_seed, peer_id_of, start, InboundId, LinkReply, NetEvent, NodeConfig, NodeHandle};
 
 /// Everything that can go wrong in the network layer.
 #[derive(Debug, thiserror::Error)]

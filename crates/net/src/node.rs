@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use cairn_proto::{CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox, MAX_ACK_IDS};
 
 use crate::cache::{sign_ack, CacheConfig, CacheService, Clock, Effect};
-use crate::codec::{CacheCodec, Delivery, EnvelopeCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL};
+use crate::codec::{CacheCodec, Delivery, EnvelopeCodec, LinkCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL, LINK_PROTOCOL};
 use crate::direct::{Direct, DirectConfig};
 use crate::NetError;
 
@@ -96,7 +96,21 @@ pub enum NetEvent {
     DirectOpened(PeerId),
     /// The direct session to a peer closed.
     DirectClosed(PeerId),
+    /// A new device asks to be linked (`/cairn/link/1`); answer with
+    /// [`NodeHandle::answer_link`].
+    LinkRequest {
+        /// The asking peer.
+        from: PeerId,
+        /// The encoded request.
+        request: Vec<u8>,
+        /// What to pass to [`NodeHandle::answer_link`].
+        reply: LinkReply,
+    },
 }
+
+/// Identifies an inbound link request until it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkReply(u64);
 
 /// Identifies an inbound envelope until it is answered, and the path it came by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -183,6 +197,17 @@ enum Command {
     },
     /// Runs work on this node's cache service (`None` when it holds for no one).
     Holding(HoldingWork),
+    /// Sends a link request and passes the answer back.
+    Link {
+        to: PeerId,
+        request: Vec<u8>,
+        done: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    /// Answers an inbound link request.
+    LinkAnswer {
+        reply: LinkReply,
+        response: Vec<u8>,
+    },
 }
 
 /// Talks to a running node; cheap to clone. The node stops when every handle is gone.
@@ -204,6 +229,7 @@ pub struct NodeHandle {
 struct Behaviour {
     envelopes: request_response::Behaviour<EnvelopeCodec>,
     cache: request_response::Behaviour<CacheCodec>,
+    link: request_response::Behaviour<LinkCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -294,6 +320,12 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
                         .with_request_timeout(config.request_timeout)
                         .with_max_concurrent_streams(16),
                 ),
+                link: request_response::Behaviour::new(
+                    [(LINK_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60))
+                        .with_max_concurrent_streams(2),
+                ),
                 // Pushing new listen addresses tells peers (and so the DHT) about addresses
                 // through relays, which come up after the first exchange.
                 identify: identify::Behaviour::new(
@@ -348,6 +380,8 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
             replicas: config.cache.replicas,
             closest: HashMap::new(),
             cache_pending: HashMap::new(),
+            link_pending: HashMap::new(),
+            link_inbound: HashMap::new(),
             acks_due: HashMap::new(),
             subscribed_at: HashSet::new(),
             mailbox: cairn_proto::mailbox_of(&transport_key),
@@ -499,6 +533,16 @@ impl NodeHandle {
         self.ask(|done| Command::Cache { to, request, done }).await?
     }
 
+    /// Sends one request of the device-link protocol and waits for the answer.
+    pub async fn link_request(&self, to: PeerId, request: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.ask(|done| Command::Link { to, request, done }).await?
+    }
+
+    /// Answers an inbound link request.
+    pub async fn answer_link(&self, reply: LinkReply, response: Vec<u8>) -> Result<(), NetError> {
+        self.tell(Command::LinkAnswer { reply, response }).await
+    }
+
     /// Runs `work` on this node's cache service, with the time.
     pub(crate) async fn holding<T: Send + 'static>(
         &self,
@@ -558,6 +602,11 @@ struct Driver {
     closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
     /// Cache requests whose answer someone waits for.
     cache_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<CacheResponse, NetError>>>,
+    /// Link requests whose answer someone waits for.
+    link_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    /// Inbound link requests waiting for the core's answer (ids count up with
+    /// `next_inbound`).
+    link_inbound: HashMap<LinkReply, ResponseChannel<Vec<u8>>>,
     /// Envelopes answered but not yet acknowledged to the holder they came from.
     acks_due: HashMap<PeerId, Vec<EnvelopeId>>,
     /// Holders this node asked for pushes to its mailbox, while connected: only they
@@ -698,6 +747,15 @@ impl Driver {
                 self.cache_pending.insert(id, done);
             }
             Command::Holding(work) => work(self.holding.as_mut(), self.clock.now()),
+            Command::Link { to, request, done } => {
+                let id = self.swarm.behaviour_mut().link.send_request(&to, request);
+                self.link_pending.insert(id, done);
+            }
+            Command::LinkAnswer { reply, response } => {
+                if let Some(channel) = self.link_inbound.remove(&reply) {
+                    let _ = self.swarm.behaviour_mut().link.send_response(channel, response);
+                }
+            }
         }
     }
 
@@ -910,6 +968,32 @@ impl Driver {
                 }
                 request_response::Event::InboundFailure { peer, error, .. } => {
                     tracing::debug!(%peer, %error, "inbound cache request failed");
+                }
+                request_response::Event::ResponseSent { .. } => {}
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Link(event)) => match event {
+                request_response::Event::Message { peer, message, .. } => match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let reply = LinkReply(self.next_inbound);
+                        self.next_inbound += 1;
+                        self.link_inbound.insert(reply, channel);
+                        self.emit(NetEvent::LinkRequest {
+                            from: peer,
+                            request,
+                            reply,
+                        })?
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        answer(&mut self.link_pending, request_id, Ok(response))
+                    }
+                },
+                request_response::Event::OutboundFailure { request_id, error, .. } => answer(
+                    &mut self.link_pending,
+                    request_id,
+                    Err(NetError::Unreachable(error.to_string())),
+                ),
+                request_response::Event::InboundFailure { peer, error, .. } => {
+                    tracing::debug!(%peer, %error, "inbound link request failed");
                 }
                 request_response::Event::ResponseSent { .. } => {}
             },

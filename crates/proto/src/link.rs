@@ -139,6 +139,57 @@ impl LinkHandOver {
     }
 }
 
+/// Largest link protocol message: a hand-over and its framing.
+pub const MAX_LINK_MESSAGE_BYTES: usize = MAX_HAND_OVER_BYTES + 64 * 1024;
+
+/// What the new device asks the offering device, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkRequest {
+    /// The first handshake message.
+    Hello(Vec<u8>),
+    /// "Has the person confirmed the code?"
+    Ready,
+    /// The new device's card, sealed in the channel.
+    Card(Vec<u8>),
+}
+
+/// What the offering device answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkResponse {
+    /// The handshake answer.
+    Answer(Vec<u8>),
+    /// Not confirmed yet: ask again.
+    Wait,
+    /// Confirmed: the hand-over, sealed in frames.
+    HandOver(Vec<Vec<u8>>),
+    /// Linked.
+    Done,
+    /// Refused, and why.
+    Refused(String),
+}
+
+impl LinkRequest {
+    /// Encodes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+    /// Decodes within [`MAX_LINK_MESSAGE_BYTES`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
+        decode_versioned(bytes, MAX_LINK_MESSAGE_BYTES)
+    }
+}
+
+impl LinkResponse {
+    /// Encodes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+    /// Decodes within [`MAX_LINK_MESSAGE_BYTES`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
+        decode_versioned(bytes, MAX_LINK_MESSAGE_BYTES)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +226,8 @@ mod tests {
         fn arbitrary_links_never_panic(text in ".{0,512}", bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
             let _ = LinkOffer::from_link(&text);
             let _ = LinkOffer::from_bytes(&bytes);
+            let _ = LinkRequest::from_bytes(&bytes);
+            let _ = LinkResponse::from_bytes(&bytes);
         }
     }
 }

@@ -57,7 +57,11 @@ impl Person {
         let dir = tempfile::tempdir().unwrap();
         let mut messenger = Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(vault)).unwrap();
         messenger.create_account(name).unwrap();
-        let messenger: SharedMessenger = Arc::new(Mutex::new(Some(messenger)));
+        Self::from_profile(dir, Arc::new(Mutex::new(Some(messenger))), config)
+    }
+
+    /// A person whose profile (with its account) is already open.
+    pub fn from_profile(dir: TempDir, messenger: SharedMessenger, config: NodeConfig) -> Self {
         let runtime = runtime();
         let (courier, changed) = start_courier(&runtime, &messenger, config.clone());
         Self {
