@@ -10,7 +10,7 @@ use cairn_core::{
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
 use specta::Type;
-use tauri::AppHandle;
+use tauri::{AppHandle, Emitter};
 
 /// Shortest passphrase accepted when the keyring is not used.
 const MIN_PASSPHRASE_CHARS: usize = 8;
@@ -167,7 +167,8 @@ impl From<CoreError> for AppError {
             | CoreError::UnknownGroup(_)
             | CoreError::NotGroupAdmin
             | CoreError::NoKeyPackage(_)
-            | CoreError::GroupRefused(_) => (InvalidInput, error.to_string()),
+            | CoreError::GroupRefused(_)
+            | CoreError::LinkRefused(_) => (InvalidInput, error.to_string()),
             _ => (Internal, format!("Something went wrong: {error}.")),
         };
         tracing::warn!(?code, %error, "command failed");
@@ -750,4 +751,93 @@ pub async fn send_group_text(
     body: String,
 ) -> Result<MessageItem, AppError> {
     with_messenger(&state, |m| Ok(m.send_group_text(&group_id, &body)?.0.into())).inspect(|_| wake_network(&state))
+}
+
+/// The event that tells a new device's UI the code to compare while it links.
+pub const LINK_CODE_EVENT: &str = "cairn-link-code";
+
+/// An offer to link a new device: the link to paste and the same text as a QR code.
+#[derive(Debug, Clone, Serialize, Type)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkOfferView {
+    link: String,
+    /// SVG of the QR code.
+    qr_svg: String,
+    /// Unix seconds.
+    expires_at: f64,
+}
+
+/// Makes a one-time offer to link a new device (ten minutes), with where this
+/// device listens now.
+#[tauri::command]
+#[specta::specta]
+pub async fn offer_link(state: tauri::State<'_, AppState>) -> Result<LinkOfferView, AppError> {
+    with_messenger(&state, |m| {
+        let addresses = m.invite()?.addresses;
+        let offer = m.offer_link(addresses, cairn_core::LINK_OFFER_VALIDITY)?;
+        let link = offer.to_link();
+        Ok(LinkOfferView {
+            qr_svg: cairn_core::qr_svg(link.as_bytes())?,
+            link,
+            expires_at: offer.expires_at as f64,
+        })
+    })
+}
+
+/// The code of a new device waiting for the person to confirm, if one is.
+#[tauri::command]
+#[specta::specta]
+pub async fn link_waiting(state: tauri::State<'_, AppState>) -> Result<Option<String>, AppError> {
+    with_messenger(&state, |m| Ok(m.link_waiting_for_confirmation()))
+}
+
+/// The person compared the codes on both screens: link (`true`) or cancel.
+#[tauri::command]
+#[specta::specta]
+pub async fn confirm_link(state: tauri::State<'_, AppState>, same_code: bool) -> Result<(), AppError> {
+    with_messenger(&state, |m| {
+        m.confirm_link(same_code);
+        Ok(())
+    })
+}
+
+/// Onboarding by linking: this new device joins the account of the device whose
+/// offer was pasted (or scanned). The code to compare arrives as an event meanwhile.
+#[tauri::command]
+#[specta::specta]
+pub async fn join_by_link(
+    app: AppHandle,
+    state: tauri::State<'_, AppState>,
+    link: String,
+    passphrase: Option<String>,
+) -> Result<AccountView, AppError> {
+    let offer =
+        cairn_core::LinkOffer::from_link(&link).map_err(|_| AppError::invalid("That is not a Cairn device link."))?;
+    {
+        let mut slot = state.messenger.lock().expect("messenger lock");
+        if slot.is_none() {
+            let unlock = match passphrase.as_deref() {
+                Some(p) if p.chars().count() < MIN_PASSPHRASE_CHARS => {
+                    return Err(AppError::invalid(format!(
+                        "A passphrase needs at least {MIN_PASSPHRASE_CHARS} characters."
+                    )))
+                }
+                Some(p) => Unlock::Passphrase(p),
+                None => Unlock::Keyring(state.vault()?),
+            };
+            *slot = Some(Messenger::create_profile(&state.profile, unlock)?);
+        }
+    }
+    let emitter = app.clone();
+    cairn_core::join_by_link(
+        &state.messenger,
+        &offer,
+        crate::network::config_from_env(),
+        move |code| {
+            let _ = emitter.emit(LINK_CODE_EVENT, code);
+        },
+    )
+    .await?;
+    crate::network::ensure_started(&app);
+    account(state).await
 }

@@ -56,6 +56,10 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::set_group_admin,
         commands::leave_group,
         commands::send_group_text,
+        commands::offer_link,
+        commands::link_waiting,
+        commands::confirm_link,
+        commands::join_by_link,
     ])
 }
 

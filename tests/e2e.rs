@@ -717,3 +717,70 @@ async fn three_app_instances_one_creates_a_group_and_all_three_chat_in_it() -> R
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_app_instance_links_to_alices_account_by_paste_and_both_show_the_same_conversation() -> Result<()> {
+    with_timeout(async {
+        let data = tempfile::tempdir()?;
+        let ((_alice_driver, alice), (_bob_driver, bob)) = onboarded_pair(data.path()).await?;
+        wait_text(&alice, "invite-addresses", |n| n != "0").await?;
+        let alice_link = full_text(&alice, "invite-link").await?;
+        click(&bob, "add-contact").await?;
+        paste(&bob, "invite-input", &alice_link).await?;
+        click(&bob, "accept-invite").await?;
+        element(&alice, "contact").await?;
+
+        // Alice's laptop shows a link offer; her new desktop pastes it.
+        click(&alice, "open-settings").await?;
+        element(&alice, "offer-link").await?.click().await?;
+        let offer = full_text(&alice, "link-offer").await?;
+        // The QR code the app shows reads back (from a PNG screenshot) as the same offer.
+        let scanned = cairn_core::read_qr_image(&alice.screenshot().await?)?;
+        assert_eq!(
+            cairn_core::LinkOffer::from_link(&scanned)?,
+            cairn_core::LinkOffer::from_link(&offer)?
+        );
+        let desktop_driver = Driver::start(data.path(), &[])?;
+        let desktop = desktop_driver.launch("alice-desktop").await?;
+        element(&desktop, "link-existing").await?.click().await?;
+        paste(&desktop, "link-input", &offer).await?;
+        element(&desktop, "join-by-link").await?.click().await?;
+
+        // Both screens show one code; Alice confirms it on the laptop.
+        let on_desktop = text_of(&desktop, "new-device-code").await?;
+        let on_laptop = text_of(&alice, "link-code").await?;
+        assert_eq!(on_desktop, on_laptop, "both screens show the same code");
+        assert_eq!(on_desktop.chars().filter(char::is_ascii_digit).count(), 6);
+        element(&alice, "confirm-link").await?.click().await?;
+        element(&alice, "link-done").await?;
+
+        // The desktop is Alice now, with Bob among her contacts.
+        assert_eq!(text_of(&desktop, "display-name-shown").await?, "Alice");
+        let bob_on_desktop = element(&desktop, "contact").await?;
+        assert_eq!(bob_on_desktop.attr("data-name").await?.as_deref(), Some("Bob"));
+
+        // Bob writes once Alice's new device is on his list; both of hers show it.
+        element(&bob, "contact").await?.click().await?;
+        wait_text(&bob, "contact-devices", |n| n == "2").await?;
+        paste(&bob, "message-input", "hello to both your computers").await?;
+        click(&bob, "send").await?;
+        click(&alice, "contact").await?;
+        bob_on_desktop.click().await?;
+        for (who, client) in [("laptop", &alice), ("desktop", &desktop)] {
+            wait_bodies(client, who, &["hello to both your computers"]).await?;
+        }
+        // The desktop answers; the laptop shows the answer too.
+        paste(&desktop, "message-input", "got it on the desktop").await?;
+        click(&desktop, "send").await?;
+        let both = ["hello to both your computers", "got it on the desktop"];
+        for (who, client) in [("laptop", &alice), ("desktop", &desktop), ("Bob", &bob)] {
+            wait_bodies(client, who, &both).await?;
+        }
+        screenshot(&desktop, "linked-desktop").await?;
+        for client in [alice, bob, desktop] {
+            client.close().await?;
+        }
+        Ok(())
+    })
+    .await
+}

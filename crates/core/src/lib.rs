@@ -21,6 +21,7 @@ mod views;
 
 pub use cairn_crypto::SafetyNumber;
 pub use cairn_net::{CacheConfig, CacheLimits, DirectConfig, IceServer, Multiaddr, NodeConfig};
+pub use cairn_proto::LinkOffer;
 pub use cairn_store::KeyVault;
 pub use courier::{join_by_link, Courier, SharedMessenger};
 pub use devices::{always_on_peer, LinkGrant};

@@ -315,6 +315,52 @@ async sendGroupText(groupId: string, body: string) : Promise<Result<MessageItem,
     if(e instanceof Error) throw e;
     else return { status: "error", error: e  as any };
 }
+},
+/**
+ * Makes a one-time offer to link a new device (ten minutes), with where this
+ * device listens now.
+ */
+async offerLink() : Promise<Result<LinkOfferView, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("offer_link") };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * The code of a new device waiting for the person to confirm, if one is.
+ */
+async linkWaiting() : Promise<Result<string | null, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("link_waiting") };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * The person compared the codes on both screens: link (`true`) or cancel.
+ */
+async confirmLink(sameCode: boolean) : Promise<Result<null, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("confirm_link", { sameCode }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Onboarding by linking: this new device joins the account of the device whose
+ * offer was pasted (or scanned). The code to compare arrives as an event meanwhile.
+ */
+async joinByLink(link: string, passphrase: string | null) : Promise<Result<AccountView, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("join_by_link", { link, passphrase }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
 }
 }
 
@@ -380,6 +426,18 @@ active: boolean }
  * A member of a group.
  */
 export type GroupMemberItem = { accountId: string; displayName: string; admin: boolean; devices: number }
+/**
+ * An offer to link a new device: the link to paste and the same text as a QR code.
+ */
+export type LinkOfferView = { link: string; 
+/**
+ * SVG of the QR code.
+ */
+qrSvg: string; 
+/**
+ * Unix seconds.
+ */
+expiresAt: number }
 /**
  * A message as the UI shows it.
  */
