@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use cairn_core::{
-    ContactView, CoreError, DeliveryState, GroupView, KeyVault, MessageView, Messenger, SharedMessenger, Unlock,
+    ContactView, CoreError, DeliveryState, GroupView, KeyVault, LinkStep, MessageView, Messenger, SharedMessenger,
+    Unlock,
 };
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
@@ -58,6 +59,8 @@ pub struct AccountView {
     invite_qr_svg: String,
     /// How many addresses the invite carries (0 until the network listens).
     addresses: u32,
+    /// Another device of the account removed this one: it receives and sends nothing new.
+    removed: bool,
 }
 
 impl AccountView {
@@ -70,6 +73,7 @@ impl AccountView {
             invite_link: info.invite_link,
             invite_qr_svg: messenger.invite_qr_svg()?,
             addresses: messenger.invite()?.addresses.len() as u32,
+            removed: !messenger.is_listed()?,
         })
     }
 }
@@ -168,7 +172,8 @@ impl From<CoreError> for AppError {
             | CoreError::NotGroupAdmin
             | CoreError::NoKeyPackage(_)
             | CoreError::GroupRefused(_)
-            | CoreError::LinkRefused(_) => (InvalidInput, error.to_string()),
+            | CoreError::LinkRefused(_)
+            | CoreError::DeviceRemoved => (InvalidInput, error.to_string()),
             _ => (Internal, format!("Something went wrong: {error}.")),
         };
         tracing::warn!(?code, %error, "command failed");
@@ -755,6 +760,18 @@ pub async fn send_group_text(
 
 /// The event that tells a new device's UI the code to compare while it links.
 pub const LINK_CODE_EVENT: &str = "cairn-link-code";
+/// The event that tells a new device's UI how far the history has come.
+pub const LINK_HISTORY_EVENT: &str = "cairn-link-history";
+
+/// The payload of [`LINK_HISTORY_EVENT`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryProgressView {
+    received: u64,
+    total: u64,
+    /// Set when the history could not be passed on (the link itself stands).
+    failed: Option<String>,
+}
 
 /// An offer to link a new device: the link to paste and the same text as a QR code.
 #[derive(Debug, Clone, Serialize, Type)]
@@ -791,14 +808,66 @@ pub async fn link_waiting(state: tauri::State<'_, AppState>) -> Result<Option<St
     with_messenger(&state, |m| Ok(m.link_waiting_for_confirmation()))
 }
 
-/// The person compared the codes on both screens: link (`true`) or cancel.
+/// The person compared the codes on both screens: link (`true`), passing the message
+/// history on if `share_history`, or cancel.
 #[tauri::command]
 #[specta::specta]
-pub async fn confirm_link(state: tauri::State<'_, AppState>, same_code: bool) -> Result<(), AppError> {
+pub async fn confirm_link(
+    state: tauri::State<'_, AppState>,
+    same_code: bool,
+    share_history: bool,
+) -> Result<(), AppError> {
     with_messenger(&state, |m| {
-        m.confirm_link(same_code);
+        m.confirm_link(same_code, share_history);
         Ok(())
     })
+}
+
+/// One of the account's devices, as Settings lists them.
+#[derive(Debug, Clone, Serialize, Type)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceItem {
+    device_id: u8,
+    name: String,
+    this_device: bool,
+}
+
+/// The account's devices, from its signed device list.
+#[tauri::command]
+#[specta::specta]
+pub async fn devices(state: tauri::State<'_, AppState>) -> Result<Vec<DeviceItem>, AppError> {
+    with_messenger(&state, |m| {
+        Ok(m.devices()?
+            .into_iter()
+            .map(|d| DeviceItem {
+                device_id: d.device_id,
+                name: d.name,
+                this_device: d.this_device,
+            })
+            .collect())
+    })
+}
+
+/// Names one of the account's devices (on this device).
+#[tauri::command]
+#[specta::specta]
+pub async fn rename_device(
+    state: tauri::State<'_, AppState>,
+    device_id: u8,
+    name: String,
+) -> Result<Vec<DeviceItem>, AppError> {
+    with_messenger(&state, |m| m.rename_device(device_id, &name))?;
+    devices(state).await
+}
+
+/// Removes another device from the account: contacts and the account's other devices
+/// get the new device list and stop encrypting for it.
+#[tauri::command]
+#[specta::specta]
+pub async fn remove_device(state: tauri::State<'_, AppState>, device_id: u8) -> Result<Vec<DeviceItem>, AppError> {
+    with_messenger(&state, |m| m.remove_device(device_id))?;
+    wake_network(&state);
+    devices(state).await
 }
 
 /// Onboarding by linking: this new device joins the account of the device whose
@@ -833,8 +902,26 @@ pub async fn join_by_link(
         &state.messenger,
         &offer,
         crate::network::config_from_env(),
-        move |code| {
-            let _ = emitter.emit(LINK_CODE_EVENT, code);
+        move |step| {
+            let _ = match step {
+                LinkStep::Code(code) => emitter.emit(LINK_CODE_EVENT, code),
+                LinkStep::History { received, total } => emitter.emit(
+                    LINK_HISTORY_EVENT,
+                    HistoryProgressView {
+                        received,
+                        total,
+                        failed: None,
+                    },
+                ),
+                LinkStep::HistoryFailed(why) => emitter.emit(
+                    LINK_HISTORY_EVENT,
+                    HistoryProgressView {
+                        received: 0,
+                        total: 0,
+                        failed: Some(why),
+                    },
+                ),
+            };
         },
     )
     .await?;

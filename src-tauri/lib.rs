@@ -60,6 +60,9 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::link_waiting,
         commands::confirm_link,
         commands::join_by_link,
+        commands::devices,
+        commands::rename_device,
+        commands::remove_device,
     ])
 }
 

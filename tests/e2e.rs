@@ -729,13 +729,19 @@ async fn a_second_app_instance_links_to_alices_account_by_paste_and_both_show_th
         paste(&bob, "invite-input", &alice_link).await?;
         click(&bob, "accept-invite").await?;
         element(&alice, "contact").await?;
+        // A message from before the link, which the history brings to the new device.
+        paste(&bob, "message-input", "before you had a desktop").await?;
+        click(&bob, "send").await?;
+        click(&alice, "contact").await?;
+        wait_bodies(&alice, "laptop", &["before you had a desktop"]).await?;
 
         // Alice's laptop shows a link offer; her new desktop pastes it.
         click(&alice, "open-settings").await?;
         element(&alice, "offer-link").await?.click().await?;
         let offer = full_text(&alice, "link-offer").await?;
         // The QR code the app shows reads back (from a PNG screenshot) as the same offer.
-        let scanned = cairn_core::read_qr_image(&alice.screenshot().await?)?;
+        let window_png = alice.screenshot().await?;
+        let scanned = cairn_core::read_qr_image(&window_png)?;
         assert_eq!(
             cairn_core::LinkOffer::from_link(&scanned)?,
             cairn_core::LinkOffer::from_link(&offer)?
@@ -743,21 +749,39 @@ async fn a_second_app_instance_links_to_alices_account_by_paste_and_both_show_th
         let desktop_driver = Driver::start(data.path(), &[])?;
         let desktop = desktop_driver.launch("alice-desktop").await?;
         element(&desktop, "link-existing").await?.click().await?;
+        // A picture of the code fills in the same link as pasting it does.
+        let picture = data.path().join("link-offer.png");
+        std::fs::write(&picture, &window_png)?;
+        element(&desktop, "link-qr-file")
+            .await?
+            .send_keys(&picture.display().to_string())
+            .await?;
+        let deadline = tokio::time::Instant::now() + STEP;
+        while element(&desktop, "link-input").await?.prop("value").await?.as_deref() != Some(offer.as_str()) {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the picture did not fill in the link"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         paste(&desktop, "link-input", &offer).await?;
         element(&desktop, "join-by-link").await?.click().await?;
 
-        // Both screens show one code; Alice confirms it on the laptop.
+        // Both screens show one code; Alice confirms it on the laptop, with history.
         let on_desktop = text_of(&desktop, "new-device-code").await?;
         let on_laptop = text_of(&alice, "link-code").await?;
         assert_eq!(on_desktop, on_laptop, "both screens show the same code");
         assert_eq!(on_desktop.chars().filter(char::is_ascii_digit).count(), 6);
+        assert!(element(&alice, "share-history").await?.is_selected().await?);
         element(&alice, "confirm-link").await?.click().await?;
         element(&alice, "link-done").await?;
 
-        // The desktop is Alice now, with Bob among her contacts.
+        // The desktop is Alice now, with Bob among her contacts and their history.
         assert_eq!(text_of(&desktop, "display-name-shown").await?, "Alice");
         let bob_on_desktop = element(&desktop, "contact").await?;
         assert_eq!(bob_on_desktop.attr("data-name").await?.as_deref(), Some("Bob"));
+        bob_on_desktop.click().await?;
+        wait_bodies(&desktop, "desktop", &["before you had a desktop"]).await?;
 
         // Bob writes once Alice's new device is on his list; both of hers show it.
         element(&bob, "contact").await?.click().await?;
@@ -765,18 +789,56 @@ async fn a_second_app_instance_links_to_alices_account_by_paste_and_both_show_th
         paste(&bob, "message-input", "hello to both your computers").await?;
         click(&bob, "send").await?;
         click(&alice, "contact").await?;
-        bob_on_desktop.click().await?;
+        let both = ["before you had a desktop", "hello to both your computers"];
         for (who, client) in [("laptop", &alice), ("desktop", &desktop)] {
-            wait_bodies(client, who, &["hello to both your computers"]).await?;
+            wait_bodies(client, who, &both).await?;
         }
         // The desktop answers; the laptop shows the answer too.
         paste(&desktop, "message-input", "got it on the desktop").await?;
         click(&desktop, "send").await?;
-        let both = ["hello to both your computers", "got it on the desktop"];
+        let all = [both[0], both[1], "got it on the desktop"];
         for (who, client) in [("laptop", &alice), ("desktop", &desktop), ("Bob", &bob)] {
-            wait_bodies(client, who, &both).await?;
+            wait_bodies(client, who, &all).await?;
         }
         screenshot(&desktop, "linked-desktop").await?;
+
+        // Settings on the laptop list both devices; Alice names the desktop, then
+        // removes it. The desktop says it was removed, and Bob's list of Alice's
+        // devices is down to one.
+        click(&alice, "open-settings").await?;
+        let deadline = tokio::time::Instant::now() + STEP;
+        while alice.find_all(Locator::Css("[data-testid='device']")).await?.len() != 2 {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the laptop does not list two devices"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Within the row of the other device (the desktop).
+        let within =
+            |test_id: &str| format!("[data-testid='device'][data-this-device='false'] [data-testid='{test_id}']");
+        alice
+            .find(Locator::Css(&within("rename-device")))
+            .await?
+            .click()
+            .await?;
+        let input = element(&alice, "device-name-input").await?;
+        input.clear().await?;
+        input.send_keys("Study desktop").await?;
+        click(&alice, "save-device-name").await?;
+        let selector = within("device-name");
+        let name = alice.wait().at_most(STEP).for_element(Locator::Css(&selector)).await?;
+        assert_eq!(name.text().await?, "Study desktop");
+        alice
+            .find(Locator::Css(&within("remove-device")))
+            .await?
+            .click()
+            .await?;
+        click(&alice, "confirm-remove-device").await?;
+        element(&desktop, "device-removed").await?;
+        wait_text(&bob, "contact-devices", |n| n == "1").await?;
+        assert_eq!(alice.find_all(Locator::Css("[data-testid='device']")).await?.len(), 1);
+        screenshot(&desktop, "removed-desktop").await?;
         for client in [alice, bob, desktop] {
             client.close().await?;
         }

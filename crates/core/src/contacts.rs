@@ -99,7 +99,9 @@ impl Messenger {
                 Err(e) => tracing::warn!(account_id, device = bundle.device_id, %e, "dropping a bad prekey bundle"),
             }
         }
-        self.save_key_packages(account_id, &card.key_packages)
+        self.save_key_packages(account_id, &card.key_packages)?;
+        // A device the list no longer names was removed: its session is closed.
+        self.forget_unlisted(account_id, list)
     }
 
     /// Handles a card received in-band from `sender` (a contact, or one of our own
@@ -117,12 +119,16 @@ impl Messenger {
             // One of our devices, e.g. after linking or a prekey rotation. Its list may
             // be older than ours (it has not heard of a newer link yet): keep ours then,
             // but take its fresh bundle.
+            let before = self.own_device_list()?;
             match self.adopt_own_device_list(&card.device_list) {
+                Ok(_) if before != card.device_list => out.events.push(Event::DevicesChanged),
                 Ok(_) | Err(CoreError::DeviceListRollback { .. }) => {}
                 Err(e) => return Err(e),
             }
             let this_device = self.account()?.device.device_id();
-            for bundle in card.bundles.iter().filter(|b| b.device_id != this_device) {
+            let (current, _) = verify_device_list(&self.own_device_list()?)?;
+            let listed = |id: u8| id != this_device && current.device(id).is_some();
+            for bundle in card.bundles.iter().filter(|b| listed(b.device_id)) {
                 match cairn_crypto::to_signal_bundle(&identity, bundle) {
                     Ok(_) => self.db.save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?,
                     Err(e) => tracing::warn!(device = bundle.device_id, %e, "dropping a bad own-device bundle"),

@@ -30,15 +30,34 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{CoreError, Event, Messenger, Result};
 
+/// What a new device shows while it links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStep {
+    /// The code to compare with the one the other device shows.
+    Code(String),
+    /// Linked; history is coming in: `received` of `total` messages so far.
+    History {
+        /// Messages taken so far.
+        received: u64,
+        /// Messages the other device holds.
+        total: u64,
+    },
+    /// Linked, but the history could not be passed on (and why).
+    HistoryFailed(String),
+}
+
 /// Links the open profile (which has no account yet) to the account of the device
 /// that made `offer`, over a node of its own that stops afterwards: the handshake,
-/// `on_code` with the code to show, then waiting (until the offer expires) for the
-/// person to confirm on the other device, the hand-over, and this device's card back.
+/// the code to show, then waiting (until the offer expires) for the person to confirm
+/// on the other device, the hand-over, this device's card back, and the message
+/// history page by page if the person passed it on. `on_step` hears of each step.
+/// Once linked, a failure to pass the history on does not undo the link: it is
+/// reported as [`LinkStep::HistoryFailed`].
 pub async fn join_by_link(
     messenger: &SharedMessenger,
     offer: &cairn_proto::LinkOffer,
     config: NodeConfig,
-    on_code: impl FnOnce(String),
+    mut on_step: impl FnMut(LinkStep),
 ) -> Result<()> {
     use cairn_proto::{LinkRequest, LinkResponse};
     let mut seed = [0u8; 32];
@@ -66,7 +85,7 @@ pub async fn join_by_link(
             "the other device did not answer the handshake".into(),
         ));
     };
-    on_code(link.answered(&answer)?);
+    on_step(LinkStep::Code(link.answered(&answer)?));
     let frames = loop {
         match ask(LinkRequest::Ready).await? {
             LinkResponse::HandOver(frames) => break frames,
@@ -86,11 +105,40 @@ pub async fn join_by_link(
     })
     .ok_or(CoreError::NoAccount)??;
     match ask(LinkRequest::Card(card)).await? {
-        LinkResponse::Done => Ok(()),
-        _ => Err(CoreError::LinkRefused(
-            "the other device did not take this one's card".into(),
-        )),
+        LinkResponse::Done => {}
+        _ => {
+            return Err(CoreError::LinkRefused(
+                "the other device did not take this one's card".into(),
+            ))
+        }
     }
+    let (mut from, mut received) = (Some(0), 0);
+    while let Some(start) = from {
+        let page = match ask(LinkRequest::History { from: start }).await {
+            Ok(LinkResponse::History(frames)) => {
+                with(messenger, |m| m.import_history(&mut link, &frames)).unwrap_or(Err(CoreError::NoAccount))
+            }
+            Ok(LinkResponse::NoHistory) => return Ok(()),
+            Ok(_) => Err(CoreError::LinkRefused("an answer that is not history".into())),
+            Err(e) => Err(e),
+        };
+        match page {
+            Ok(page) => {
+                received += page.received;
+                on_step(LinkStep::History {
+                    received,
+                    total: page.total.max(received),
+                });
+                from = page.next;
+            }
+            Err(e) => {
+                tracing::warn!(%e, "the history could not be passed on");
+                on_step(LinkStep::HistoryFailed(e.to_string()));
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn unix_secs() -> u64 {

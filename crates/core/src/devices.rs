@@ -11,6 +11,7 @@ use cairn_proto::{
     decode_versioned, encode_versioned, ContactCard, Content, DeviceList, LinkHandOver, MAX_ALWAYS_ON,
     MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
 };
+use data_encoding::HEXLOWER;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::messenger::{unix_millis, Messenger, MAX_STORED_RECORD};
@@ -42,7 +43,121 @@ impl LinkGrant {
     }
 }
 
+/// One of this account's devices, as the UI lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceView {
+    /// The device id within the account.
+    pub device_id: u8,
+    /// The name given on this device ("Device 2" until named).
+    pub name: String,
+    /// Whether it is the device this profile runs on.
+    pub this_device: bool,
+}
+
+/// Longest device name, in characters.
+const MAX_DEVICE_NAME_CHARS: usize = 64;
+
+/// The setting that keeps a removed own device's transport key, so the notice of its
+/// removal can still be routed to it.
+pub(crate) fn removed_device_key(device_id: u8) -> String {
+    format!("removed_device.{device_id}")
+}
+
 impl Messenger {
+    /// This account's devices, as its signed list names them.
+    pub fn devices(&self) -> Result<Vec<DeviceView>> {
+        let (list, _) = verify_device_list(&self.own_device_list()?)?;
+        let this = self.account()?.device.device_id();
+        list.devices
+            .iter()
+            .map(|d| {
+                Ok(DeviceView {
+                    device_id: d.device_id,
+                    name: self
+                        .db
+                        .setting(&format!("device_name.{}", d.device_id))?
+                        .unwrap_or_else(|| format!("Device {}", d.device_id)),
+                    this_device: d.device_id == this,
+                })
+            })
+            .collect()
+    }
+
+    /// Names a device of this account (on this device only).
+    pub fn rename_device(&self, device_id: u8, name: &str) -> Result<()> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_DEVICE_NAME_CHARS {
+            return Err(CoreError::InvalidSetting(format!(
+                "a device name has 1 to {MAX_DEVICE_NAME_CHARS} characters"
+            )));
+        }
+        if !self.devices()?.iter().any(|d| d.device_id == device_id) {
+            return Err(CoreError::InvalidSetting(format!(
+                "no device {device_id} in this account"
+            )));
+        }
+        Ok(self.db.set_setting(&format!("device_name.{device_id}"), name)?)
+    }
+
+    /// Removes another device from this account: a new signed device list without it,
+    /// which contacts and the other own devices receive (each then forgets its
+    /// sessions with it and stops encrypting for it); its leaves go from the groups
+    /// this account administers. The removed device gets one last
+    /// envelope, the new list, so it can tell its person it was removed. Returns
+    /// what to send.
+    pub fn remove_device(&mut self, device_id: u8) -> Result<Vec<Outgoing>> {
+        if device_id == self.account()?.device.device_id() {
+            return Err(CoreError::InvalidSetting("this device cannot remove itself".into()));
+        }
+        let own = self.account()?.account_id.clone();
+        let mut out = self.atomically(|this| {
+            let (mut list, _) = verify_device_list(&this.own_device_list()?)?;
+            let index = list
+                .devices
+                .iter()
+                .position(|d| d.device_id == device_id)
+                .ok_or_else(|| CoreError::InvalidSetting(format!("no device {device_id} in this account")))?;
+            let removed = list.devices.remove(index);
+            list.version += 1;
+            let signed = sign_device_list(&this.account()?.identity, &list)?;
+            let mut card = this.own_card()?;
+            card.device_list = signed.clone();
+            card.bundles.retain(|b| list.device(b.device_id).is_some());
+            card.key_packages.retain(|k| list.device(k.device_id).is_some());
+            let notice = Content::Hello {
+                card,
+                invite_secret: None,
+            };
+            let identity = *this.account()?.identity.public_key();
+            let notice = this.envelope_to_entry(&own, &identity, &removed, &notice.to_padded_bytes())?;
+            this.adopt_own_device_list(&signed)?;
+            this.db
+                .set_setting(&removed_device_key(device_id), &HEXLOWER.encode(&removed.transport_key))?;
+            let mut out: Vec<Outgoing> = notice.into_iter().collect();
+            this.enqueue(&out)?;
+            out.extend(this.announce_card()?);
+            Ok(out)
+        })?;
+        out.extend(self.remove_unlisted_leaves(&own)?);
+        Ok(out)
+    }
+
+    /// Whether this device is still in its account's device list (false once another
+    /// of the account's devices removed it).
+    pub fn is_listed(&self) -> Result<bool> {
+        let (list, _) = verify_device_list(&self.own_device_list()?)?;
+        Ok(list.device(self.account()?.device.device_id()).is_some())
+    }
+
+    /// [`CoreError::DeviceRemoved`] once this device is no longer in its account's list.
+    pub(crate) fn ensure_listed(&self) -> Result<()> {
+        if self.is_listed()? {
+            Ok(())
+        } else {
+            Err(CoreError::DeviceRemoved)
+        }
+    }
+
     /// Grants a new device a place in this account: the next free device id and what
     /// it needs to act as this account.
     pub fn grant_link(&self) -> Result<LinkGrant> {

@@ -130,6 +130,7 @@ impl Messenger {
         let name = name.trim();
         check_group_name(name)?;
         self.atomically(|this| {
+            this.ensure_listed()?;
             let own = this.account()?.account_id.clone();
             let mut random = [0u8; 16];
             rand::rng().fill_bytes(&mut random);
@@ -241,6 +242,7 @@ impl Messenger {
             return Err(CoreError::InvalidText);
         }
         self.atomically(|this| {
+            this.ensure_listed()?;
             let mut open = this.open_group(group_id)?;
             if !open.record.active {
                 return Err(CoreError::GroupRefused("you are no longer in this group".into()));
@@ -521,6 +523,56 @@ impl Messenger {
         open.record.admins.retain(|a| !accounts.contains(a));
         self.committed(open, &commit, Some(Redo::Remove(accounts.to_vec())))?;
         out.extend(self.send_info(open)?);
+        Ok(out)
+    }
+
+    /// Takes the leaves of `account_id`'s devices that its device list no longer names
+    /// out of every group this account administers, one commit per group. Of the
+    /// admins' devices, only the first in tree order commits, so a removal does not
+    /// set off concurrent commits. Runs outside any transaction (each group is one);
+    /// a group that fails is logged and left for the next change.
+    pub(crate) fn remove_unlisted_leaves(&mut self, account_id: &str) -> Result<Vec<Outgoing>> {
+        let mut listed: Vec<u8> = self.devices_of(account_id)?.1.iter().map(|d| d.device_id).collect();
+        if account_id == self.account()?.account_id {
+            listed.push(self.account()?.device.device_id());
+        }
+        if listed.is_empty() {
+            // No list to go by (an identity change is pending): leave the groups alone.
+            return Ok(Vec::new());
+        }
+        let own = self.own_leaf()?;
+        let mut out = Vec::new();
+        for record in self.db.groups()? {
+            if !record.active || !record.admins.contains(&own.account_id) {
+                continue;
+            }
+            let outcome = self.atomically(|this| {
+                let mut open = this.open_group(&record.group_id)?;
+                let before = open.group.members();
+                let (gone, staying): (Vec<LeafName>, Vec<LeafName>) = before
+                    .iter()
+                    .cloned()
+                    .partition(|l| l.account_id == account_id && !listed.contains(&l.device_id));
+                let committer = staying.iter().find(|l| open.record.admins.contains(&l.account_id));
+                if gone.is_empty() || committer != Some(&own) {
+                    this.keep_open(open);
+                    return Ok(Vec::new());
+                }
+                let commit = open
+                    .group
+                    .remove(&open.state.provider(), &this.group_identity()?, &gone)?;
+                let mut out = this.to_leaves(&staying, &GroupPacket::Message(commit.clone()));
+                this.committed(&mut open, &commit, None)?;
+                out.extend(this.send_info(&mut open)?);
+                this.keep_open(open);
+                this.enqueue(&out)?;
+                Ok(out)
+            });
+            match outcome {
+                Ok(more) => out.extend(more),
+                Err(e) => tracing::warn!(group = record.group_id, %e, "could not remove a retired device's leaves"),
+            }
+        }
         Ok(out)
     }
 

@@ -23,10 +23,10 @@ pub use cairn_crypto::SafetyNumber;
 pub use cairn_net::{CacheConfig, CacheLimits, DirectConfig, IceServer, Multiaddr, NodeConfig};
 pub use cairn_proto::LinkOffer;
 pub use cairn_store::KeyVault;
-pub use courier::{join_by_link, Courier, SharedMessenger};
-pub use devices::{always_on_peer, LinkGrant};
+pub use courier::{join_by_link, Courier, LinkStep, SharedMessenger};
+pub use devices::{always_on_peer, DeviceView, LinkGrant};
 pub use groups::{GroupMemberView, GroupView};
-pub use linking::{ExistingDeviceLink, NewDeviceLink, LINK_OFFER_VALIDITY};
+pub use linking::{ExistingDeviceLink, HistoryProgress, NewDeviceLink, LINK_OFFER_VALIDITY};
 pub use messaging::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE_QUOTA_MIB, MAX_MESSAGE_TTL_DAYS};
 pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use outbox::QueuedEnvelope;
@@ -138,6 +138,9 @@ pub enum CoreError {
     /// A group message or request that is not allowed.
     #[error("group: {0}")]
     GroupRefused(String),
+    /// Another device of this account removed this one: it sends nothing more.
+    #[error("this device was removed from your account on another of your devices")]
+    DeviceRemoved,
     /// A device link that cannot go ahead (the offer expired, was used or changed).
     #[error("device link refused: {0}")]
     LinkRefused(String),

@@ -10,6 +10,9 @@
 //!    and answers with its card; the existing device finishes
 //!    ([`Messenger::finish_link`]): a new signed device list that contacts receive, and
 //!    the new device in every group this account administers.
+//! 4. If the person agreed, the existing device passes the message history in pages
+//!    ([`Messenger::history_page`], [`Messenger::import_history`]), inside the same
+//!    encrypted channel, so the new device can show a progress bar.
 //!
 //! An offer that expired, was used, or was not this device's is refused with
 //! [`CoreError::LinkRefused`] and changes nothing.
@@ -18,8 +21,10 @@ use std::time::Duration;
 
 use cairn_crypto::{answer_link, LinkChannel, LinkInitiator, MAX_LINK_FRAME};
 use cairn_proto::{
-    decode_versioned, encode_versioned, ContactCard, LinkOffer, LinkRequest, LinkResponse, MAX_HAND_OVER_BYTES,
+    decode_versioned, encode_versioned, ContactCard, HistoryConversation, HistoryMessage, HistoryPage, LinkOffer,
+    LinkRequest, LinkResponse, MAX_HAND_OVER_BYTES, MAX_HISTORY_PAGE_BYTES,
 };
+use cairn_store::NewMessage;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -29,6 +34,13 @@ use crate::{CoreError, Outgoing, Result};
 
 /// How long an offer is good for unless said otherwise: ten minutes.
 pub const LINK_OFFER_VALIDITY: Duration = Duration::from_secs(600);
+/// Most messages in one page of history.
+const HISTORY_PAGE_MESSAGES: usize = 500;
+/// Most text in one page of history (a message holds at most 64 KiB), well inside
+/// what a page may decode to.
+const HISTORY_PAGE_TEXT_BYTES: usize = 1024 * 1024;
+/// The delivery states a message passed on in history may have.
+const HISTORY_STATES: [&str; 5] = ["sending", "sent", "delivered", "read", "received"];
 
 /// An offer this device made and has not used.
 pub(crate) struct PendingOffer {
@@ -37,10 +49,24 @@ pub(crate) struct PendingOffer {
 }
 
 /// A link this device serves over the network: the handshake is done, and the
-/// person has or has not confirmed the code yet.
+/// person has or has not confirmed the code yet (and said whether to pass the
+/// history on); after the new device's card, the history follows.
 pub(crate) struct ServedLink {
     link: ExistingDeviceLink,
     confirmed: bool,
+    share_history: bool,
+    linked: bool,
+}
+
+/// How far a new device got with the history passed to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryProgress {
+    /// Messages in the page just taken.
+    pub received: u64,
+    /// Messages in the whole history, as the existing device counts them.
+    pub total: u64,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<u64>,
 }
 
 /// The existing device's side of a link, after the handshake.
@@ -135,36 +161,103 @@ impl Messenger {
 
     /// After the person confirmed the code: the frames that hand the account over.
     pub fn hand_over(&mut self, link: &mut ExistingDeviceLink) -> Result<Vec<Vec<u8>>> {
-        let grant = self.grant_link()?;
-        let bytes = grant.to_bytes();
-        // A length first, then the hand-over in as many frames as it takes.
-        let mut frames = vec![link.channel.seal(&encode_versioned(&(bytes.len() as u64)))?];
-        for chunk in bytes.chunks(MAX_LINK_FRAME) {
-            frames.push(link.channel.seal(chunk)?);
-        }
-        Ok(frames)
+        seal_frames(&mut link.channel, &self.grant_link()?.to_bytes())
     }
 
     /// On the new device (a profile without an account): joins the account handed
     /// over in `frames`; returns the frame with this device's card for the other.
     pub fn join_over_link(&mut self, link: &mut NewDeviceLink, frames: &[Vec<u8>]) -> Result<Vec<u8>> {
-        let channel = link.channel()?;
-        let (first, rest) = frames
-            .split_first()
-            .ok_or_else(|| CoreError::LinkRefused("nothing was handed over".into()))?;
-        let total: u64 = decode_versioned(&channel.open(first)?, 16)?;
-        if total as usize > MAX_HAND_OVER_BYTES {
-            return Err(CoreError::LinkRefused("the hand-over is too large".into()));
-        }
-        let mut bytes = Zeroizing::new(Vec::with_capacity(total as usize));
-        for frame in rest {
-            bytes.extend_from_slice(&channel.open(frame)?);
-        }
-        if bytes.len() as u64 != total {
-            return Err(CoreError::LinkRefused("the hand-over is incomplete".into()));
-        }
+        let bytes = open_frames(link.channel()?, frames, MAX_HAND_OVER_BYTES)?;
         let card = self.join_account(LinkGrant::from_bytes(&bytes)?)?;
         Ok(link.channel()?.seal(&encode_versioned(&card))?)
+    }
+
+    /// On the existing device, once linked and if the person agreed: the page of
+    /// message history that starts at `from` (0 first, then each page's `next`),
+    /// sealed in frames, and whether it is the last.
+    pub fn history_page(&self, link: &mut ExistingDeviceLink, from: u64) -> Result<(Vec<Vec<u8>>, bool)> {
+        let rows = self.db.history_page(from, HISTORY_PAGE_MESSAGES)?;
+        let full = rows.len() == HISTORY_PAGE_MESSAGES;
+        let mut page = HistoryPage {
+            conversations: Vec::new(),
+            messages: Vec::new(),
+            total: self.db.history_count(0)?,
+            next: None,
+        };
+        let mut text_bytes = 0;
+        for (seq, message) in rows {
+            if text_bytes + message.body.len() > HISTORY_PAGE_TEXT_BYTES && !page.messages.is_empty() {
+                page.next = Some(seq);
+                break;
+            }
+            page.next = full.then_some(seq + 1);
+            let Ok(id) = <[u8; 16]>::try_from(message.id.as_slice()) else {
+                continue;
+            };
+            if !page.conversations.iter().any(|c| c.id == message.conversation_id) {
+                let (title, created_at) = self
+                    .db
+                    .conversation_info(&message.conversation_id)?
+                    .unwrap_or_else(|| (String::new(), message.sent_at));
+                page.conversations.push(HistoryConversation {
+                    id: message.conversation_id.clone(),
+                    title,
+                    created_at,
+                });
+            }
+            text_bytes += message.body.len();
+            page.messages.push(HistoryMessage {
+                id,
+                conversation_id: message.conversation_id,
+                sender: message.sender,
+                sent_at: message.sent_at,
+                body: message.body,
+                state: message.state,
+                outgoing: message.outgoing,
+            });
+        }
+        let last = page.next.is_none();
+        Ok((seal_frames(&mut link.channel, &page.to_bytes())?, last))
+    }
+
+    /// On the new device: stores a page of history (messages it already has stay as
+    /// they are) in one transaction, and says how far the history has come.
+    pub fn import_history(&mut self, link: &mut NewDeviceLink, frames: &[Vec<u8>]) -> Result<HistoryProgress> {
+        let bytes = open_frames(link.channel()?, frames, MAX_HISTORY_PAGE_BYTES)?;
+        let page = HistoryPage::from_bytes(&bytes)?;
+        if let Some(bad) = page
+            .messages
+            .iter()
+            .find(|m| !HISTORY_STATES.contains(&m.state.as_str()))
+        {
+            return Err(CoreError::LinkRefused(format!(
+                "history with an unknown message state {:?}",
+                bad.state
+            )));
+        }
+        self.atomically(|this| {
+            for conversation in &page.conversations {
+                this.db
+                    .ensure_conversation(&conversation.id, &conversation.title, conversation.created_at)?;
+            }
+            for m in &page.messages {
+                this.db.insert_message(&NewMessage {
+                    id: m.id,
+                    conversation_id: &m.conversation_id,
+                    sender: &m.sender,
+                    sent_at: m.sent_at,
+                    body: &m.body,
+                    state: &m.state,
+                    outgoing: m.outgoing,
+                })?;
+            }
+            Ok(())
+        })?;
+        Ok(HistoryProgress {
+            received: page.messages.len() as u64,
+            total: page.total,
+            next: page.next,
+        })
     }
 
     /// On the existing device: takes the new device's card, signs it into the
@@ -209,27 +302,45 @@ impl Messenger {
         match request {
             LinkRequest::Hello(first) => {
                 let (link, answer) = self.answer_link(&first)?;
-                self.served_link = Some(ServedLink { link, confirmed: false });
+                self.served_link = Some(ServedLink {
+                    link,
+                    confirmed: false,
+                    share_history: false,
+                    linked: false,
+                });
                 Ok(LinkResponse::Answer(answer))
             }
             LinkRequest::Ready => match self.served_link.take() {
-                Some(mut served) if served.confirmed => {
+                Some(mut served) if served.confirmed && !served.linked => {
                     let frames = self.hand_over(&mut served.link)?;
                     self.served_link = Some(served);
                     Ok(LinkResponse::HandOver(frames))
                 }
-                Some(served) => {
+                Some(served) if !served.linked => {
                     self.served_link = Some(served);
                     Ok(LinkResponse::Wait)
                 }
-                None => Err(CoreError::LinkRefused("no link is under way".into())),
+                _ => Err(CoreError::LinkRefused("no link is under way".into())),
             },
             LinkRequest::Card(frame) => match self.served_link.take() {
-                Some(mut served) if served.confirmed => {
+                Some(mut served) if served.confirmed && !served.linked => {
                     self.finish_link(&mut served.link, &frame)?;
+                    served.linked = true;
+                    self.served_link = Some(served);
                     Ok(LinkResponse::Done)
                 }
                 _ => Err(CoreError::LinkRefused("no confirmed link is under way".into())),
+            },
+            LinkRequest::History { from } => match self.served_link.take() {
+                Some(mut served) if served.linked && served.share_history => {
+                    let (frames, last) = self.history_page(&mut served.link, from)?;
+                    if !last {
+                        self.served_link = Some(served);
+                    }
+                    Ok(LinkResponse::History(frames))
+                }
+                Some(served) if served.linked => Ok(LinkResponse::NoHistory),
+                _ => Err(CoreError::LinkRefused("no device was linked here".into())),
             },
         }
     }
@@ -242,15 +353,118 @@ impl Messenger {
             .map(|s| s.link.confirmation_code().to_owned())
     }
 
-    /// The person compared the codes: go ahead (`true`) or drop the link.
-    pub fn confirm_link(&mut self, same_code: bool) {
+    /// The person compared the codes: go ahead (`same_code`), passing the message
+    /// history on if `share_history`, or drop the link.
+    pub fn confirm_link(&mut self, same_code: bool, share_history: bool) {
         match self.served_link.as_mut() {
-            Some(served) if same_code => served.confirmed = true,
+            Some(served) if same_code => {
+                served.confirmed = true;
+                served.share_history = share_history;
+            }
             _ => self.served_link = None,
         }
     }
 }
 
+/// Seals `bytes` for the link channel: a frame with the length, then as many frames
+/// as the bytes take.
+fn seal_frames(channel: &mut LinkChannel, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut frames = vec![channel.seal(&encode_versioned(&(bytes.len() as u64)))?];
+    for chunk in bytes.chunks(MAX_LINK_FRAME) {
+        frames.push(channel.seal(chunk)?);
+    }
+    Ok(frames)
+}
+
+/// Opens what [`seal_frames`] made, refusing more than `limit` bytes.
+fn open_frames(channel: &mut LinkChannel, frames: &[Vec<u8>], limit: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let (first, rest) = frames
+        .split_first()
+        .ok_or_else(|| CoreError::LinkRefused("nothing was handed over".into()))?;
+    let total: u64 = decode_versioned(&channel.open(first)?, 16)?;
+    if total > limit as u64 || rest.len() > (limit / MAX_LINK_FRAME) + 1 {
+        return Err(CoreError::LinkRefused("the hand-over is too large".into()));
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(total as usize));
+    for frame in rest {
+        bytes.extend_from_slice(&channel.open(frame)?);
+        if bytes.len() as u64 > total {
+            break;
+        }
+    }
+    if bytes.len() as u64 != total {
+        return Err(CoreError::LinkRefused("the hand-over is incomplete".into()));
+    }
+    Ok(bytes)
+}
+
 fn now_secs() -> u64 {
     unix_millis() as u64 / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_store::{KeyVault, ProfileDir};
+
+    use super::*;
+    use crate::Unlock;
+
+    fn profile(vault: &KeyVault) -> (tempfile::TempDir, Messenger) {
+        let dir = tempfile::tempdir().unwrap();
+        let messenger = Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(vault)).unwrap();
+        (dir, messenger)
+    }
+
+    #[test]
+    fn a_long_history_goes_over_in_pages_of_at_most_500_messages_and_none_is_lost() {
+        let vault = KeyVault::with_store(keyring_core::mock::Store::new().unwrap());
+        let (_laptop_dir, mut laptop) = profile(&vault);
+        laptop.create_account("Alice").unwrap();
+        laptop.db.ensure_conversation(b"a-contact", "Bob", 0).unwrap();
+        let bodies: Vec<String> = (0..1_234).map(|i| format!("message {i}")).collect();
+        laptop
+            .db
+            .insert_messages(bodies.iter().enumerate().map(|(i, body)| NewMessage {
+                id: (i as u128).to_be_bytes(),
+                conversation_id: b"a-contact",
+                sender: "a-contact",
+                sent_at: i as i64,
+                body,
+                state: "received",
+                outgoing: false,
+            }))
+            .unwrap();
+
+        let (_desktop_dir, mut desktop) = profile(&vault);
+        let offer = laptop.offer_link(Vec::new(), LINK_OFFER_VALIDITY).unwrap();
+        let (mut new_side, first) = NewDeviceLink::start(&offer).unwrap();
+        let (mut existing_side, answer) = laptop.answer_link(&first).unwrap();
+        new_side.answered(&answer).unwrap();
+        let frames = laptop.hand_over(&mut existing_side).unwrap();
+        let card = desktop.join_over_link(&mut new_side, &frames).unwrap();
+        laptop.finish_link(&mut existing_side, &card).unwrap();
+
+        let (mut from, mut pages) = (Some(0), Vec::new());
+        while let Some(start) = from {
+            let (frames, _) = laptop.history_page(&mut existing_side, start).unwrap();
+            let page = desktop.import_history(&mut new_side, &frames).unwrap();
+            pages.push(page.received);
+            from = page.next;
+        }
+        assert_eq!(pages, [500, 500, 234]);
+        let shown: Vec<String> = desktop
+            .db
+            .conversation_messages(b"a-contact", 2_000)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(shown, bodies);
+
+        // A page cannot be replayed or reordered: the channel's counter has moved on.
+        let (frames, _) = laptop.history_page(&mut existing_side, 0).unwrap();
+        let (again, _) = laptop.history_page(&mut existing_side, 0).unwrap();
+        assert!(desktop.import_history(&mut new_side, &again).is_err());
+        drop(frames);
+    }
 }

@@ -2,7 +2,7 @@
 //! device), receiving (unseal, decrypt, de-duplicate, store), delivery and read
 //! receipts, and the history views.
 
-use cairn_crypto::{unseal, Ciphertext, CryptoError, IdentityKey};
+use cairn_crypto::{unseal, verify_device_list, Ciphertext, CryptoError, IdentityKey};
 use cairn_net::CacheLimits;
 use cairn_proto::{
     Content, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, TextMessage, DEFAULT_TTL_SECS,
@@ -49,6 +49,7 @@ impl Messenger {
     }
 
     fn send_text_now(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<Outgoing>)> {
+        self.ensure_listed()?;
         let contact = self.contact(peer)?;
         if contact.identity_changed {
             return Err(CoreError::IdentityChanged(peer.to_owned()));
@@ -155,18 +156,23 @@ impl Messenger {
             }
             other => other?,
         };
-        let new_contacts: Vec<String> = received
+        let own = self.account()?.account_id.clone();
+        let changed: Vec<String> = received
             .events
             .iter()
             .filter_map(|e| match e {
                 Event::ContactChanged(account) => Some(account.clone()),
+                Event::DevicesChanged => Some(own.clone()),
                 _ => None,
             })
             .collect();
-        for account in new_contacts {
+        for account in changed {
+            // Envelopes that waited for this account (or for a device its list now
+            // names), and the leaves of devices it no longer names.
             let drained = self.drain_held(&account)?;
             received.events.extend(drained.events);
             received.replies.extend(drained.replies);
+            received.replies.extend(self.remove_unlisted_leaves(&account)?);
         }
         Ok(received)
     }
@@ -251,6 +257,11 @@ impl Messenger {
                 _ => return Err(CoreError::UnknownSender(sender)),
             }
         }
+        if !self.sender_listed(&sender, inner.sender_device, &content)? {
+            // A device its account's list does not name: removed, or linked so
+            // recently that the new list is still on its way. It waits for the list.
+            return Err(CoreError::UnknownSender(sender));
+        }
         let mut out = Received::default();
         match content {
             Content::Text(text) => self.receive_text(&sender, from_own_device, text, &mut out)?,
@@ -269,6 +280,27 @@ impl Messenger {
         }
         self.enqueue(&out.replies)?;
         Ok(out)
+    }
+
+    /// Whether the list of `sender`'s account names the device that sent `content`.
+    /// A card may introduce its own sender's device.
+    fn sender_listed(&self, sender: &str, device_id: u8, content: &Content) -> Result<bool> {
+        if let Content::Hello { card, .. } = content {
+            if verify_device_list(&card.device_list)?.0.device(device_id).is_some() {
+                return Ok(true);
+            }
+        }
+        if sender == self.account()?.account_id {
+            return Ok(verify_device_list(&self.own_device_list()?)?
+                .0
+                .device(device_id)
+                .is_some());
+        }
+        match self.devices_of(sender) {
+            Ok((_, devices)) => Ok(devices.iter().any(|d| d.device_id == device_id)),
+            Err(CoreError::UnknownContact(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// An envelope from a known account with a different key: if it really is a

@@ -318,10 +318,19 @@ impl Messenger {
     /// account's), if its device list names it.
     pub fn transport_key_of(&self, account_id: &str, device_id: u8) -> Result<Option<[u8; 32]>> {
         let (_, devices) = self.devices_of(account_id)?;
-        Ok(devices
-            .iter()
-            .find(|d| d.device_id == device_id)
-            .map(|d| d.transport_key))
+        if let Some(device) = devices.iter().find(|d| d.device_id == device_id) {
+            return Ok(Some(device.transport_key));
+        }
+        // A device of this account's that was removed still gets the one notice
+        // that tells it so.
+        if account_id == self.account()?.account_id {
+            return Ok(self
+                .db
+                .setting(&crate::devices::removed_device_key(device_id))?
+                .and_then(|hex| data_encoding::HEXLOWER.decode(hex.as_bytes()).ok())
+                .and_then(|key| key.try_into().ok()));
+        }
+        Ok(None)
     }
 
     /// The invite link as a QR code in SVG, for the UI to show.
@@ -391,7 +400,19 @@ impl Messenger {
             }
         }
         self.db.save_own_device_list(&encode_versioned(signed), list.version)?;
+        self.forget_unlisted(&account.account_id, &list)?;
         Ok(list)
+    }
+
+    /// Forgets the sessions, bundles, key packages and queued envelopes of the devices
+    /// of `account_id` that `list` (its newest) no longer names.
+    pub(crate) fn forget_unlisted(&self, account_id: &str, list: &DeviceList) -> Result<()> {
+        let listed: Vec<u8> = list.devices.iter().map(|d| d.device_id).collect();
+        let forgotten = self.db.forget_unlisted_devices(account_id, &listed)?;
+        if forgotten > 0 {
+            tracing::info!(account_id, forgotten, "forgot what was kept for removed devices");
+        }
+        Ok(())
     }
 
     /// The devices of `account_id` (a contact, or this account's other devices) with
@@ -437,28 +458,40 @@ impl Messenger {
     ) -> Result<Vec<Outgoing>> {
         let (identity, mut devices) = self.devices_of(account_id)?;
         devices.retain(|d| only.is_none_or(|id| d.device_id == id));
-        let bundles = self.db.bundles(account_id)?;
         let plaintext = content.to_padded_bytes();
         let mut out = Vec::new();
         for device in devices {
-            if !cairn_crypto::has_session(&self.db, account_id, device.device_id)? {
-                let Some((_, bytes)) = bundles.iter().find(|(id, _)| *id == device.device_id) else {
-                    tracing::debug!(account_id, device = device.device_id, "no session or bundle yet");
-                    continue;
-                };
-                let started = decode_versioned::<PrekeyBundle>(bytes, MAX_STORED_RECORD)
-                    .map_err(CoreError::from)
-                    .and_then(|bundle| Ok(cairn_crypto::start_session(&self.db, account_id, &identity, &bundle)?));
-                if let Err(e) = started {
-                    // One bad bundle must not cut the contact's other devices off.
-                    tracing::warn!(account_id, device = device.device_id, %e, "skipping a device whose bundle fails");
-                    continue;
-                }
-            }
-            let ciphertext = cairn_crypto::encrypt(&self.db, account_id, device.device_id, &plaintext)?;
-            out.push(self.seal_for(account_id, &identity, &device, ciphertext)?);
+            out.extend(self.envelope_to_entry(account_id, &identity, &device, &plaintext)?);
         }
         Ok(out)
+    }
+
+    /// Seals padded `plaintext` for one device of `account_id`, starting a session
+    /// from its stored bundle if there is none yet; `None` if it has neither.
+    pub(crate) fn envelope_to_entry(
+        &self,
+        account_id: &str,
+        identity: &IdentityKey,
+        device: &DeviceEntry,
+        plaintext: &[u8],
+    ) -> Result<Option<Outgoing>> {
+        if !cairn_crypto::has_session(&self.db, account_id, device.device_id)? {
+            let bundles = self.db.bundles(account_id)?;
+            let Some((_, bytes)) = bundles.iter().find(|(id, _)| *id == device.device_id) else {
+                tracing::debug!(account_id, device = device.device_id, "no session or bundle yet");
+                return Ok(None);
+            };
+            let started = decode_versioned::<PrekeyBundle>(bytes, MAX_STORED_RECORD)
+                .map_err(CoreError::from)
+                .and_then(|bundle| Ok(cairn_crypto::start_session(&self.db, account_id, identity, &bundle)?));
+            if let Err(e) = started {
+                // One bad bundle must not cut the contact's other devices off.
+                tracing::warn!(account_id, device = device.device_id, %e, "skipping a device whose bundle fails");
+                return Ok(None);
+            }
+        }
+        let ciphertext = cairn_crypto::encrypt(&self.db, account_id, device.device_id, plaintext)?;
+        Ok(Some(self.seal_for(account_id, identity, device, ciphertext)?))
     }
 
     fn seal_for(

@@ -111,6 +111,9 @@ pub enum Event {
     },
     /// A contact was added or changed (name, devices).
     ContactChanged(String),
+    /// This account's device list changed (a device was linked or removed; this
+    /// device itself may be the one removed, see [`crate::Messenger::is_listed`]).
+    DevicesChanged,
     /// A group was joined, or its members, name or admins changed.
     GroupChanged(String),
     /// A contact's identity key changed; sending to them is blocked until accepted.

@@ -3,8 +3,9 @@
 //! shows an offer, her new desktop reads it, both show the same code, the laptop hands
 //! the account over, and from then on both devices get everything — and Bob's safety
 //! number with Alice does not change. Offers that expired, were used or were changed
-//! are refused and change nothing. Over loopback, the same link runs through real
-//! libp2p nodes.
+//! are refused and change nothing. With the person's consent the history follows, page
+//! by page. Over loopback, the same link runs through real libp2p nodes. A removed
+//! device learns it was removed and gets nothing new.
 
 mod common;
 mod world;
@@ -12,14 +13,21 @@ mod world;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_core::{CoreError, Messenger, NewDeviceLink, Unlock, LINK_OFFER_VALIDITY};
+use cairn_core::{CoreError, LinkStep, Messenger, NewDeviceLink, Unlock, LINK_OFFER_VALIDITY};
 use cairn_proto::LinkOffer;
 use cairn_store::ProfileDir;
 use common::{befriend, loopback, vault, wait_until, Person};
 use world::World;
 
-/// Runs the whole link from `existing` to the fresh profile `new`, as a person would.
+/// Runs the whole link from `existing` to the fresh profile `new`, as a person would,
+/// without the history.
 fn link_by_offer(w: &mut World, existing: usize, new: usize, offer: &LinkOffer) {
+    link_with_history(w, existing, new, offer, false);
+}
+
+/// Runs the whole link; with `history`, the existing device then passes its message
+/// history on, page by page. Returns the progress the new device saw after each page.
+fn link_with_history(w: &mut World, existing: usize, new: usize, offer: &LinkOffer, history: bool) -> Vec<(u64, u64)> {
     // The new device read the offer from the screen (here: through its link form).
     let offer = LinkOffer::from_link(&offer.to_link()).unwrap();
     let (mut new_side, first) = NewDeviceLink::start(&offer).unwrap();
@@ -29,8 +37,109 @@ fn link_by_offer(w: &mut World, existing: usize, new: usize, offer: &LinkOffer) 
     let frames = w.m(existing).hand_over(&mut existing_side).unwrap();
     let card = w.m(new).join_over_link(&mut new_side, &frames).unwrap();
     let out = w.m(existing).finish_link(&mut existing_side, &card).unwrap();
+    let mut progress = Vec::new();
+    let (mut from, mut received) = (Some(0), 0);
+    while let (true, Some(start)) = (history, from) {
+        let (frames, last) = w.m(existing).history_page(&mut existing_side, start).unwrap();
+        let page = w.m(new).import_history(&mut new_side, &frames).unwrap();
+        assert_eq!(last, page.next.is_none());
+        received += page.received;
+        progress.push((received, page.total));
+        from = page.next;
+    }
     w.send(out);
     w.deliver_all();
+    progress
+}
+
+/// Everything a conversation shows, message by message.
+fn shown(w: &mut World, device: usize, conversation: &str) -> Vec<(String, String, String, bool)> {
+    w.m(device)
+        .conversation(conversation, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.body, m.sender, format!("{:?}", m.state), m.outgoing))
+        .collect()
+}
+
+#[test]
+fn with_the_persons_consent_the_new_device_gets_the_whole_history_page_by_page() {
+    let mut w = World::new();
+    let laptop = w.account("laptop", "Alice");
+    let bob = w.account("bob", "Bob");
+    let invite = w.m(laptop).account_info().unwrap().invite_link;
+    let (_, out) = w.m(bob).accept_invite(&invite).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let (alice_id, bob_id) = (w.account_id(laptop), w.account_id(bob));
+    let (group, out) = w
+        .m(laptop)
+        .create_group("Family", std::slice::from_ref(&bob_id))
+        .unwrap();
+    w.send(out);
+    w.deliver_all();
+    // More history than two pages hold (a page carries up to 1 MiB of text): long
+    // messages from Bob, short answers from Alice, and a group text.
+    let long = |i: usize| format!("{i:03}{}", "x".repeat(60_000));
+    for i in 0..40 {
+        let (_, out) = w.m(bob).send_text(&alice_id, &long(i)).unwrap();
+        w.send(out);
+        let (_, out) = w.m(laptop).send_text(&bob_id, &format!("got {i}")).unwrap();
+        w.send(out);
+    }
+    let (_, out) = w.m(bob).send_group_text(&group.group_id, "dinner at 7").unwrap();
+    w.send(out);
+    w.deliver_all();
+    w.m(laptop).mark_read(&bob_id).unwrap();
+    let on_laptop = shown(&mut w, laptop, &bob_id);
+    assert_eq!(on_laptop.len(), 80);
+
+    let desktop = w.new_profile("desktop");
+    let offer = w.m(laptop).offer_link(Vec::new(), LINK_OFFER_VALIDITY).unwrap();
+    let progress = link_with_history(&mut w, laptop, desktop, &offer, true);
+
+    // Three pages, the progress bar only ever moving forward, to the end.
+    assert_eq!(progress.len(), 3, "{progress:?}");
+    assert!(progress.windows(2).all(|p| p[0].0 < p[1].0));
+    assert_eq!(progress.last().unwrap().0, progress.last().unwrap().1);
+    // The desktop shows the conversation as the laptop does: every message, in
+    // order, with its sender, delivery state and direction; the group's too.
+    assert_eq!(shown(&mut w, desktop, &bob_id), on_laptop);
+    assert_eq!(w.texts(desktop, &group.group_id), ["dinner at 7"]);
+    // And it goes on from there.
+    let (_, out) = w.m(bob).send_text(&alice_id, "and now?").unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(w.texts(desktop, &bob_id).last().unwrap(), "and now?");
+}
+
+#[test]
+fn without_consent_no_history_goes_to_the_new_device() {
+    let vault = vault();
+    let laptop = Person::new("Alice", &vault, false);
+    let bob = Person::new("Bob", &vault, false);
+    befriend(&laptop, &bob);
+    let bob_id = bob.account_id();
+    laptop.with(|m| m.send_text(&bob_id, "before the link").unwrap());
+    for share_history in [false, true] {
+        let (desktop, dir, steps) = join_over_loopback(&laptop, share_history);
+        let texts = desktop
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .conversation(&bob_id, 10)
+            .unwrap();
+        let history: Vec<_> = steps.iter().filter(|s| matches!(s, LinkStep::History { .. })).collect();
+        if share_history {
+            assert_eq!(texts.len(), 1);
+            assert_eq!(history, [&LinkStep::History { received: 1, total: 1 }]);
+        } else {
+            assert!(texts.is_empty(), "no history without consent");
+            assert!(history.is_empty());
+        }
+        drop((desktop, dir));
+    }
 }
 
 #[test]
@@ -141,19 +250,18 @@ fn an_expired_used_or_changed_offer_is_refused_and_changes_nothing() {
     assert_eq!(w.m(desktop).account_info().unwrap().account_id, after.account_id);
 }
 
-#[test]
-fn a_new_device_links_over_loopback_and_both_devices_get_bobs_message() {
-    let vault = vault();
-    let laptop = Person::new("Alice", &vault, false);
-    let bob = Person::new("Bob", &vault, false);
-    befriend(&laptop, &bob);
-    let (alice_id, bob_id) = (laptop.account_id(), bob.account_id());
+/// Links a fresh profile to `laptop`'s account over real libp2p nodes on loopback,
+/// with the person at the laptop confirming once the code shows there. Returns the
+/// new device's messenger, its directory and the steps it showed; checks both
+/// screens showed one code.
+fn join_over_loopback(
+    laptop: &Person,
+    share_history: bool,
+) -> (cairn_core::SharedMessenger, tempfile::TempDir, Vec<LinkStep>) {
     let addresses = laptop.with(|m| m.invite().unwrap().addresses);
     let offer = laptop.with(|m| m.offer_link(addresses, LINK_OFFER_VALIDITY).unwrap());
-
-    // The new desktop: a profile with no account yet, and the person at the laptop
-    // who confirms once the code shows there.
     let dir = tempfile::tempdir().unwrap();
+    let vault = vault();
     let profile = Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&vault)).unwrap();
     let desktop: cairn_core::SharedMessenger = Arc::new(Mutex::new(Some(profile)));
     let shown_on_laptop = Arc::new(Mutex::new(None));
@@ -166,7 +274,7 @@ fn a_new_device_links_over_loopback_and_both_devices_get_bobs_message() {
                 match messenger.link_waiting_for_confirmation() {
                     Some(code) => {
                         *shown.lock().unwrap() = Some(code);
-                        messenger.confirm_link(true);
+                        messenger.confirm_link(true, share_history);
                         true
                     }
                     None => false,
@@ -175,24 +283,39 @@ fn a_new_device_links_over_loopback_and_both_devices_get_bobs_message() {
         })
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut shown_on_desktop = None;
+    let mut steps = Vec::new();
     runtime
-        .block_on(cairn_core::join_by_link(&desktop, &offer, loopback(false), |code| {
-            shown_on_desktop = Some(code)
+        .block_on(cairn_core::join_by_link(&desktop, &offer, loopback(false), |step| {
+            steps.push(step)
         }))
         .unwrap();
     confirmer.join().unwrap();
+    let on_laptop = shown_on_laptop.lock().unwrap().clone().unwrap();
     assert_eq!(
-        shown_on_desktop,
-        *shown_on_laptop.lock().unwrap(),
+        steps.first(),
+        Some(&LinkStep::Code(on_laptop)),
         "both screens showed one code"
     );
-    drop(runtime);
+    (desktop, dir, steps)
+}
+
+#[test]
+fn a_new_device_links_over_loopback_and_both_devices_get_bobs_message() {
+    let vault = vault();
+    let laptop = Person::new("Alice", &vault, false);
+    let bob = Person::new("Bob", &vault, false);
+    befriend(&laptop, &bob);
+    let (alice_id, bob_id) = (laptop.account_id(), bob.account_id());
+    let (desktop, dir, _) = join_over_loopback(&laptop, false);
 
     // Like any node, the desktop's needs a way into the network (here the laptop; in
     // the app also bootstrap nodes and the LAN).
     let mut config = loopback(false);
-    config.bootstrap = offer.addresses.iter().map(|a| a.parse().unwrap()).collect();
+    config.bootstrap = laptop
+        .with(|m| m.invite().unwrap().addresses)
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
     let desktop = Person::from_profile(dir, desktop, config);
     assert_eq!(desktop.account_id(), alice_id);
     laptop.courier.wake();
@@ -204,4 +327,106 @@ fn a_new_device_links_over_loopback_and_both_devices_get_bobs_message() {
     wait_until("both of Alice's devices have Bob's message", || {
         laptop.texts_from(&bob_id) == ["hello both of you"] && desktop.texts_from(&bob_id) == ["hello both of you"]
     });
+}
+
+#[test]
+fn a_removed_device_learns_it_was_removed_and_gets_nothing_new() {
+    let mut w = World::new();
+    let laptop = w.account("laptop", "Alice");
+    let desktop = w.link(laptop, "desktop");
+    let bob = w.account("bob", "Bob");
+    let invite = w.m(laptop).account_info().unwrap().invite_link;
+    let (_, out) = w.m(bob).accept_invite(&invite).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let (alice_id, bob_id) = (w.account_id(laptop), w.account_id(bob));
+    // Two groups: one Alice runs, one Bob runs (there Bob's device takes the
+    // desktop's leaf out when he hears of the new list).
+    let (alices, out) = w
+        .m(laptop)
+        .create_group("Family", std::slice::from_ref(&bob_id))
+        .unwrap();
+    w.send(out);
+    w.deliver_all();
+    let (bobs, out) = w
+        .m(bob)
+        .create_group("Climbing", std::slice::from_ref(&alice_id))
+        .unwrap();
+    w.send(out);
+    w.deliver_all();
+    for group in [&alices.group_id, &bobs.group_id] {
+        assert_eq!(w.m(desktop).group(group).unwrap().members.len(), 2);
+    }
+    let epochs = (alices.epoch, w.m(bob).group(&bobs.group_id).unwrap().epoch);
+    // The desktop writes to Bob; the envelope is slow and arrives after the removal.
+    let (_, late) = w.m(desktop).send_text(&bob_id, "sent just before the removal").unwrap();
+    let late: Vec<_> = late.into_iter().filter(|o| w.device_for(o) == bob).collect();
+
+    // The laptop lists both devices, names the desktop, and removes it.
+    let devices = w.m(laptop).devices().unwrap();
+    assert_eq!(devices.len(), 2);
+    assert!(devices[0].this_device && !devices[1].this_device);
+    let desktop_id = devices[1].device_id;
+    w.m(laptop).rename_device(desktop_id, "Old desktop").unwrap();
+    assert_eq!(w.m(laptop).devices().unwrap()[1].name, "Old desktop");
+    assert!(matches!(
+        w.m(laptop).rename_device(desktop_id, " "),
+        Err(CoreError::InvalidSetting(_))
+    ));
+    assert!(matches!(
+        w.m(laptop).remove_device(devices[0].device_id),
+        Err(CoreError::InvalidSetting(_))
+    ));
+    let out = w.m(laptop).remove_device(desktop_id).unwrap();
+    assert_eq!(
+        out.iter().filter(|o| w.device_for(o) == desktop).count(),
+        1,
+        "the desktop gets one envelope: the list that tells it it was removed"
+    );
+    w.send(out);
+    w.deliver_all();
+    assert!(!w.m(desktop).is_listed().unwrap(), "the desktop knows it was removed");
+    assert!(w.m(laptop).is_listed().unwrap());
+    assert_eq!(w.m(laptop).devices().unwrap().len(), 1);
+    assert_eq!(w.m(bob).contact(&alice_id).unwrap().devices, 1, "Bob has the new list");
+    assert!(matches!(
+        w.m(laptop).remove_device(desktop_id),
+        Err(CoreError::InvalidSetting(_))
+    ));
+    // Both groups went one epoch on, without the desktop's leaf.
+    assert_eq!(w.m(laptop).group(&alices.group_id).unwrap().epoch, epochs.0 + 1);
+    assert_eq!(w.m(laptop).group(&bobs.group_id).unwrap().epoch, epochs.1 + 1);
+    for group in [&alices.group_id, &bobs.group_id] {
+        let view = w.m(bob).group(group).unwrap();
+        assert!(view.members.iter().all(|m| m.devices == 1), "{view:?}");
+    }
+
+    // Nothing new is even addressed to the removed desktop: not Bob's texts, not the
+    // laptop's copies.
+    let (_, mut out) = w.m(bob).send_text(&alice_id, "after the removal").unwrap();
+    out.extend(
+        w.m(bob)
+            .send_group_text(&alices.group_id, "group, after the removal")
+            .unwrap()
+            .1,
+    );
+    out.extend(w.m(laptop).send_text(&bob_id, "just me now").unwrap().1);
+    assert!(out.iter().all(|o| w.device_for(o) != desktop));
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(w.texts(laptop, &bob_id), ["after the removal", "just me now"]);
+    assert_eq!(w.texts(desktop, &bob_id), ["sent just before the removal"]);
+    assert_eq!(w.texts(laptop, &alices.group_id), ["group, after the removal"]);
+    assert!(w.texts(desktop, &alices.group_id).is_empty());
+
+    // The desktop's slow envelope is not shown: Bob's list of Alice no longer names
+    // the device that sent it. And the desktop sends nothing more.
+    for envelope in late {
+        let _ = w.deliver(envelope);
+    }
+    assert_eq!(w.texts(bob, &alice_id), ["after the removal", "just me now"]);
+    assert!(matches!(
+        w.m(desktop).send_text(&bob_id, "still here?"),
+        Err(CoreError::DeviceRemoved)
+    ));
 }

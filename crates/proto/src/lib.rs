@@ -38,7 +38,8 @@ pub use invite::{
     MAX_INVITE_LINK_LEN, MAX_KEY_PACKAGE_BYTES,
 };
 pub use link::{
-    LinkHandOver, LinkOffer, LinkRequest, LinkResponse, LINK_OFFER_PREFIX, MAX_HAND_OVER_BYTES, MAX_LINK_MESSAGE_BYTES,
+    HistoryConversation, HistoryMessage, HistoryPage, LinkHandOver, LinkOffer, LinkRequest, LinkResponse,
+    LINK_OFFER_PREFIX, MAX_HAND_OVER_BYTES, MAX_HISTORY_PAGE_BYTES, MAX_HISTORY_PAGE_MESSAGES, MAX_LINK_MESSAGE_BYTES,
     MAX_LINK_OFFER_BYTES, MAX_LINK_OFFER_LEN,
 };
 

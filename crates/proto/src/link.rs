@@ -139,6 +139,84 @@ impl LinkHandOver {
     }
 }
 
+/// Largest page of history accepted, encoded.
+pub const MAX_HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most messages one page of history carries.
+pub const MAX_HISTORY_PAGE_MESSAGES: usize = 2_000;
+
+/// A conversation a page of history has messages of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryConversation {
+    /// The conversation id (a contact's account id, or a group id).
+    pub id: Vec<u8>,
+    /// Its title.
+    pub title: String,
+    /// When it started, Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// One message of the history, as the existing device stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryMessage {
+    /// The message id.
+    pub id: [u8; 16],
+    /// The conversation it belongs to.
+    pub conversation_id: Vec<u8>,
+    /// The sender's account id.
+    pub sender: String,
+    /// Send time, Unix milliseconds.
+    pub sent_at: i64,
+    /// The text.
+    pub body: String,
+    /// Its delivery state (`sent`, `delivered`, `read`, `received`).
+    pub state: String,
+    /// Whether this account sent it.
+    pub outgoing: bool,
+}
+
+/// One page of the message history an existing device passes to a new one, if its
+/// person agreed, inside the link channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The conversations this page's messages belong to.
+    pub conversations: Vec<HistoryConversation>,
+    /// Messages, oldest first.
+    pub messages: Vec<HistoryMessage>,
+    /// How many messages the whole history holds (for a progress bar).
+    pub total: u64,
+    /// Where the next page starts; `None` on the last.
+    pub next: Option<u64>,
+}
+
+impl HistoryPage {
+    /// Encodes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    /// Decodes within [`MAX_HISTORY_PAGE_BYTES`] and [`MAX_HISTORY_PAGE_MESSAGES`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
+        let page: HistoryPage = decode_versioned(bytes, MAX_HISTORY_PAGE_BYTES)?;
+        if page.messages.len() > MAX_HISTORY_PAGE_MESSAGES {
+            return Err(ProtoError::InvalidField {
+                field: "messages",
+                reason: format!("more than {MAX_HISTORY_PAGE_MESSAGES} in one page"),
+            });
+        }
+        if page
+            .messages
+            .iter()
+            .any(|m| !page.conversations.iter().any(|c| c.id == m.conversation_id))
+        {
+            return Err(ProtoError::InvalidField {
+                field: "messages",
+                reason: "a message of a conversation the page does not name".into(),
+            });
+        }
+        Ok(page)
+    }
+}
+
 /// Largest link protocol message: a hand-over and its framing.
 pub const MAX_LINK_MESSAGE_BYTES: usize = MAX_HAND_OVER_BYTES + 64 * 1024;
 
@@ -151,6 +229,11 @@ pub enum LinkRequest {
     Ready,
     /// The new device's card, sealed in the channel.
     Card(Vec<u8>),
+    /// The page of history that starts at `from` (0 for the first).
+    History {
+        /// Where the page starts (the previous page's `next`).
+        from: u64,
+    },
 }
 
 /// What the offering device answers.
@@ -164,6 +247,10 @@ pub enum LinkResponse {
     HandOver(Vec<Vec<u8>>),
     /// Linked.
     Done,
+    /// A page of history ([`HistoryPage`]), sealed in frames.
+    History(Vec<Vec<u8>>),
+    /// The person did not pass the history on (or it has all been sent).
+    NoHistory,
     /// Refused, and why.
     Refused(String),
 }
@@ -228,6 +315,7 @@ mod tests {
             let _ = LinkOffer::from_bytes(&bytes);
             let _ = LinkRequest::from_bytes(&bytes);
             let _ = LinkResponse::from_bytes(&bytes);
+            let _ = HistoryPage::from_bytes(&bytes);
         }
     }
 }

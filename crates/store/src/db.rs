@@ -283,6 +283,40 @@ impl ProfileDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// A page of the whole history in the order it was stored: up to `limit`
+    /// messages from position `from` on, with the position of each (the next page
+    /// starts one past the last). For passing history to a newly linked device.
+    pub fn history_page(&self, from: u64, limit: usize) -> Result<Vec<(u64, MessageRecord)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, conversation_id, sender, sent_at, body, state, outgoing, held_by, seq
+             FROM messages WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![from as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(8)? as u64, message_from_row(r)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many messages history holds from position `from` on.
+    pub fn history_count(&self, from: u64) -> Result<u64> {
+        let count: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM messages WHERE seq >= ?1", [from as i64], |r| {
+                r.get(0)
+            })?;
+        Ok(count as u64)
+    }
+
+    /// A conversation's title and start time.
+    pub fn conversation_info(&self, id: &[u8]) -> Result<Option<(String, i64)>> {
+        Ok(self
+            .conn
+            .query_row("SELECT title, created_at FROM conversations WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
     /// Full-text search over every conversation, best matches first. The query is
     /// taken as plain words (each quoted), so FTS5 operators typed by a person cannot
     /// produce a syntax error.

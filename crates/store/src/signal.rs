@@ -180,6 +180,22 @@ impl ProfileDb {
         Ok(())
     }
 
+    /// Forgets what this profile keeps for the devices of an account that its device
+    /// list no longer names: their sessions, bundles, key packages and the envelopes
+    /// still queued for them. Returns how many rows went.
+    pub fn forget_unlisted_devices(&self, account_id: &str, listed: &[u8]) -> Result<usize> {
+        // Device ids are small integers, so the list can be written into the statement.
+        let listed = listed.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
+        let mut forgotten = 0;
+        for table in ["sessions", "bundles", "key_packages", "outbox"] {
+            forgotten += self.conn.execute(
+                &format!("DELETE FROM {table} WHERE account_id = ?1 AND device_id NOT IN ({listed})"),
+                params![account_id],
+            )?;
+        }
+        Ok(forgotten)
+    }
+
     /// The stored bundles of an account's devices.
     pub fn bundles(&self, account_id: &str) -> Result<Vec<(u8, Vec<u8>)>> {
         let mut stmt = self

@@ -340,11 +340,12 @@ async linkWaiting() : Promise<Result<string | null, AppError>> {
 }
 },
 /**
- * The person compared the codes on both screens: link (`true`) or cancel.
+ * The person compared the codes on both screens: link (`true`), passing the message
+ * history on if `share_history`, or cancel.
  */
-async confirmLink(sameCode: boolean) : Promise<Result<null, AppError>> {
+async confirmLink(sameCode: boolean, shareHistory: boolean) : Promise<Result<null, AppError>> {
     try {
-    return { status: "ok", data: await TAURI_INVOKE("confirm_link", { sameCode }) };
+    return { status: "ok", data: await TAURI_INVOKE("confirm_link", { sameCode, shareHistory }) };
 } catch (e) {
     if(e instanceof Error) throw e;
     else return { status: "error", error: e  as any };
@@ -357,6 +358,40 @@ async confirmLink(sameCode: boolean) : Promise<Result<null, AppError>> {
 async joinByLink(link: string, passphrase: string | null) : Promise<Result<AccountView, AppError>> {
     try {
     return { status: "ok", data: await TAURI_INVOKE("join_by_link", { link, passphrase }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * The account's devices, from its signed device list.
+ */
+async devices() : Promise<Result<DeviceItem[], AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("devices") };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Names one of the account's devices (on this device).
+ */
+async renameDevice(deviceId: number, name: string) : Promise<Result<DeviceItem[], AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("rename_device", { deviceId, name }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
+ * Removes another device from the account: contacts and the account's other devices
+ * get the new device list and stop encrypting for it.
+ */
+async removeDevice(deviceId: number) : Promise<Result<DeviceItem[], AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("remove_device", { deviceId }) };
 } catch (e) {
     if(e instanceof Error) throw e;
     else return { status: "error", error: e  as any };
@@ -385,7 +420,11 @@ inviteQrSvg: string;
 /**
  * How many addresses the invite carries (0 until the network listens).
  */
-addresses: number }
+addresses: number; 
+/**
+ * Another device of the account removed this one: it receives and sends nothing new.
+ */
+removed: boolean }
 /**
  * A failed command: a code for the UI's logic and a sentence for the person.
  */
@@ -406,6 +445,10 @@ online: boolean;
  * A direct (WebRTC) session to a device of theirs is open now.
  */
 direct: boolean }
+/**
+ * One of the account's devices, as Settings lists them.
+ */
+export type DeviceItem = { deviceId: number; name: string; thisDevice: boolean }
 /**
  * Error kinds the UI can react to.
  */
