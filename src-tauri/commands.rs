@@ -905,6 +905,7 @@ pub async fn join_by_link(
         move |step| {
             let _ = match step {
                 LinkStep::Code(code) => emitter.emit(LINK_CODE_EVENT, code),
+                LinkStep::Linked => Ok(()),
                 LinkStep::History { received, total } => emitter.emit(
                     LINK_HISTORY_EVENT,
                     HistoryProgressView {

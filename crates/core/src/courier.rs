@@ -35,6 +35,8 @@ use crate::{CoreError, Event, Messenger, Result};
 pub enum LinkStep {
     /// The code to compare with the one the other device shows.
     Code(String),
+    /// The other device took this one's card: it is linked. History may follow.
+    Linked,
     /// Linked; history is coming in: `received` of `total` messages so far.
     History {
         /// Messages taken so far.
@@ -105,7 +107,7 @@ pub async fn join_by_link(
     })
     .ok_or(CoreError::NoAccount)??;
     match ask(LinkRequest::Card(card)).await? {
-        LinkResponse::Done => {}
+        LinkResponse::Done => on_step(LinkStep::Linked),
         _ => {
             return Err(CoreError::LinkRefused(
                 "the other device did not take this one's card".into(),

@@ -24,7 +24,7 @@ use cairn_crypto::{
 };
 use cairn_proto::{
     check_group_name, decode_versioned, is_group_id, ContactCard, Content, DeviceKeyPackage, GroupContent, GroupInfo,
-    GroupPacket, MessageId, TextMessage, MAX_TEXT_BYTES,
+    GroupPacket, GroupPart, MessageId, TextMessage, MAX_TEXT_BYTES,
 };
 use cairn_store::{GroupRecord, NewMessage};
 use data_encoding::HEXLOWER;
@@ -42,6 +42,11 @@ const MAX_HELD_GROUP_MESSAGES: usize = 4096;
 const CARDS_PER_INFO: usize = 24;
 /// The name a group has until its description arrives.
 const UNNAMED_GROUP: &str = "New group";
+/// How long pieces of a large packet wait for the rest: as long as an envelope can.
+const PART_KEPT_FOR_MILLIS: i64 = cairn_proto::MAX_TTL_SECS as i64 * 1000;
+/// Most bytes of pieces kept from one sender, and from everyone.
+const MAX_PART_BYTES_PER_SENDER: u64 = 8 * 1024 * 1024;
+const MAX_PART_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A group as the UI shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +187,7 @@ impl Messenger {
         self.as_admin(group_id, |this, open| {
             open.record.name = name.to_owned();
             this.store_group(open)?;
-            this.send_info(open)
+            this.send_info(open, &[])
         })
     }
 
@@ -203,7 +208,7 @@ impl Messenger {
                 }
             }
             this.store_group(open)?;
-            this.send_info(open)
+            this.send_info(open, &[])
         })
     }
 
@@ -218,13 +223,13 @@ impl Messenger {
             if open.record.admins == [own.clone()] {
                 if let Some(heir) = others.first() {
                     open.record.admins = vec![own.clone(), heir.clone()];
-                    out.extend(this.send_info(&mut open)?);
+                    out.extend(this.send_info(&mut open, &[])?);
                 }
             }
             let identity = this.group_identity()?;
             let leaves = open.group.members();
             for proposal in open.group.propose_leaving(&open.state.provider(), &identity)? {
-                out.extend(this.to_leaves(&leaves, &GroupPacket::Message(proposal)));
+                out.extend(this.to_leaves(&leaves, &GroupPacket::Message(proposal))?);
             }
             open.record.admins.retain(|a| *a != own);
             open.record.active = false;
@@ -485,16 +490,16 @@ impl Messenger {
         let (commit, welcome) = open
             .group
             .add(&open.state.provider(), &self.group_identity()?, &packages)?;
-        let mut out = self.to_leaves(&before, &GroupPacket::Message(commit.clone()));
+        let mut out = self.to_leaves(&before, &GroupPacket::Message(commit.clone()))?;
         let added: Vec<LeafName> = open
             .group
             .members()
             .into_iter()
             .filter(|l| !before.contains(l))
             .collect();
-        out.extend(self.to_leaves(&added, &GroupPacket::Welcome(welcome)));
+        out.extend(self.to_leaves(&added, &GroupPacket::Welcome(welcome))?);
         self.committed(open, &commit, Some(Redo::Add(accounts.to_vec())))?;
-        out.extend(self.send_info(open)?);
+        out.extend(self.send_info(open, &added)?);
         Ok(out)
     }
 
@@ -519,10 +524,10 @@ impl Messenger {
         let commit = open
             .group
             .remove(&open.state.provider(), &self.group_identity()?, &removed)?;
-        let mut out = self.to_leaves(&before, &GroupPacket::Message(commit.clone()));
+        let mut out = self.to_leaves(&before, &GroupPacket::Message(commit.clone()))?;
         open.record.admins.retain(|a| !accounts.contains(a));
         self.committed(open, &commit, Some(Redo::Remove(accounts.to_vec())))?;
-        out.extend(self.send_info(open)?);
+        out.extend(self.send_info(open, &[])?);
         Ok(out)
     }
 
@@ -561,9 +566,9 @@ impl Messenger {
                 let commit = open
                     .group
                     .remove(&open.state.provider(), &this.group_identity()?, &gone)?;
-                let mut out = this.to_leaves(&staying, &GroupPacket::Message(commit.clone()));
+                let mut out = this.to_leaves(&staying, &GroupPacket::Message(commit.clone()))?;
                 this.committed(&mut open, &commit, None)?;
-                out.extend(this.send_info(&mut open)?);
+                out.extend(this.send_info(&mut open, &[])?);
                 this.keep_open(open);
                 this.enqueue(&out)?;
                 Ok(out)
@@ -584,38 +589,66 @@ impl Messenger {
         self.write_group(open, true)
     }
 
-    /// Sends the group's description (name, admins, members' cards) to the group.
-    /// Texts and descriptions are MLS application messages; only admins' descriptions
-    /// are taken.
-    fn send_info(&mut self, open: &mut OpenGroup) -> Result<Vec<Outgoing>> {
-        let own = self.account()?.account_id.clone();
+    /// Sends the group's description: to the members that were there, the name, the
+    /// admins and the cards of the accounts whose devices were just `added`; to the
+    /// devices just added, every member's card (they have to reach them all). So a
+    /// change costs what it changed, not a copy of every card to every member.
+    /// Texts and descriptions are MLS application messages; only admins'
+    /// descriptions are taken.
+    fn send_info(&mut self, open: &mut OpenGroup, added: &[LeafName]) -> Result<Vec<Outgoing>> {
+        let new_accounts: Vec<String> = member_accounts(&open.group)
+            .into_keys()
+            .filter(|a| added.iter().any(|l| l.account_id == *a))
+            .collect();
+        let (new_leaves, old_leaves): (Vec<LeafName>, Vec<LeafName>) =
+            open.group.members().into_iter().partition(|l| added.contains(l));
+        let mut out = self.send_info_to(open, &old_leaves, &new_accounts)?;
+        if !new_leaves.is_empty() {
+            let everyone: Vec<String> = member_accounts(&open.group).into_keys().collect();
+            out.extend(self.send_info_to(open, &new_leaves, &everyone)?);
+        }
+        Ok(out)
+    }
+
+    /// The description with the cards of `accounts`, to `leaves`. A card with its
+    /// prekey bundles is a few KiB: the cards go in parts that each fit one envelope,
+    /// and receivers take each part as it comes.
+    fn send_info_to(
+        &mut self,
+        open: &mut OpenGroup,
+        leaves: &[LeafName],
+        accounts: &[String],
+    ) -> Result<Vec<Outgoing>> {
+        let me = self.own_leaf()?;
+        if leaves.iter().all(|l| *l == me) {
+            return Ok(Vec::new());
+        }
+        let own = me.account_id;
         let mut cards = Vec::new();
-        for account in member_accounts(&open.group).into_keys() {
-            let card = if account == own {
+        for account in accounts {
+            let card = if *account == own {
                 self.own_card()
             } else {
-                self.card_of(&account)
+                self.card_of(account)
             };
             match card {
                 Ok(card) => cards.push(card),
                 Err(e) => tracing::warn!(account, %e, "a member without a card"),
             }
         }
-        // A card with its prekey bundles is a few KiB: the description goes out in
-        // parts that each fit one envelope, and receivers take each part as it comes.
-        let mut out = Vec::new();
         let parts: Vec<Vec<ContactCard>> = if cards.is_empty() {
             vec![Vec::new()]
         } else {
             cards.chunks(CARDS_PER_INFO).map(<[ContactCard]>::to_vec).collect()
         };
+        let mut out = Vec::new();
         for cards in parts {
             let info = GroupContent::Info(GroupInfo {
                 name: open.record.name.clone(),
                 admins: open.record.admins.clone(),
                 cards,
             });
-            out.extend(self.send_app(open, &info)?);
+            out.extend(self.send_app_to(open, leaves, &info)?);
         }
         Ok(out)
     }
@@ -642,28 +675,50 @@ impl Messenger {
 
     /// Encrypts an application message and addresses it to every other member device.
     fn send_app(&mut self, open: &mut OpenGroup, content: &GroupContent) -> Result<Vec<Outgoing>> {
+        let members = open.group.members();
+        self.send_app_to(open, &members, content)
+    }
+
+    /// Encrypts an application message and addresses it to `leaves` (but this device).
+    fn send_app_to(
+        &mut self,
+        open: &mut OpenGroup,
+        leaves: &[LeafName],
+        content: &GroupContent,
+    ) -> Result<Vec<Outgoing>> {
         let message = open
             .group
             .send(&open.state.provider(), &self.group_identity()?, &content.to_bytes())?;
         self.store_group(open)?;
-        Ok(self.to_leaves(&open.group.members(), &GroupPacket::Message(message)))
+        self.to_leaves(leaves, &GroupPacket::Message(message))
     }
 
-    /// One envelope per device in `leaves` but this one, through the 1:1 sessions.
-    /// A device that cannot be reached yet (no session or bundle) is skipped.
-    fn to_leaves(&self, leaves: &[LeafName], packet: &GroupPacket) -> Vec<Outgoing> {
+    /// One envelope per device in `leaves` but this one, through the 1:1 sessions
+    /// (a packet too large for one envelope goes in parts, one envelope each). A
+    /// device that cannot be reached yet (no session or bundle) is skipped.
+    fn to_leaves(&self, leaves: &[LeafName], packet: &GroupPacket) -> Result<Vec<Outgoing>> {
         let own = self.own_leaf().ok();
-        let content = Content::Group(packet.clone());
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let contents: Vec<Content> = packet
+            .clone()
+            .into_parts(id, self.group_part_bytes)?
+            .into_iter()
+            .map(Content::Group)
+            .collect();
         let mut out = Vec::new();
         for leaf in leaves.iter().filter(|l| Some(*l) != own.as_ref()) {
-            match self.envelopes_to_device(&leaf.account_id, Some(leaf.device_id), &content) {
-                Ok(envelopes) => out.extend(envelopes),
-                Err(e) => {
-                    tracing::warn!(account = leaf.account_id, device = leaf.device_id, %e, "a member device out of reach")
+            for content in &contents {
+                match self.envelopes_to_device(&leaf.account_id, Some(leaf.device_id), content) {
+                    Ok(envelopes) => out.extend(envelopes),
+                    Err(e) => {
+                        tracing::warn!(account = leaf.account_id, device = leaf.device_id, %e, "a member device out of reach");
+                        break;
+                    }
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Handles a group packet that `sender`'s device sent this device.
@@ -679,8 +734,51 @@ impl Messenger {
                 self.receive_group_message(&group_id, &header, sender, &message, out)?;
                 group_id
             }
+            GroupPacket::Part(part) => match self.receive_part(sender, part)? {
+                Some(whole) => return self.receive_group(sender, whole, out),
+                None => return Ok(()),
+            },
         };
         self.process_waiting(&group_id, out)
+    }
+
+    /// Keeps one piece of a large packet; once every piece is here, returns the packet.
+    /// Pieces are bounded per sender and in all, and those whose packet never
+    /// completes go after [`PART_KEPT_FOR_MILLIS`].
+    fn receive_part(&mut self, sender: &str, part: GroupPart) -> Result<Option<GroupPacket>> {
+        part.check()?;
+        let now = unix_millis();
+        self.db.forget_group_parts_before(now - PART_KEPT_FOR_MILLIS)?;
+        let kept = self.db.group_parts(sender, &part.id)?;
+        if kept.iter().any(|(_, count, _)| *count != part.count) {
+            return Err(CoreError::GroupRefused(
+                "pieces of one packet disagree on their number".into(),
+            ));
+        }
+        if self.db.group_part_bytes(Some(sender))? + part.bytes.len() as u64 > MAX_PART_BYTES_PER_SENDER
+            || self.db.group_part_bytes(None)? + part.bytes.len() as u64 > MAX_PART_BYTES
+        {
+            return Err(CoreError::GroupRefused(
+                "too many pieces of group packets waiting".into(),
+            ));
+        }
+        self.db
+            .hold_group_part(sender, &part.id, part.index, part.count, &part.bytes, now)?;
+        let kept = self.db.group_parts(sender, &part.id)?;
+        if kept.len() < usize::from(part.count) {
+            return Ok(None);
+        }
+        self.db.release_group_parts(sender, &part.id)?;
+        let pieces: Vec<GroupPart> = kept
+            .into_iter()
+            .map(|(index, count, bytes)| GroupPart {
+                id: part.id,
+                index,
+                count,
+                bytes,
+            })
+            .collect();
+        Ok(Some(GroupPacket::from_parts(&pieces)?))
     }
 
     fn receive_welcome(&mut self, sender: &str, welcome: &[u8], out: &mut Received) -> Result<String> {
@@ -858,10 +956,10 @@ impl Messenger {
                         .group
                         .commit_proposals(&open.state.provider(), &self.group_identity()?)?;
                     out.replies
-                        .extend(self.to_leaves(&before, &GroupPacket::Message(commit.clone())));
+                        .extend(self.to_leaves(&before, &GroupPacket::Message(commit.clone()))?);
                     open.record.admins.retain(|a| *a != from.account_id);
                     self.committed(&mut open, &commit, None)?;
-                    out.replies.extend(self.send_info(&mut open)?);
+                    out.replies.extend(self.send_info(&mut open, &[])?);
                     out.events.push(Event::GroupChanged(group_id.to_owned()));
                 }
             }
@@ -1013,4 +1111,56 @@ fn member_accounts(group: &Group) -> BTreeMap<String, Vec<u8>> {
         accounts.entry(leaf.account_id).or_default().push(leaf.device_id);
     }
     accounts
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_store::{KeyVault, ProfileDir};
+
+    use crate::{Messenger, Outgoing, Unlock};
+
+    fn person(vault: &KeyVault, name: &str) -> (tempfile::TempDir, Messenger) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut messenger = Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(vault)).unwrap();
+        messenger.create_account(name).unwrap();
+        (dir, messenger)
+    }
+
+    /// Delivers everything in flight, each round's envelopes last first.
+    fn deliver_backwards(people: &mut [&mut Messenger], mut in_flight: Vec<Outgoing>) {
+        while !in_flight.is_empty() {
+            for out in std::mem::take(&mut in_flight).into_iter().rev() {
+                let to = people
+                    .iter_mut()
+                    .find(|m| m.mailbox().ok() == Some(out.envelope.mailbox))
+                    .unwrap();
+                in_flight.extend(to.receive(&out.envelope.to_bytes()).unwrap().replies);
+            }
+        }
+    }
+
+    #[test]
+    fn packets_too_large_for_an_envelope_go_in_parts_that_may_arrive_in_any_order() {
+        let vault = KeyVault::with_store(keyring_core::mock::Store::new().unwrap());
+        let (_a, mut alice) = person(&vault, "Alice");
+        let (_b, mut bob) = person(&vault, "Bob");
+        let (_, out) = bob.accept_invite(&alice.account_info().unwrap().invite_link).unwrap();
+        deliver_backwards(&mut [&mut alice, &mut bob], out);
+        let bob_id = bob.account_info().unwrap().account_id;
+
+        // Pieces of at most 1,500 bytes: the Welcome and the description with every
+        // card take several each.
+        alice.group_part_bytes = 1_500;
+        let (group, out) = alice.create_group("Climbing", std::slice::from_ref(&bob_id)).unwrap();
+        let parts = out.iter().filter(|o| o.envelope.body.len() < 4_000).count();
+        assert!(out.len() > 4 && parts == out.len(), "{} envelopes", out.len());
+        deliver_backwards(&mut [&mut alice, &mut bob], out);
+        let view = bob.group(&group.group_id).unwrap();
+        assert_eq!((view.name.as_str(), view.members.len()), ("Climbing", 2));
+
+        let (_, out) = alice.send_group_text(&group.group_id, "rope at 8").unwrap();
+        deliver_backwards(&mut [&mut alice, &mut bob], out);
+        assert_eq!(bob.conversation(&group.group_id, 10).unwrap()[0].body, "rope at 8");
+        assert_eq!(bob.db.group_part_bytes(None).unwrap(), 0, "no piece is left behind");
+    }
 }

@@ -72,6 +72,8 @@ pub struct HistoryProgress {
 /// The existing device's side of a link, after the handshake.
 pub struct ExistingDeviceLink {
     channel: LinkChannel,
+    /// How many messages the history held when its first page went out.
+    history_total: Option<u64>,
 }
 
 impl ExistingDeviceLink {
@@ -151,7 +153,13 @@ impl Messenger {
         for (index, offer) in self.link_offers.iter().enumerate() {
             if let Ok((channel, answer)) = answer_link(&offer.secret, first) {
                 self.link_offers.remove(index);
-                return Ok((ExistingDeviceLink { channel }, answer));
+                return Ok((
+                    ExistingDeviceLink {
+                        channel,
+                        history_total: None,
+                    },
+                    answer,
+                ));
             }
         }
         Err(CoreError::LinkRefused(
@@ -181,7 +189,11 @@ impl Messenger {
         let mut page = HistoryPage {
             conversations: Vec::new(),
             messages: Vec::new(),
-            total: self.db.history_count(0)?,
+            // Counted once: counting reads the whole history.
+            total: match link.history_total {
+                Some(total) => total,
+                None => *link.history_total.insert(self.db.message_count()?),
+            },
             next: None,
         };
         let mut text_bytes = 0;

@@ -66,6 +66,8 @@ pub struct Messenger {
     pub(crate) link_offers: Vec<crate::linking::PendingOffer>,
     /// The link this device serves over the network, once a new device answered.
     pub(crate) served_link: Option<crate::linking::ServedLink>,
+    /// Group packets longer than this go in parts (smaller in tests).
+    pub(crate) group_part_bytes: usize,
 }
 
 impl Messenger {
@@ -82,6 +84,7 @@ impl Messenger {
             open_groups: Default::default(),
             link_offers: Vec::new(),
             served_link: None,
+            group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
         })
     }
 
@@ -99,6 +102,7 @@ impl Messenger {
             open_groups: Default::default(),
             link_offers: Vec::new(),
             served_link: None,
+            group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
         };
         if messenger.account.is_some() {
             messenger.ensure_device_material()?;

@@ -368,3 +368,32 @@ fn group_names_and_strangers_are_checked() {
         Err(CoreError::UnknownGroup(_))
     ));
 }
+
+#[test]
+fn a_newcomer_gets_every_members_card_and_the_others_only_the_newcomers() {
+    let (mut w, cast) = cast();
+    let friends: Vec<String> = [cast.b1, cast.c, cast.d].map(|i| w.account_id(i)).to_vec();
+    let (view, out) = w.m(cast.a).create_group("Climbing", &friends).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let erin = w.account_id(cast.e);
+    let out = w
+        .m(cast.a)
+        .add_group_members(&view.group_id, std::slice::from_ref(&erin))
+        .unwrap();
+    let bytes_to = |device: usize| -> usize {
+        out.iter()
+            .filter(|o| w.device_for(o) == device)
+            .map(|o| o.envelope.body.len())
+            .sum()
+    };
+    // Erin needs everyone's card to reach them; Carol only Erin's, with the commit.
+    let (to_erin, to_carol) = (bytes_to(cast.e), bytes_to(cast.c));
+    assert!(to_carol * 2 < to_erin, "Carol gets {to_carol} bytes, Erin {to_erin}");
+    w.send(out);
+    w.deliver_all();
+    // And everyone can reach everyone: Erin and Carol never met.
+    say(&mut w, cast.e, &view.group_id, "Erin here");
+    say(&mut w, cast.c, &view.group_id, "hi Erin, Carol");
+    all_read(&w, &cast.all(), &view.group_id, &["Erin here", "hi Erin, Carol"]);
+}

@@ -16,6 +16,11 @@ pub const MAX_GROUP_CONTENT_BYTES: usize = 160 * 1024;
 /// Group ids are `g` and 32 hex digits.
 pub const GROUP_ID_LEN: usize = 33;
 
+/// Largest piece of a group packet that one envelope carries.
+pub const MAX_GROUP_PART_BYTES: usize = 128 * 1024;
+/// Most pieces a group packet is cut into (so a packet is at most 4 MiB).
+pub const MAX_GROUP_PARTS: u16 = 32;
+
 /// An MLS payload on its way to one member device, inside a 1:1 session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupPacket {
@@ -23,6 +28,97 @@ pub enum GroupPacket {
     Welcome(Vec<u8>),
     /// A commit, proposal or application message of a group.
     Message(Vec<u8>),
+    /// One piece of a packet too large for one envelope (a Welcome to a large
+    /// group carries its whole ratchet tree).
+    Part(GroupPart),
+}
+
+/// One piece of an encoded [`GroupPacket`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPart {
+    /// Names the packet the piece belongs to (random, per packet).
+    pub id: [u8; 16],
+    /// Which piece this is, from 0.
+    pub index: u16,
+    /// How many pieces the packet has.
+    pub count: u16,
+    /// The piece.
+    pub bytes: Vec<u8>,
+}
+
+impl GroupPart {
+    /// Checks the piece's shape: its index among at most [`MAX_GROUP_PARTS`], and at
+    /// most [`MAX_GROUP_PART_BYTES`].
+    pub fn check(&self) -> Result<(), ProtoError> {
+        if self.count < 2 || self.count > MAX_GROUP_PARTS || self.index >= self.count {
+            return Err(ProtoError::InvalidField {
+                field: "part",
+                reason: format!("piece {} of {}", self.index, self.count),
+            });
+        }
+        if self.bytes.is_empty() || self.bytes.len() > MAX_GROUP_PART_BYTES {
+            return Err(ProtoError::TooLarge {
+                size: self.bytes.len(),
+                limit: MAX_GROUP_PART_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl GroupPacket {
+    /// The packet as it goes out: itself, or, when its encoding is longer than
+    /// `max_part` bytes, that many [`GroupPacket::Part`]s named `id`.
+    pub fn into_parts(self, id: [u8; 16], max_part: usize) -> Result<Vec<GroupPacket>, ProtoError> {
+        let bytes = encode_versioned(&self);
+        if bytes.len() <= max_part {
+            return Ok(vec![self]);
+        }
+        let count = bytes.len().div_ceil(max_part);
+        if count > MAX_GROUP_PARTS as usize || max_part > MAX_GROUP_PART_BYTES {
+            return Err(ProtoError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_GROUP_PARTS as usize * max_part.min(MAX_GROUP_PART_BYTES),
+            });
+        }
+        Ok(bytes
+            .chunks(max_part)
+            .enumerate()
+            .map(|(index, piece)| {
+                GroupPacket::Part(GroupPart {
+                    id,
+                    index: index as u16,
+                    count: count as u16,
+                    bytes: piece.to_vec(),
+                })
+            })
+            .collect())
+    }
+
+    /// Puts a packet together from all its pieces, in order (each checked); a packet
+    /// of pieces may not be a piece itself.
+    pub fn from_parts(parts: &[GroupPart]) -> Result<GroupPacket, ProtoError> {
+        let whole = parts.first().map(|p| (p.id, p.count));
+        let complete = parts
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.check().is_ok() && Some((p.id, p.count)) == whole && usize::from(p.index) == i)
+            && whole.is_some_and(|(_, count)| usize::from(count) == parts.len());
+        if !complete {
+            return Err(ProtoError::InvalidField {
+                field: "part",
+                reason: "the pieces of a packet are missing, repeated or mixed".into(),
+            });
+        }
+        let bytes: Vec<u8> = parts.iter().flat_map(|p| p.bytes.iter().copied()).collect();
+        match decode_versioned(&bytes, MAX_GROUP_PARTS as usize * MAX_GROUP_PART_BYTES)? {
+            GroupPacket::Part(_) => Err(ProtoError::InvalidField {
+                field: "part",
+                reason: "a piece made of pieces".into(),
+            }),
+            packet => Ok(packet),
+        }
+    }
 }
 
 /// The plaintext of an MLS application message.
@@ -146,10 +242,46 @@ mod tests {
         assert!(!is_group_id("abcdefghijklmnopqrstuvwxyz"));
     }
 
+    #[test]
+    fn a_large_packet_goes_in_pieces_and_comes_back_whole_only_from_all_of_them() {
+        let packet = GroupPacket::Welcome((0..300_000u32).map(|i| i as u8).collect());
+        let parts = packet.clone().into_parts([7; 16], MAX_GROUP_PART_BYTES).unwrap();
+        assert_eq!(parts.len(), 3);
+        let pieces: Vec<GroupPart> = parts
+            .into_iter()
+            .map(|p| match p {
+                GroupPacket::Part(part) => part,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(pieces.iter().all(|p| p.check().is_ok()));
+        assert_eq!(GroupPacket::from_parts(&pieces).unwrap(), packet);
+        // Missing, repeated or out-of-order pieces are refused.
+        for bad in [
+            vec![pieces[0].clone(), pieces[1].clone()],
+            vec![pieces[0].clone(), pieces[0].clone(), pieces[2].clone()],
+            vec![pieces[1].clone(), pieces[0].clone(), pieces[2].clone()],
+        ] {
+            assert!(GroupPacket::from_parts(&bad).is_err());
+        }
+        // A small packet stays whole; one too large for every piece is refused.
+        let small = GroupPacket::Message(vec![1, 2, 3]);
+        assert_eq!(
+            small.clone().into_parts([0; 16], MAX_GROUP_PART_BYTES).unwrap(),
+            [small]
+        );
+        let huge = GroupPacket::Message(vec![0; MAX_GROUP_PARTS as usize * MAX_GROUP_PART_BYTES + 1]);
+        assert!(huge.into_parts([0; 16], MAX_GROUP_PART_BYTES).is_err());
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_the_group_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = GroupContent::from_bytes(&bytes);
+            let _ = decode_versioned::<GroupPacket>(&bytes, 4096).map(|p| match p {
+                GroupPacket::Part(part) => GroupPacket::from_parts(&[part]).map(drop),
+                _ => Ok(()),
+            });
         }
     }
 }

@@ -30,8 +30,8 @@ pub use envelope::{
     MAX_TTL_SECS,
 };
 pub use group::{
-    check_group_name, is_group_id, GroupContent, GroupInfo, GroupPacket, GROUP_ID_LEN, MAX_GROUP_ACCOUNTS,
-    MAX_GROUP_CONTENT_BYTES, MAX_GROUP_NAME_BYTES,
+    check_group_name, is_group_id, GroupContent, GroupInfo, GroupPacket, GroupPart, GROUP_ID_LEN, MAX_GROUP_ACCOUNTS,
+    MAX_GROUP_CONTENT_BYTES, MAX_GROUP_NAME_BYTES, MAX_GROUP_PARTS, MAX_GROUP_PART_BYTES,
 };
 pub use invite::{
     ContactCard, DeviceKeyPackage, Invite, INVITE_LINK_PREFIX, MAX_DISPLAY_NAME_BYTES, MAX_INVITE_BYTES,

@@ -297,13 +297,9 @@ impl ProfileDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// How many messages history holds from position `from` on.
-    pub fn history_count(&self, from: u64) -> Result<u64> {
-        let count: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM messages WHERE seq >= ?1", [from as i64], |r| {
-                r.get(0)
-            })?;
+    /// How many messages history holds.
+    pub fn message_count(&self) -> Result<u64> {
+        let count: i64 = self.conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
         Ok(count as u64)
     }
 

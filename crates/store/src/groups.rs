@@ -224,6 +224,60 @@ impl ProfileDb {
         Ok(())
     }
 
+    /// Keeps one part of a group packet from `sender` (a part already kept stays).
+    pub fn hold_group_part(
+        &self,
+        sender: &str,
+        packet_id: &[u8],
+        index: u16,
+        count: u16,
+        bytes: &[u8],
+        now: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO group_parts (sender, packet_id, idx, count, bytes, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![sender, packet_id, index, count, bytes, now],
+        )?;
+        Ok(())
+    }
+
+    /// The parts of one packet kept so far, by index: `(index, count, bytes)`.
+    pub fn group_parts(&self, sender: &str, packet_id: &[u8]) -> Result<Vec<(u16, u16, Vec<u8>)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT idx, count, bytes FROM group_parts WHERE sender = ?1 AND packet_id = ?2 ORDER BY idx",
+        )?;
+        let rows = stmt.query_map(params![sender, packet_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Bytes of parts kept from `sender` (or from everyone, with `None`).
+    pub fn group_part_bytes(&self, sender: Option<&str>) -> Result<u64> {
+        let total: i64 = self.conn.query_row(
+            "SELECT coalesce(sum(length(bytes)), 0) FROM group_parts WHERE ?1 IS NULL OR sender = ?1",
+            [sender],
+            |r| r.get(0),
+        )?;
+        Ok(total as u64)
+    }
+
+    /// Drops the parts of one packet (it was put together, or refused).
+    pub fn release_group_parts(&self, sender: &str, packet_id: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM group_parts WHERE sender = ?1 AND packet_id = ?2",
+            params![sender, packet_id],
+        )?;
+        Ok(())
+    }
+
+    /// Drops parts that arrived before `cutoff` (Unix milliseconds): the rest of
+    /// their packet is not coming.
+    pub fn forget_group_parts_before(&self, cutoff: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM group_parts WHERE received_at < ?1", [cutoff])?)
+    }
+
     /// This device's group signature key and its key-package state.
     pub fn group_device(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         Ok(self

@@ -192,8 +192,22 @@ CREATE TABLE key_packages (
 );
 ";
 
+/// Schema version 6: the parts of group packets too large for one envelope (a
+/// Welcome to a large group), kept until the last part arrives.
+const V6_GROUP_PARTS: &str = "
+CREATE TABLE group_parts (
+    sender       TEXT    NOT NULL,
+    packet_id    BLOB    NOT NULL,
+    idx          INTEGER NOT NULL,
+    count        INTEGER NOT NULL,
+    bytes        BLOB    NOT NULL,
+    received_at  INTEGER NOT NULL,
+    PRIMARY KEY (sender, packet_id, idx)
+);
+";
+
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 5;
+pub const SCHEMA_VERSION: usize = 6;
 
 /// All migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
@@ -203,6 +217,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V3_SESSIONS),
         M::up(V4_HELD_BY),
         M::up(V5_GROUPS),
+        M::up(V6_GROUP_PARTS),
     ])
 }
 
