@@ -488,6 +488,14 @@ pub async fn read_qr_image(bytes: Vec<u8>) -> Result<String, AppError> {
     Ok(cairn_core::read_qr_image(&bytes)?)
 }
 
+/// Looks for a QR code in one camera frame (grey bytes, `width` to a row); `None`
+/// while the frame shows none.
+#[tauri::command]
+#[specta::specta]
+pub async fn read_qr_frame(width: u32, height: u32, luma: Vec<u8>) -> Result<Option<String>, AppError> {
+    Ok(cairn_core::read_qr_frame(width, height, luma)?)
+}
+
 /// The newest messages with a contact; marks received ones read.
 #[tauri::command]
 #[specta::specta]

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use tauri::webview::{PermissionKind, PermissionResponse};
 use tauri::{RunEvent, WebviewUrl, WebviewWindowBuilder};
 
 pub use commands::AppState;
@@ -35,6 +36,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::contacts,
         commands::accept_invite,
         commands::read_qr_image,
+        commands::read_qr_frame,
         commands::conversation,
         commands::send_text,
         commands::safety_number,
@@ -95,12 +97,20 @@ pub fn run() -> anyhow::Result<()> {
         .setup(move |app| {
             specta.mount_events(app);
             // Each profile gets its own webview data, so two instances never share it.
-            WebviewWindowBuilder::new(app, "main", WebviewUrl::App("index.html".into()))
+            let window = WebviewWindowBuilder::new(app, "main", WebviewUrl::App("index.html".into()))
                 .title(&title)
                 .inner_size(1120.0, 900.0)
                 .min_inner_size(480.0, 520.0)
                 .data_directory(webview_dir.clone())
+                // The camera, to scan a link code from another device's screen;
+                // nothing else (a microphone, say) is granted.
+                .on_permission_request(|_, kind| match kind {
+                    PermissionKind::Camera => PermissionResponse::Allow,
+                    _ => PermissionResponse::Default,
+                })
                 .build()?;
+            #[cfg(target_os = "linux")]
+            enable_camera(&window);
             Ok(())
         })
         .build(tauri::generate_context!())
@@ -111,6 +121,24 @@ pub fn run() -> anyhow::Result<()> {
             }
         });
     Ok(())
+}
+
+/// WebKitGTK keeps `getUserMedia` off unless the embedder turns media streams on.
+/// `CAIRN_MOCK_CAMERA=1` gives the page WebKit's test camera instead of a real one
+/// (for the end-to-end tests, on machines without a camera).
+#[cfg(target_os = "linux")]
+fn enable_camera(window: &tauri::WebviewWindow) {
+    let mock = std::env::var_os("CAIRN_MOCK_CAMERA").is_some_and(|v| v == "1");
+    let outcome = window.with_webview(move |webview| {
+        use webkit2gtk::{SettingsExt, WebViewExt};
+        if let Some(settings) = WebViewExt::settings(&webview.inner()) {
+            settings.set_enable_media_stream(true);
+            settings.set_enable_mock_capture_devices(mock);
+        }
+    });
+    if let Err(e) = outcome {
+        tracing::warn!(%e, "the camera cannot be offered");
+    }
 }
 
 #[cfg(test)]

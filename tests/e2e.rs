@@ -746,9 +746,25 @@ async fn a_second_app_instance_links_to_alices_account_by_paste_and_both_show_th
             cairn_core::LinkOffer::from_link(&scanned)?,
             cairn_core::LinkOffer::from_link(&offer)?
         );
-        let desktop_driver = Driver::start(data.path(), &[])?;
+        // The desktop has a camera: WebKit's test camera, which shows no code.
+        let desktop_driver = Driver::start(data.path(), &[("CAIRN_MOCK_CAMERA", "1")])?;
         let desktop = desktop_driver.launch("alice-desktop").await?;
         element(&desktop, "link-existing").await?.click().await?;
+        // Scanning with it reads frame after frame, finding nothing in them.
+        element(&desktop, "scan-with-camera").await?.click().await?;
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let read = element(&desktop, "camera-scan").await?.attr("data-frames-read").await?;
+            if read.and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 3) {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline && !is_shown(&desktop, "camera-error").await?,
+                "the camera gave no frames"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(!is_shown(&desktop, "camera-error").await?);
         // A picture of the code fills in the same link as pasting it does.
         let picture = data.path().join("link-offer.png");
         std::fs::write(&picture, &window_png)?;

@@ -31,7 +31,7 @@ pub use messaging::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE
 pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use outbox::QueuedEnvelope;
 pub use paths::{default_profile_dir, validate_profile_name, DEFAULT_PROFILE};
-pub use qr::{qr_svg, read_qr_image};
+pub use qr::{qr_svg, read_qr_frame, read_qr_image};
 pub use views::{ContactView, DeliveryState, Event, MessageView, Outgoing, Received};
 
 /// Everything that can go wrong in the core.

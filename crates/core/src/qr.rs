@@ -1,5 +1,5 @@
-//! QR codes: rendering text or bytes as SVG for the UI, and reading an invite back
-//! from a picture of one.
+//! QR codes: rendering text or bytes as SVG for the UI, and reading one back from a
+//! picture (a file) or from a camera's frames.
 
 use image::ImageReader;
 use qrcode::{render::svg, EcLevel, QrCode};
@@ -39,15 +39,38 @@ pub fn read_qr_image(bytes: &[u8]) -> Result<String> {
     let picture = reader
         .decode()
         .map_err(|e| CoreError::QrCode(format!("not a picture we can read: {e}")))?;
-    let mut prepared = rqrr::PreparedImage::prepare(picture.to_luma8());
+    find_code(picture.to_luma8())?.ok_or_else(|| CoreError::QrCode("no QR code found in the picture".into()))
+}
+
+/// Largest camera frame accepted, in pixels.
+const MAX_FRAME_PIXELS: usize = 1920 * 1080;
+
+/// Looks for a QR code in one camera frame (`luma`: one grey byte per pixel, row by
+/// row, `width` to a row); `None` if there is none in this frame.
+pub fn read_qr_frame(width: u32, height: u32, luma: Vec<u8>) -> Result<Option<String>> {
+    let pixels = width as usize * height as usize;
+    if pixels == 0 || pixels > MAX_FRAME_PIXELS || luma.len() != pixels {
+        return Err(CoreError::QrCode(format!(
+            "a camera frame of {width}×{height} with {} bytes",
+            luma.len()
+        )));
+    }
+    let frame = image::GrayImage::from_raw(width, height, luma)
+        .ok_or_else(|| CoreError::QrCode("a camera frame that does not fit its size".into()))?;
+    find_code(frame)
+}
+
+/// The text of the first QR code in `picture`, if it has one.
+fn find_code(picture: image::GrayImage) -> Result<Option<String>> {
+    let mut prepared = rqrr::PreparedImage::prepare(picture);
     let grids = prepared.detect_grids();
-    let grid = grids
-        .first()
-        .ok_or_else(|| CoreError::QrCode("no QR code found in the picture".into()))?;
+    let Some(grid) = grids.first() else {
+        return Ok(None);
+    };
     let (_, text) = grid
         .decode()
         .map_err(|e| CoreError::QrCode(format!("the QR code does not read: {e}")))?;
-    Ok(text)
+    Ok(Some(text))
 }
 
 #[cfg(test)]
@@ -64,6 +87,27 @@ mod tests {
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
         assert_eq!(read_qr_image(&png).unwrap(), text);
+    }
+
+    #[test]
+    fn a_link_offer_on_a_camera_frame_reads_back_and_an_empty_frame_reads_nothing() {
+        let link = format!("cairn://link/{}", "B".repeat(150));
+        let code = QrCode::with_error_correction_level(link.as_bytes(), EcLevel::L).unwrap();
+        let rendered = code.render::<image::Luma<u8>>().module_dimensions(4, 4).build();
+        // The code somewhere on a grey 640×480 frame, as a camera would see a screen.
+        let mut frame = image::GrayImage::from_pixel(640, 480, image::Luma([128]));
+        image::imageops::overlay(&mut frame, &rendered, 150, 60);
+        let (w, h) = frame.dimensions();
+        assert_eq!(
+            read_qr_frame(w, h, frame.into_raw()).unwrap().as_deref(),
+            Some(link.as_str())
+        );
+        assert_eq!(read_qr_frame(64, 48, vec![200; 64 * 48]).unwrap(), None);
+        assert!(matches!(read_qr_frame(64, 48, vec![0; 10]), Err(CoreError::QrCode(_))));
+        assert!(matches!(
+            read_qr_frame(100_000, 100_000, Vec::new()),
+            Err(CoreError::QrCode(_))
+        ));
     }
 
     #[test]

@@ -86,6 +86,18 @@ async readQrImage(bytes: number[]) : Promise<Result<string, AppError>> {
 }
 },
 /**
+ * Looks for a QR code in one camera frame (grey bytes, `width` to a row); `None`
+ * while the frame shows none.
+ */
+async readQrFrame(width: number, height: number, luma: number[]) : Promise<Result<string | null, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("read_qr_frame", { width, height, luma }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
  * The newest messages with a contact; marks received ones read.
  */
 async conversation(peer: string) : Promise<Result<MessageItem[], AppError>> {
