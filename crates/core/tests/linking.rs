@@ -13,7 +13,7 @@ mod world;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_core::{CoreError, LinkStep, Messenger, NewDeviceLink, Unlock, LINK_OFFER_VALIDITY};
+use cairn_core::{CoreError, GroupView, LinkStep, Messenger, NewDeviceLink, Unlock, LINK_OFFER_VALIDITY};
 use cairn_proto::LinkOffer;
 use cairn_store::ProfileDir;
 use common::{befriend, loopback, vault, wait_until, Person};
@@ -52,6 +52,23 @@ fn link_with_history(w: &mut World, existing: usize, new: usize, offer: &LinkOff
     progress
 }
 
+/// Bob takes the invite of Alice's `laptop`, and Alice starts the group "Family" with
+/// him; returns their account ids and the group.
+fn bob_joins_alices_family(w: &mut World, laptop: usize, bob: usize) -> (String, String, GroupView) {
+    let invite = w.m(laptop).account_info().unwrap().invite_link;
+    let (_, out) = w.m(bob).accept_invite(&invite).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let (alice_id, bob_id) = (w.account_id(laptop), w.account_id(bob));
+    let (group, out) = w
+        .m(laptop)
+        .create_group("Family", std::slice::from_ref(&bob_id))
+        .unwrap();
+    w.send(out);
+    w.deliver_all();
+    (alice_id, bob_id, group)
+}
+
 /// Everything a conversation shows, message by message.
 fn shown(w: &mut World, device: usize, conversation: &str) -> Vec<(String, String, String, bool)> {
     w.m(device)
@@ -67,17 +84,7 @@ fn with_the_persons_consent_the_new_device_gets_the_whole_history_page_by_page()
     let mut w = World::new();
     let laptop = w.account("laptop", "Alice");
     let bob = w.account("bob", "Bob");
-    let invite = w.m(laptop).account_info().unwrap().invite_link;
-    let (_, out) = w.m(bob).accept_invite(&invite).unwrap();
-    w.send(out);
-    w.deliver_all();
-    let (alice_id, bob_id) = (w.account_id(laptop), w.account_id(bob));
-    let (group, out) = w
-        .m(laptop)
-        .create_group("Family", std::slice::from_ref(&bob_id))
-        .unwrap();
-    w.send(out);
-    w.deliver_all();
+    let (alice_id, bob_id, group) = bob_joins_alices_family(&mut w, laptop, bob);
     // More history than two pages hold (a page carries up to 1 MiB of text): long
     // messages from Bob, short answers from Alice, and a group text.
     let long = |i: usize| format!("{i:03}{}", "x".repeat(60_000));
@@ -147,18 +154,8 @@ fn alices_new_device_links_by_offer_and_then_gets_everything_while_bobs_safety_n
     let mut w = World::new();
     let laptop = w.account("laptop", "Alice");
     let bob = w.account("bob", "Bob");
-    let invite = w.m(laptop).account_info().unwrap().invite_link;
-    let (_, out) = w.m(bob).accept_invite(&invite).unwrap();
-    w.send(out);
-    w.deliver_all();
-    let (alice_id, bob_id) = (w.account_id(laptop), w.account_id(bob));
+    let (alice_id, bob_id, group) = bob_joins_alices_family(&mut w, laptop, bob);
     w.m(laptop).set_verified(&bob_id, true).unwrap();
-    let (group, out) = w
-        .m(laptop)
-        .create_group("Family", std::slice::from_ref(&bob_id))
-        .unwrap();
-    w.send(out);
-    w.deliver_all();
     let number_before = w.m(bob).safety_number(&alice_id).unwrap();
 
     let desktop = w.new_profile("desktop");
@@ -335,19 +332,9 @@ fn a_removed_device_learns_it_was_removed_and_gets_nothing_new() {
     let laptop = w.account("laptop", "Alice");
     let desktop = w.link(laptop, "desktop");
     let bob = w.account("bob", "Bob");
-    let invite = w.m(laptop).account_info().unwrap().invite_link;
-    let (_, out) = w.m(bob).accept_invite(&invite).unwrap();
-    w.send(out);
-    w.deliver_all();
-    let (alice_id, bob_id) = (w.account_id(laptop), w.account_id(bob));
     // Two groups: one Alice runs, one Bob runs (there Bob's device takes the
     // desktop's leaf out when he hears of the new list).
-    let (alices, out) = w
-        .m(laptop)
-        .create_group("Family", std::slice::from_ref(&bob_id))
-        .unwrap();
-    w.send(out);
-    w.deliver_all();
+    let (alice_id, bob_id, alices) = bob_joins_alices_family(&mut w, laptop, bob);
     let (bobs, out) = w
         .m(bob)
         .create_group("Climbing", std::slice::from_ref(&alice_id))
