@@ -103,10 +103,11 @@ pub fn run() -> anyhow::Result<()> {
                 .min_inner_size(480.0, 520.0)
                 .data_directory(webview_dir.clone())
                 // The camera, to scan a link code from another device's screen;
-                // nothing else (a microphone, say) is granted.
+                // nothing else. (A request for camera and microphone together is
+                // refused whole: granting it would grant both.)
                 .on_permission_request(|_, kind| match kind {
                     PermissionKind::Camera => PermissionResponse::Allow,
-                    _ => PermissionResponse::Default,
+                    _ => PermissionResponse::Deny,
                 })
                 .build()?;
             #[cfg(target_os = "linux")]

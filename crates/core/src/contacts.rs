@@ -7,10 +7,10 @@
 //! the change.
 
 use cairn_crypto::{verify_device_list, IdentityKey, SafetyNumber};
-use cairn_proto::{encode_versioned, ContactCard, Content, DeviceList, Invite};
+use cairn_proto::{decode_versioned, encode_versioned, ContactCard, Content, DeviceList, Invite, SignedDeviceList};
 use cairn_store::ContactRecord;
 
-use crate::messenger::{unix_millis, Messenger};
+use crate::messenger::{unix_millis, Messenger, MAX_STORED_RECORD};
 use crate::{ContactView, CoreError, Event, Outgoing, Received, Result};
 
 impl Messenger {
@@ -21,6 +21,7 @@ impl Messenger {
     pub fn accept_invite(&mut self, link: &str) -> Result<(ContactView, Vec<Outgoing>)> {
         // Not one transaction: a changed key must stay recorded as pending even
         // though the invite is refused.
+        self.ensure_listed()?;
         let invite = Invite::from_link(link)?;
         let (list, identity) = verify_device_list(&invite.card.device_list)?;
         let account_id = list.account_id.clone();
@@ -68,6 +69,7 @@ impl Messenger {
 
     /// Stores a verified card: name, device list (refusing a rollback), bundles.
     pub(crate) fn save_card(&self, account_id: &str, card: &ContactCard, list: &DeviceList) -> Result<()> {
+        let mut previous = None;
         if let Some(existing) = self.db.contact(account_id)? {
             if list.version < existing.device_list_version {
                 return Err(CoreError::DeviceListRollback {
@@ -75,6 +77,10 @@ impl Messenger {
                     got: list.version,
                 });
             }
+            previous = decode_versioned::<SignedDeviceList>(&existing.device_list, MAX_STORED_RECORD)
+                .ok()
+                .and_then(|signed| verify_device_list(&signed).ok())
+                .map(|(list, _)| list);
         }
         self.db.save_contact(&ContactRecord {
             account_id: account_id.to_owned(),
@@ -101,7 +107,7 @@ impl Messenger {
         }
         self.save_key_packages(account_id, &card.key_packages)?;
         // A device the list no longer names was removed: its session is closed.
-        self.forget_unlisted(account_id, list)
+        self.note_device_list(account_id, previous.as_ref(), list)
     }
 
     /// Handles a card received in-band from `sender` (a contact, or one of our own
@@ -134,7 +140,13 @@ impl Messenger {
                     Err(e) => tracing::warn!(device = bundle.device_id, %e, "dropping a bad own-device bundle"),
                 }
             }
-            return self.save_key_packages(&own, &card.key_packages);
+            let packages: Vec<_> = card
+                .key_packages
+                .iter()
+                .filter(|k| listed(k.device_id))
+                .cloned()
+                .collect();
+            return self.save_key_packages(&own, &packages);
         }
         if list.account_id != sender {
             return Err(CoreError::CardMismatch);

@@ -350,7 +350,7 @@ impl Courier {
                     }
                     Some(NetEvent::LinkRequest { from, request, reply }) => {
                         tracing::info!(%from, "a device asks to be linked");
-                        let response = with(&messenger, |m| m.serve_link(&request)).unwrap_or_default();
+                        let response = with(&messenger, |m| m.serve_link(&from.to_string(), &request)).unwrap_or_default();
                         let _ = self.handle.answer_link(reply, response).await;
                         on_change();
                         self.kick(&messenger, &on_change);

@@ -106,6 +106,7 @@ impl Messenger {
     /// envelope, the new list, so it can tell its person it was removed. Returns
     /// what to send.
     pub fn remove_device(&mut self, device_id: u8) -> Result<Vec<Outgoing>> {
+        self.ensure_listed()?;
         if device_id == self.account()?.device.device_id() {
             return Err(CoreError::InvalidSetting("this device cannot remove itself".into()));
         }
@@ -161,13 +162,25 @@ impl Messenger {
     /// Grants a new device a place in this account: the next free device id and what
     /// it needs to act as this account.
     pub fn grant_link(&self) -> Result<LinkGrant> {
+        self.ensure_listed()?;
         let account = self.account()?;
         let (list, _) = verify_device_list(&self.own_device_list()?)?;
         if list.devices.len() >= MAX_DEVICES {
             return Err(CoreError::TooManyDevices);
         }
-        let device_id = (1..=127u8)
-            .find(|id| list.device(*id).is_none())
+        // An id no device of the account had yet, as far as this device knows: a
+        // removed device's id given to a new one would let what the old one sends
+        // pass for the new one's.
+        let retired = self.db.retired_devices(&account.account_id)?;
+        let highest = list
+            .devices
+            .iter()
+            .map(|d| d.device_id)
+            .chain(retired.iter().copied())
+            .max();
+        let device_id = (highest.unwrap_or(0).saturating_add(1)..=127u8)
+            .chain(1..=127u8)
+            .find(|id| list.device(*id).is_none() && !retired.contains(id))
             .ok_or(CoreError::TooManyDevices)?;
         let own = self.own_card()?;
         let mut contacts = Vec::new();
@@ -247,6 +260,9 @@ impl Messenger {
 
     /// Replaces this device's signed prekey if it is older than the rotation period.
     pub fn rotate_signed_prekey_if_due(&mut self) -> Result<Vec<Outgoing>> {
+        if !self.is_listed()? {
+            return Ok(Vec::new());
+        }
         let (_, current) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
         if signed_prekey_due(&current)? {
             self.rotate_signed_prekey()
@@ -302,6 +318,7 @@ impl Messenger {
     /// Names this account's always-on nodes (multiaddrs ending in `/p2p/<peer id>`, at
     /// most four): a new signed device list, which contacts and own devices receive.
     pub fn set_always_on_nodes(&mut self, addresses: &[String]) -> Result<Vec<Outgoing>> {
+        self.ensure_listed()?;
         let addresses: Vec<String> = addresses
             .iter()
             .map(|a| a.trim().to_owned())

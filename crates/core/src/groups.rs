@@ -42,8 +42,9 @@ const MAX_HELD_GROUP_MESSAGES: usize = 4096;
 const CARDS_PER_INFO: usize = 24;
 /// The name a group has until its description arrives.
 const UNNAMED_GROUP: &str = "New group";
-/// How long pieces of a large packet wait for the rest: as long as an envelope can.
-const PART_KEPT_FOR_MILLIS: i64 = cairn_proto::MAX_TTL_SECS as i64 * 1000;
+/// How long pieces of a large packet wait for the rest: a day (a sender sends all
+/// of them at once, and they are fetched from the cache together).
+const PART_KEPT_FOR_MILLIS: i64 = 24 * 3600 * 1000;
 /// Most bytes of pieces kept from one sender, and from everyone.
 const MAX_PART_BYTES_PER_SENDER: u64 = 8 * 1024 * 1024;
 const MAX_PART_BYTES: u64 = 64 * 1024 * 1024;
@@ -216,6 +217,7 @@ impl Messenger {
     /// admin's device commits. The last admin first hands the role to another member.
     pub fn leave_group(&mut self, group_id: &str) -> Result<Vec<Outgoing>> {
         self.atomically(|this| {
+            this.ensure_listed()?;
             let mut open = this.open_group(group_id)?;
             let own = this.account()?.account_id.clone();
             let mut out = Vec::new();
@@ -443,6 +445,7 @@ impl Messenger {
         change: impl FnOnce(&mut Self, &mut OpenGroup) -> Result<Vec<Outgoing>>,
     ) -> Result<Vec<Outgoing>> {
         self.atomically(|this| {
+            this.ensure_listed()?;
             let mut open = this.open_group(group_id)?;
             if !open.record.active || !open.record.admins.contains(&this.account()?.account_id) {
                 return Err(CoreError::NotGroupAdmin);
@@ -531,18 +534,22 @@ impl Messenger {
         Ok(out)
     }
 
-    /// Takes the leaves of `account_id`'s devices that its device list no longer names
-    /// out of every group this account administers, one commit per group. Of the
-    /// admins' devices, only the first in tree order commits, so a removal does not
-    /// set off concurrent commits. Runs outside any transaction (each group is one);
-    /// a group that fails is logged and left for the next change.
+    /// Takes the leaves of `account_id`'s retired devices (ones its device list
+    /// dropped: a device merely missing from a list held here may be one so new that
+    /// its list is still on the way) out of every group this account administers, one
+    /// commit per group. Of the admins' devices, only the first in tree order
+    /// commits, so a removal does not set off concurrent commits. Runs outside any
+    /// transaction (each group is one); a group that fails is logged and left for the
+    /// next change.
     pub(crate) fn remove_unlisted_leaves(&mut self, account_id: &str) -> Result<Vec<Outgoing>> {
-        let mut listed: Vec<u8> = self.devices_of(account_id)?.1.iter().map(|d| d.device_id).collect();
-        if account_id == self.account()?.account_id {
-            listed.push(self.account()?.device.device_id());
-        }
-        if listed.is_empty() {
-            // No list to go by (an identity change is pending): leave the groups alone.
+        let listed: Vec<u8> = self.devices_of(account_id)?.1.iter().map(|d| d.device_id).collect();
+        let retired: Vec<u8> = self
+            .db
+            .retired_devices(account_id)?
+            .into_iter()
+            .filter(|id| !listed.contains(id))
+            .collect();
+        if retired.is_empty() {
             return Ok(Vec::new());
         }
         let own = self.own_leaf()?;
@@ -557,7 +564,7 @@ impl Messenger {
                 let (gone, staying): (Vec<LeafName>, Vec<LeafName>) = before
                     .iter()
                     .cloned()
-                    .partition(|l| l.account_id == account_id && !listed.contains(&l.device_id));
+                    .partition(|l| l.account_id == account_id && retired.contains(&l.device_id));
                 let committer = staying.iter().find(|l| open.record.admins.contains(&l.account_id));
                 if gone.is_empty() || committer != Some(&own) {
                     this.keep_open(open);

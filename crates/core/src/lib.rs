@@ -138,6 +138,9 @@ pub enum CoreError {
     /// A group message or request that is not allowed.
     #[error("group: {0}")]
     GroupRefused(String),
+    /// An envelope from a device its account removed (dropped).
+    #[error("an envelope from a device {0} removed")]
+    FromRemovedDevice(String),
     /// Another device of this account removed this one: it sends nothing more.
     #[error("this device was removed from your account on another of your devices")]
     DeviceRemoved,

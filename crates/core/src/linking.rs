@@ -52,6 +52,8 @@ pub(crate) struct PendingOffer {
 /// person has or has not confirmed the code yet (and said whether to pass the
 /// history on); after the new device's card, the history follows.
 pub(crate) struct ServedLink {
+    /// The peer that made the handshake: the only one answered from then on.
+    peer: String,
     link: ExistingDeviceLink,
     confirmed: bool,
     share_history: bool,
@@ -129,6 +131,7 @@ impl Messenger {
     /// Makes a one-time offer to link a new device, good for `valid_for`, naming
     /// `addresses` where this device listens.
     pub fn offer_link(&mut self, addresses: Vec<String>, valid_for: Duration) -> Result<LinkOffer> {
+        self.ensure_listed()?;
         let mut secret = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(&mut *secret);
         let expires_at = now_secs() + valid_for.as_secs();
@@ -294,11 +297,26 @@ impl Messenger {
 }
 
 impl Messenger {
-    /// Answers one request of the link protocol (from the network): the handshake,
-    /// "confirmed yet?", and the new device's card. Never fails: a refusal is an
-    /// answer too.
-    pub fn serve_link(&mut self, request: &[u8]) -> Vec<u8> {
+    /// Answers one request of the link protocol from the peer `from` (the network's
+    /// name for the device asking): the handshake, "confirmed yet?", the new device's
+    /// card, pages of history. Once a handshake is done, only the peer that made it is
+    /// answered: the channel's frames are sealed in order, and a frame sealed for
+    /// anyone else would break it. Never fails: a refusal is an answer too.
+    pub fn serve_link(&mut self, from: &str, request: &[u8]) -> Vec<u8> {
         let response = match LinkRequest::from_bytes(request) {
+            Ok(LinkRequest::Hello(first)) => self.answer_link(&first).map(|(link, answer)| {
+                self.served_link = Some(ServedLink {
+                    peer: from.to_owned(),
+                    link,
+                    confirmed: false,
+                    share_history: false,
+                    linked: false,
+                });
+                LinkResponse::Answer(answer)
+            }),
+            Ok(_) if self.served_link.as_ref().is_some_and(|s| s.peer != from) => {
+                Err(CoreError::LinkRefused("another device is linking here".into()))
+            }
             Ok(request) => self.serve_link_request(request),
             Err(e) => Err(e.into()),
         };
@@ -312,16 +330,7 @@ impl Messenger {
 
     fn serve_link_request(&mut self, request: LinkRequest) -> Result<LinkResponse> {
         match request {
-            LinkRequest::Hello(first) => {
-                let (link, answer) = self.answer_link(&first)?;
-                self.served_link = Some(ServedLink {
-                    link,
-                    confirmed: false,
-                    share_history: false,
-                    linked: false,
-                });
-                Ok(LinkResponse::Answer(answer))
-            }
+            LinkRequest::Hello(_) => Err(CoreError::LinkRefused("a handshake out of turn".into())),
             LinkRequest::Ready => match self.served_link.take() {
                 Some(mut served) if served.confirmed && !served.linked => {
                     let frames = self.hand_over(&mut served.link)?;

@@ -14,6 +14,13 @@ use rand::RngCore;
 use crate::messenger::{unix_millis, Messenger};
 use crate::{CoreError, DeliveryState, Event, MessageView, Outgoing, Received, Result};
 
+/// Where the device that sent an envelope stands in its account's device list.
+enum Standing {
+    Listed,
+    NotYetListed,
+    Removed,
+}
+
 /// Most envelopes kept for one sender while their new key waits for a decision.
 const MAX_HELD_PER_SENDER: usize = 64;
 /// Most envelopes kept in all, whoever they claim to come from.
@@ -172,7 +179,11 @@ impl Messenger {
             let drained = self.drain_held(&account)?;
             received.events.extend(drained.events);
             received.replies.extend(drained.replies);
-            received.replies.extend(self.remove_unlisted_leaves(&account)?);
+            // The envelope is in; a group that cannot change now changes next time.
+            match self.remove_unlisted_leaves(&account) {
+                Ok(out) => received.replies.extend(out),
+                Err(e) => tracing::warn!(account, %e, "could not take removed devices out of groups"),
+            }
         }
         Ok(received)
     }
@@ -204,7 +215,9 @@ impl Messenger {
                     received.replies.extend(r.replies);
                     self.db.release_held_envelope(&envelope_id)?;
                 }
-                Err(CoreError::Duplicate) => self.db.release_held_envelope(&envelope_id)?,
+                Err(CoreError::Duplicate | CoreError::FromRemovedDevice(_)) => {
+                    self.db.release_held_envelope(&envelope_id)?
+                }
                 Err(CoreError::UnknownSender(_)) => {}
                 Err(e) => tracing::warn!(%e, "a held envelope did not open"),
             }
@@ -257,10 +270,13 @@ impl Messenger {
                 _ => return Err(CoreError::UnknownSender(sender)),
             }
         }
-        if !self.sender_listed(&sender, inner.sender_device, &content)? {
-            // A device its account's list does not name: removed, or linked so
-            // recently that the new list is still on its way. It waits for the list.
-            return Err(CoreError::UnknownSender(sender));
+        match self.sender_standing(&sender, inner.sender_device, &content)? {
+            Standing::Listed => {}
+            // Linked so recently that its account's new list is still on its way: the
+            // envelope waits for the list.
+            Standing::NotYetListed => return Err(CoreError::UnknownSender(sender)),
+            // Removed from its account: what it sends is dropped.
+            Standing::Removed => return Err(CoreError::FromRemovedDevice(sender)),
         }
         let mut out = Received::default();
         match content {
@@ -283,23 +299,39 @@ impl Messenger {
     }
 
     /// Whether the list of `sender`'s account names the device that sent `content`.
-    /// A card may introduce its own sender's device.
-    fn sender_listed(&self, sender: &str, device_id: u8, content: &Content) -> Result<bool> {
+    /// A card may introduce its own sender's device, with a list newer than the one
+    /// held here.
+    fn sender_standing(&self, sender: &str, device_id: u8, content: &Content) -> Result<Standing> {
+        let own = self.account()?.account_id.clone();
+        let (listed, held_version) = if sender == own {
+            let (list, _) = verify_device_list(&self.own_device_list()?)?;
+            (list.device(device_id).is_some(), Some(list.version))
+        } else {
+            match self.devices_of(sender) {
+                Ok((_, devices)) => (
+                    devices.iter().any(|d| d.device_id == device_id),
+                    self.db.contact(sender)?.map(|c| c.device_list_version),
+                ),
+                Err(CoreError::UnknownContact(_)) => (false, None),
+                Err(e) => return Err(e),
+            }
+        };
+        if listed {
+            return Ok(Standing::Listed);
+        }
         if let Content::Hello { card, .. } = content {
-            if verify_device_list(&card.device_list)?.0.device(device_id).is_some() {
-                return Ok(true);
+            let (list, _) = verify_device_list(&card.device_list)?;
+            if list.account_id == sender
+                && list.device(device_id).is_some()
+                && held_version.is_none_or(|held| list.version > held)
+            {
+                return Ok(Standing::Listed);
             }
         }
-        if sender == self.account()?.account_id {
-            return Ok(verify_device_list(&self.own_device_list()?)?
-                .0
-                .device(device_id)
-                .is_some());
-        }
-        match self.devices_of(sender) {
-            Ok((_, devices)) => Ok(devices.iter().any(|d| d.device_id == device_id)),
-            Err(CoreError::UnknownContact(_)) => Ok(false),
-            Err(e) => Err(e),
+        if self.db.retired_devices(sender)?.contains(&device_id) {
+            Ok(Standing::Removed)
+        } else {
+            Ok(Standing::NotYetListed)
         }
     }
 

@@ -389,6 +389,7 @@ impl Messenger {
         if identity != *account.identity.public_key() || list.account_id != account.account_id {
             return Err(CoreError::NotOurAccount);
         }
+        let mut previous = None;
         if let Ok(current) = self.own_device_list() {
             if current == *signed {
                 return Ok(list);
@@ -402,20 +403,41 @@ impl Messenger {
                     got: list.version,
                 });
             }
+            previous = Some(current);
         }
         self.db.save_own_device_list(&encode_versioned(signed), list.version)?;
-        self.forget_unlisted(&account.account_id, &list)?;
+        self.note_device_list(&account.account_id, previous.as_ref(), &list)?;
         Ok(list)
     }
 
-    /// Forgets the sessions, bundles, key packages and queued envelopes of the devices
-    /// of `account_id` that `list` (its newest) no longer names.
-    pub(crate) fn forget_unlisted(&self, account_id: &str, list: &DeviceList) -> Result<()> {
+    /// Takes note of `account_id`'s newest device `list`: the sessions, bundles and
+    /// key packages of devices it does not name are forgotten, and the devices that
+    /// the `previous` list named and this one drops are marked retired (their group
+    /// leaves are to go; see `remove_unlisted_leaves`) and lose what was queued for
+    /// them. A device the list names is not retired.
+    pub(crate) fn note_device_list(
+        &self,
+        account_id: &str,
+        previous: Option<&DeviceList>,
+        list: &DeviceList,
+    ) -> Result<()> {
         let listed: Vec<u8> = list.devices.iter().map(|d| d.device_id).collect();
         let forgotten = self.db.forget_unlisted_devices(account_id, &listed)?;
         if forgotten > 0 {
             tracing::info!(account_id, forgotten, "forgot what was kept for removed devices");
         }
+        let dropped: Vec<u8> = previous
+            .map(|p| {
+                p.devices
+                    .iter()
+                    .map(|d| d.device_id)
+                    .filter(|id| !listed.contains(id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.db.retire_devices(account_id, &dropped)?;
+        self.db.drop_queued_for(account_id, &dropped)?;
+        self.db.unretire_devices(account_id, &listed)?;
         Ok(())
     }
 

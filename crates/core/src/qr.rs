@@ -48,7 +48,7 @@ const MAX_FRAME_PIXELS: usize = 1920 * 1080;
 /// Looks for a QR code in one camera frame (`luma`: one grey byte per pixel, row by
 /// row, `width` to a row); `None` if there is none in this frame.
 pub fn read_qr_frame(width: u32, height: u32, luma: Vec<u8>) -> Result<Option<String>> {
-    let pixels = width as usize * height as usize;
+    let pixels = (width as usize).saturating_mul(height as usize);
     if pixels == 0 || pixels > MAX_FRAME_PIXELS || luma.len() != pixels {
         return Err(CoreError::QrCode(format!(
             "a camera frame of {width}×{height} with {} bytes",

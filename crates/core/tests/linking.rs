@@ -406,14 +406,107 @@ fn a_removed_device_learns_it_was_removed_and_gets_nothing_new() {
     assert_eq!(w.texts(laptop, &alices.group_id), ["group, after the removal"]);
     assert!(w.texts(desktop, &alices.group_id).is_empty());
 
-    // The desktop's slow envelope is not shown: Bob's list of Alice no longer names
-    // the device that sent it. And the desktop sends nothing more.
+    // The desktop's slow envelope is refused: Bob closed his session with it (and
+    // would not start a new one with a device Alice's list dropped). And the desktop
+    // does nothing more as Alice: no texts, no links, no device lists, no contacts.
     for envelope in late {
-        let _ = w.deliver(envelope);
+        let outcome = w.deliver(envelope);
+        assert!(
+            matches!(outcome, Err(CoreError::Crypto(_) | CoreError::FromRemovedDevice(_))),
+            "{outcome:?}"
+        );
     }
     assert_eq!(w.texts(bob, &alice_id), ["after the removal", "just me now"]);
+    let laptop_id = devices[0].device_id;
+    let carol = w.account("carol", "Carol");
+    let carols_invite = w.m(carol).account_info().unwrap().invite_link;
+    let d = w.m(desktop);
     assert!(matches!(
-        w.m(desktop).send_text(&bob_id, "still here?"),
+        d.send_text(&bob_id, "still here?"),
         Err(CoreError::DeviceRemoved)
     ));
+    assert!(matches!(
+        d.offer_link(Vec::new(), LINK_OFFER_VALIDITY),
+        Err(CoreError::DeviceRemoved)
+    ));
+    assert!(matches!(d.remove_device(laptop_id), Err(CoreError::DeviceRemoved)));
+    assert!(matches!(d.set_always_on_nodes(&[]), Err(CoreError::DeviceRemoved)));
+    assert!(matches!(d.accept_invite(&carols_invite), Err(CoreError::DeviceRemoved)));
+
+    // A device linked later gets an id of its own, not the removed desktop's.
+    let tablet = w.link(laptop, "tablet");
+    let ids: Vec<u8> = w.m(tablet).devices().unwrap().iter().map(|d| d.device_id).collect();
+    assert_eq!(ids, [laptop_id, desktop_id + 1]);
+}
+
+#[test]
+fn a_device_whose_list_has_not_arrived_yet_is_not_taken_for_a_removed_one() {
+    let mut w = World::new();
+    let laptop = w.account("laptop", "Alice");
+    let bob = w.account("bob", "Bob");
+    let invite = w.m(laptop).account_info().unwrap().invite_link;
+    let (_, out) = w.m(bob).accept_invite(&invite).unwrap();
+    w.send(out);
+    w.deliver_all();
+    let alice_id = w.account_id(laptop);
+    // Bob's group, with Alice as a second admin: Bob's device, first in the tree,
+    // is the one that would take removed devices' leaves out.
+    let (climbing, out) = w
+        .m(bob)
+        .create_group("Climbing", std::slice::from_ref(&alice_id))
+        .unwrap();
+    w.send(out);
+    w.deliver_all();
+    let out = w.m(bob).set_group_admin(&climbing.group_id, &alice_id, true).unwrap();
+    w.send(out);
+    w.deliver_all();
+    // A card of Alice's that Bob has already seen (her prekey rotation), slow.
+    let stale: Vec<_> = w
+        .m(laptop)
+        .rotate_signed_prekey()
+        .unwrap()
+        .into_iter()
+        .filter(|o| w.device_for(o) == bob)
+        .collect();
+
+    // Alice links a tablet; her laptop adds it to Climbing.
+    let tablet = w.new_profile("tablet");
+    let offer = w.m(laptop).offer_link(Vec::new(), LINK_OFFER_VALIDITY).unwrap();
+    let (mut new_side, first) = NewDeviceLink::start(&offer).unwrap();
+    let (mut existing_side, answer) = w.m(laptop).answer_link(&first).unwrap();
+    new_side.answered(&answer).unwrap();
+    let frames = w.m(laptop).hand_over(&mut existing_side).unwrap();
+    let card = w.m(tablet).join_over_link(&mut new_side, &frames).unwrap();
+    let out = w.m(laptop).finish_link(&mut existing_side, &card).unwrap();
+    // Bob gets the commit that adds the tablet before anything with Alice's new
+    // list, then the stale card: his list of Alice does not name the tablet yet.
+    // (To Bob, in order: Alice's new card, the commit, the tablet's card.)
+    let (mut to_bob, rest): (Vec<_>, Vec<_>) = out.into_iter().partition(|o| w.device_for(o) == bob);
+    assert_eq!(to_bob.len(), 3);
+    let commit = to_bob.remove(1);
+    let events = w.deliver(commit).unwrap();
+    assert!(events.iter().any(|e| matches!(e, cairn_core::Event::GroupChanged(_))));
+    for envelope in stale {
+        w.deliver(envelope).unwrap();
+    }
+    assert_eq!(w.m(bob).contact(&alice_id).unwrap().devices, 1);
+    // Nothing of Bob's takes the tablet out; once the rest arrives, all agree.
+    w.send(to_bob);
+    w.send(rest);
+    w.deliver_all();
+    let epoch = w.m(laptop).group(&climbing.group_id).unwrap().epoch;
+    for device in [laptop, tablet, bob] {
+        let view = w.m(device).group(&climbing.group_id).unwrap();
+        assert_eq!(view.epoch, epoch, "{}", w.devices[device].name);
+        let alice = view.members.iter().find(|m| m.account_id == alice_id).unwrap();
+        assert_eq!(
+            alice.devices, 2,
+            "the tablet stays in Climbing for {}",
+            w.devices[device].name
+        );
+    }
+    let (_, out) = w.m(bob).send_group_text(&climbing.group_id, "hi tablet").unwrap();
+    w.send(out);
+    w.deliver_all();
+    assert_eq!(w.texts(tablet, &climbing.group_id), ["hi tablet"]);
 }

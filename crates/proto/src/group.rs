@@ -264,6 +264,21 @@ mod tests {
         ] {
             assert!(GroupPacket::from_parts(&bad).is_err());
         }
+        // A packet made of pieces that are themselves a piece is refused.
+        let nested = GroupPacket::Part(pieces[0].clone())
+            .into_parts([8; 16], 50_000)
+            .unwrap();
+        let nested: Vec<GroupPart> = nested
+            .into_iter()
+            .map(|p| match p {
+                GroupPacket::Part(part) => part,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(matches!(
+            GroupPacket::from_parts(&nested),
+            Err(ProtoError::InvalidField { reason, .. }) if reason.contains("made of pieces")
+        ));
         // A small packet stays whole; one too large for every piece is refused.
         let small = GroupPacket::Message(vec![1, 2, 3]);
         assert_eq!(
@@ -278,10 +293,18 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic_the_group_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = GroupContent::from_bytes(&bytes);
-            let _ = decode_versioned::<GroupPacket>(&bytes, 4096).map(|p| match p {
-                GroupPacket::Part(part) => GroupPacket::from_parts(&[part]).map(drop),
-                _ => Ok(()),
-            });
+            // Cut into two pieces, whatever it decodes to (if anything) must not be a piece.
+            if bytes.len() >= 2 {
+                let half = bytes.len() / 2;
+                let pieces: Vec<GroupPart> = [&bytes[..half], &bytes[half..]]
+                    .iter()
+                    .enumerate()
+                    .map(|(index, piece)| GroupPart { id: [1; 16], index: index as u16, count: 2, bytes: piece.to_vec() })
+                    .collect();
+                if let Ok(packet) = GroupPacket::from_parts(&pieces) {
+                    prop_assert!(!matches!(packet, GroupPacket::Part(_)));
+                }
+            }
         }
     }
 }

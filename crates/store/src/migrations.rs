@@ -193,8 +193,14 @@ CREATE TABLE key_packages (
 ";
 
 /// Schema version 6: the parts of group packets too large for one envelope (a
-/// Welcome to a large group), kept until the last part arrives.
+/// Welcome to a large group), kept until the last part arrives; and the devices an
+/// account's list dropped, whose group leaves are to go.
 const V6_GROUP_PARTS: &str = "
+CREATE TABLE retired_devices (
+    account_id  TEXT    NOT NULL,
+    device_id   INTEGER NOT NULL,
+    PRIMARY KEY (account_id, device_id)
+);
 CREATE TABLE group_parts (
     sender       TEXT    NOT NULL,
     packet_id    BLOB    NOT NULL,

@@ -181,19 +181,62 @@ impl ProfileDb {
     }
 
     /// Forgets what this profile keeps for the devices of an account that its device
-    /// list no longer names: their sessions, bundles, key packages and the envelopes
-    /// still queued for them. Returns how many rows went.
+    /// list no longer names: their sessions, bundles and key packages. Returns how
+    /// many rows went.
     pub fn forget_unlisted_devices(&self, account_id: &str, listed: &[u8]) -> Result<usize> {
         // Device ids are small integers, so the list can be written into the statement.
         let listed = listed.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
         let mut forgotten = 0;
-        for table in ["sessions", "bundles", "key_packages", "outbox"] {
+        for table in ["sessions", "bundles", "key_packages"] {
             forgotten += self.conn.execute(
                 &format!("DELETE FROM {table} WHERE account_id = ?1 AND device_id NOT IN ({listed})"),
                 params![account_id],
             )?;
         }
         Ok(forgotten)
+    }
+
+    /// Drops the envelopes queued for devices of an account (ones its list dropped).
+    pub fn drop_queued_for(&self, account_id: &str, device_ids: &[u8]) -> Result<usize> {
+        let mut dropped = 0;
+        for device_id in device_ids {
+            dropped += self.conn.execute(
+                "DELETE FROM outbox WHERE account_id = ?1 AND device_id = ?2",
+                params![account_id, device_id],
+            )?;
+        }
+        Ok(dropped)
+    }
+
+    /// Marks devices of an account as retired: its device list dropped them.
+    pub fn retire_devices(&self, account_id: &str, device_ids: &[u8]) -> Result<()> {
+        for device_id in device_ids {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO retired_devices (account_id, device_id) VALUES (?1, ?2)",
+                params![account_id, device_id],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Takes the retired mark off devices an account's list names (again).
+    pub fn unretire_devices(&self, account_id: &str, device_ids: &[u8]) -> Result<()> {
+        for device_id in device_ids {
+            self.conn.execute(
+                "DELETE FROM retired_devices WHERE account_id = ?1 AND device_id = ?2",
+                params![account_id, device_id],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The retired devices of an account.
+    pub fn retired_devices(&self, account_id: &str) -> Result<Vec<u8>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT device_id FROM retired_devices WHERE account_id = ?1 ORDER BY device_id")?;
+        let rows = stmt.query_map([account_id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The stored bundles of an account's devices.
