@@ -1,7 +1,9 @@
-//! This account's devices: adding a device to the signed device list (the part of
-//! QR linking that does not need a network), rotating this device's signed prekey,
-//! and naming the always-on nodes that hold envelopes for the account's devices while
-//! they are offline. Each way, contacts and own devices receive the new card.
+//! This account's devices: listing, naming and removing them, adding a device to the
+//! signed device list (the part of QR linking that does not need a network),
+//! rotating this device's signed prekey, and naming the always-on nodes that hold
+//! envelopes for the account's devices while they are offline. Each way, contacts
+//! and own devices receive the new card. A device removed from the account does none
+//! of this any more.
 
 use cairn_crypto::{
     generate_kyber_prekey, generate_signed_prekey, sign_device_list, signed_prekey_due, verify_device_list,

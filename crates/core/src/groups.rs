@@ -6,8 +6,11 @@
 //! arrives before the commit it follows waits); and the rule that settles two
 //! commits made concurrently in one epoch. Every MLS payload travels inside the 1:1
 //! Signal sessions to each member device, so it goes direct or through the peer cache
-//! like any message. The group's name, admins and members' cards travel in MLS
-//! application messages that only admins' are accepted for ([`GroupInfo`]).
+//! like any message; one too large for an envelope (a Welcome to a large group) goes
+//! in pieces. The group's name, admins and members' cards travel in MLS application
+//! messages that only admins' are accepted for ([`GroupInfo`]): a newcomer gets
+//! every card, the others the newcomer's. Leaves of devices their account removed
+//! are taken out by the first admin device in tree order.
 //!
 //! **Concurrent commits.** Two admins may commit in the same epoch. The commit with
 //! the lower SHA-256 wins, everywhere: a device keeps its state from before the last
