@@ -188,8 +188,10 @@ impl Messenger {
         Ok(received)
     }
 
-    /// Keeps an envelope for later, within per-sender and overall bounds.
+    /// Keeps an envelope for later, within per-sender and overall bounds, and for at
+    /// most as long as an envelope may live.
     fn hold(&mut self, sender: &str, bytes: &[u8]) -> Result<()> {
+        self.db.forget_held_before(unix_millis() - MAX_TTL_SECS as i64 * 1000)?;
         if self.db.held_envelopes(sender)?.len() >= MAX_HELD_PER_SENDER || self.db.held_count()? >= MAX_HELD {
             return Err(CoreError::UnknownSender(sender.to_owned()));
         }

@@ -373,6 +373,14 @@ impl ProfileDb {
             .query_row("SELECT count(*) FROM held_envelopes", [], |r| r.get::<_, i64>(0))? as usize)
     }
 
+    /// Drops held envelopes that arrived before `cutoff` (Unix milliseconds): what
+    /// they waited for (a contact, a device list, a decision) did not come in time.
+    pub fn forget_held_before(&self, cutoff: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM held_envelopes WHERE received_at < ?1", [cutoff])?)
+    }
+
     /// Forgets a held envelope once it has been processed.
     pub fn release_held_envelope(&self, envelope_id: &[u8]) -> Result<()> {
         self.conn

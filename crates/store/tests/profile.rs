@@ -224,3 +224,37 @@ fn a_keyring_profile_reopens_with_the_key_from_the_os_keyring() {
     vault.delete(&profile.keyring_user().unwrap()).unwrap();
     assert!(matches!(profile.open_with_keyring(&vault), Err(StoreError::KeyMissing)));
 }
+
+#[test]
+fn a_removed_devices_sessions_queue_and_old_held_envelopes_go_and_its_retired_mark_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ProfileDb::create(&dir.path().join("profile.db"), &DbKey::random()).unwrap();
+    for device in [1u8, 2] {
+        db.save_bundle("bob", device, b"bundle").unwrap();
+        db.enqueue_envelope("bob", device, b"envelope", None, 10).unwrap();
+    }
+    // Bob's list now names device 1 only: what was kept for device 2 goes.
+    assert_eq!(db.forget_unlisted_devices("bob", &[1]).unwrap(), 1);
+    assert_eq!(db.bundles("bob").unwrap().len(), 1);
+    assert_eq!(db.drop_queued_for("bob", &[2]).unwrap(), 1);
+    assert_eq!(db.queued_envelopes(10, i64::MAX).unwrap().len(), 1);
+    db.retire_devices("bob", &[2]).unwrap();
+    db.retire_devices("bob", &[2]).unwrap();
+    assert_eq!(db.retired_devices("bob").unwrap(), [2]);
+    assert!(db.retired_devices("carol").unwrap().is_empty());
+    // Named again (say, a list from before the removal was wrong): no longer retired.
+    db.unretire_devices("bob", &[1, 2]).unwrap();
+    assert!(db.retired_devices("bob").unwrap().is_empty());
+
+    // Held envelopes older than the cutoff go; newer ones stay.
+    db.hold_envelope(b"old", "stranger", b"sealed", 100).unwrap();
+    db.hold_envelope(b"new", "stranger", b"sealed", 300).unwrap();
+    assert_eq!(db.forget_held_before(200).unwrap(), 1);
+    let held: Vec<Vec<u8>> = db
+        .held_envelopes("stranger")
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(held, [b"new".to_vec()]);
+}
