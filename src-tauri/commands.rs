@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use cairn_core::{
-    ContactView, CoreError, DeliveryState, GroupView, KeyVault, LinkStep, MessageView, Messenger, SharedMessenger,
-    Unlock,
+    ContactView, CoreError, DeliveryState, GroupView, KeyVault, LinkStep, MessageView, Messenger, ServedLinkState,
+    SharedMessenger, Unlock,
 };
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
@@ -809,11 +809,32 @@ pub async fn offer_link(state: tauri::State<'_, AppState>) -> Result<LinkOfferVi
     })
 }
 
-/// The code of a new device waiting for the person to confirm, if one is.
+/// Where a link this device serves stands, for Settings to show.
+#[derive(Debug, Clone, Serialize, Type)]
+#[serde(tag = "stage", rename_all = "camelCase")]
+pub enum ServedLinkView {
+    /// The new device shows `code`: the person compares and confirms.
+    Confirm { code: String },
+    /// Confirmed; the account is being handed over.
+    Linking,
+    /// Linked; the history is going over.
+    History { sent: u32, total: u32 },
+}
+
+/// The link this device serves, if one is under way (`None` once it is done).
 #[tauri::command]
 #[specta::specta]
-pub async fn link_waiting(state: tauri::State<'_, AppState>) -> Result<Option<String>, AppError> {
-    with_messenger(&state, |m| Ok(m.link_waiting_for_confirmation()))
+pub async fn served_link(state: tauri::State<'_, AppState>) -> Result<Option<ServedLinkView>, AppError> {
+    with_messenger(&state, |m| {
+        Ok(m.served_link_state().map(|s| match s {
+            ServedLinkState::WaitingForConfirmation(code) => ServedLinkView::Confirm { code },
+            ServedLinkState::Linking => ServedLinkView::Linking,
+            ServedLinkState::PassingHistory { sent, total } => ServedLinkView::History {
+                sent: sent.min(u32::MAX.into()) as u32,
+                total: total.min(u32::MAX.into()) as u32,
+            },
+        }))
+    })
 }
 
 /// The person compared the codes on both screens: link (`true`), passing the message

@@ -59,7 +59,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::leave_group,
         commands::send_group_text,
         commands::offer_link,
-        commands::link_waiting,
+        commands::served_link,
         commands::confirm_link,
         commands::join_by_link,
         commands::devices,

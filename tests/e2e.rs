@@ -737,6 +737,8 @@ async fn a_second_app_instance_links_to_alices_account_by_paste_and_both_show_th
 
         // Alice's laptop shows a link offer; her new desktop pastes it.
         click(&alice, "open-settings").await?;
+        // Once the device list is in, the page no longer moves under the pointer.
+        element(&alice, "device").await?;
         element(&alice, "offer-link").await?.click().await?;
         let offer = full_text(&alice, "link-offer").await?;
         // The QR code the app shows reads back (from a PNG screenshot) as the same offer.

@@ -26,7 +26,7 @@ pub use cairn_store::KeyVault;
 pub use courier::{join_by_link, Courier, LinkStep, SharedMessenger};
 pub use devices::{always_on_peer, DeviceView, LinkGrant};
 pub use groups::{GroupMemberView, GroupView};
-pub use linking::{ExistingDeviceLink, HistoryProgress, NewDeviceLink, LINK_OFFER_VALIDITY};
+pub use linking::{ExistingDeviceLink, HistoryProgress, NewDeviceLink, ServedLinkState, LINK_OFFER_VALIDITY};
 pub use messaging::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE_QUOTA_MIB, MAX_MESSAGE_TTL_DAYS};
 pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use outbox::QueuedEnvelope;

@@ -58,6 +58,24 @@ pub(crate) struct ServedLink {
     confirmed: bool,
     share_history: bool,
     linked: bool,
+    /// Messages of the history passed on so far.
+    history_sent: u64,
+}
+
+/// Where a link this device serves stands, for its screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServedLinkState {
+    /// The new device shows this code; the person is to compare and confirm it.
+    WaitingForConfirmation(String),
+    /// Confirmed: the account is being handed over.
+    Linking,
+    /// Linked; the history is going over: `sent` of `total` messages so far.
+    PassingHistory {
+        /// Messages passed on so far.
+        sent: u64,
+        /// Messages in the history.
+        total: u64,
+    },
 }
 
 /// How far a new device got with the history passed to it.
@@ -185,8 +203,8 @@ impl Messenger {
 
     /// On the existing device, once linked and if the person agreed: the page of
     /// message history that starts at `from` (0 first, then each page's `next`),
-    /// sealed in frames, and whether it is the last.
-    pub fn history_page(&self, link: &mut ExistingDeviceLink, from: u64) -> Result<(Vec<Vec<u8>>, bool)> {
+    /// sealed in frames, and what it holds (its `next` is `None` on the last).
+    pub fn history_page(&self, link: &mut ExistingDeviceLink, from: u64) -> Result<(Vec<Vec<u8>>, HistoryProgress)> {
         let rows = self.db.history_page(from, HISTORY_PAGE_MESSAGES)?;
         let full = rows.len() == HISTORY_PAGE_MESSAGES;
         let mut page = HistoryPage {
@@ -231,8 +249,12 @@ impl Messenger {
                 outgoing: message.outgoing,
             });
         }
-        let last = page.next.is_none();
-        Ok((seal_frames(&mut link.channel, &page.to_bytes())?, last))
+        let progress = HistoryProgress {
+            received: page.messages.len() as u64,
+            total: page.total,
+            next: page.next,
+        };
+        Ok((seal_frames(&mut link.channel, &page.to_bytes())?, progress))
     }
 
     /// On the new device: stores a page of history (messages it already has stay as
@@ -311,6 +333,7 @@ impl Messenger {
                     confirmed: false,
                     share_history: false,
                     linked: false,
+                    history_sent: 0,
                 });
                 LinkResponse::Answer(answer)
             }),
@@ -354,8 +377,9 @@ impl Messenger {
             },
             LinkRequest::History { from } => match self.served_link.take() {
                 Some(mut served) if served.linked && served.share_history => {
-                    let (frames, last) = self.history_page(&mut served.link, from)?;
-                    if !last {
+                    let (frames, page) = self.history_page(&mut served.link, from)?;
+                    if page.next.is_some() {
+                        served.history_sent += page.received;
                         self.served_link = Some(served);
                     }
                     Ok(LinkResponse::History(frames))
@@ -364,6 +388,22 @@ impl Messenger {
                 _ => Err(CoreError::LinkRefused("no device was linked here".into())),
             },
         }
+    }
+
+    /// Where the link this device serves stands, if one is under way: `None` once
+    /// it is done (the history passed on too) or was dropped.
+    pub fn served_link_state(&self) -> Option<ServedLinkState> {
+        let served = self.served_link.as_ref()?;
+        Some(if !served.confirmed {
+            ServedLinkState::WaitingForConfirmation(served.link.confirmation_code().to_owned())
+        } else if served.linked && served.share_history {
+            ServedLinkState::PassingHistory {
+                sent: served.history_sent,
+                total: served.link.history_total.unwrap_or(0),
+            }
+        } else {
+            ServedLinkState::Linking
+        })
     }
 
     /// The code of a link waiting for the person to confirm it, if any.

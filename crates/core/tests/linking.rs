@@ -40,9 +40,9 @@ fn link_with_history(w: &mut World, existing: usize, new: usize, offer: &LinkOff
     let mut progress = Vec::new();
     let (mut from, mut received) = (Some(0), 0);
     while let (true, Some(start)) = (history, from) {
-        let (frames, last) = w.m(existing).history_page(&mut existing_side, start).unwrap();
+        let (frames, sent) = w.m(existing).history_page(&mut existing_side, start).unwrap();
         let page = w.m(new).import_history(&mut new_side, &frames).unwrap();
-        assert_eq!(last, page.next.is_none());
+        assert_eq!(sent, page, "the new device took the page the old one sent");
         received += page.received;
         progress.push((received, page.total));
         from = page.next;
@@ -287,6 +287,11 @@ fn join_over_loopback(
         }))
         .unwrap();
     confirmer.join().unwrap();
+    assert_eq!(
+        laptop.with(|m| m.served_link_state()),
+        None,
+        "the laptop's side is done"
+    );
     let on_laptop = shown_on_laptop.lock().unwrap().clone().unwrap();
     assert_eq!(
         steps.first(),

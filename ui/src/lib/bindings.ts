@@ -341,11 +341,11 @@ async offerLink() : Promise<Result<LinkOfferView, AppError>> {
 }
 },
 /**
- * The code of a new device waiting for the person to confirm, if one is.
+ * The link this device serves, if one is under way (`None` once it is done).
  */
-async linkWaiting() : Promise<Result<string | null, AppError>> {
+async servedLink() : Promise<Result<ServedLinkView | null, AppError>> {
     try {
-    return { status: "ok", data: await TAURI_INVOKE("link_waiting") };
+    return { status: "ok", data: await TAURI_INVOKE("served_link") };
 } catch (e) {
     if(e instanceof Error) throw e;
     else return { status: "error", error: e  as any };
@@ -547,6 +547,22 @@ export type SafetyNumberView = { groups: string[]; qrSvg: string; verified: bool
  * The number a changed, not yet accepted key would give (to compare first).
  */
 pendingGroups: string[] | null }
+/**
+ * Where a link this device serves stands, for Settings to show.
+ */
+export type ServedLinkView = 
+/**
+ * The new device shows `code`: the person compares and confirms.
+ */
+{ stage: "confirm"; code: string } | 
+/**
+ * Confirmed; the account is being handed over.
+ */
+{ stage: "linking" } | 
+/**
+ * Linked; the history is going over.
+ */
+{ stage: "history"; sent: number; total: number }
 /**
  * The settings a person can change.
  */
