@@ -126,13 +126,17 @@ impl Messenger {
             // be older than ours (it has not heard of a newer link yet): keep ours then,
             // but take its fresh bundle.
             let before = self.own_device_list()?;
-            match self.adopt_own_device_list(&card.device_list) {
-                Ok(_) if before != card.device_list => out.events.push(Event::DevicesChanged),
-                Ok(_) | Err(CoreError::DeviceListRollback { .. }) => {}
+            let current = match self.adopt_own_device_list(&card.device_list) {
+                Ok(list) => {
+                    if before != card.device_list {
+                        out.events.push(Event::DevicesChanged);
+                    }
+                    list
+                }
+                Err(CoreError::DeviceListRollback { .. }) => verify_device_list(&before)?.0,
                 Err(e) => return Err(e),
-            }
+            };
             let this_device = self.account()?.device.device_id();
-            let (current, _) = verify_device_list(&self.own_device_list()?)?;
             let listed = |id: u8| id != this_device && current.device(id).is_some();
             for bundle in card.bundles.iter().filter(|b| listed(b.device_id)) {
                 match cairn_crypto::to_signal_bundle(&identity, bundle) {

@@ -68,7 +68,7 @@ pub(crate) fn removed_device_key(device_id: u8) -> String {
 impl Messenger {
     /// This account's devices, as its signed list names them.
     pub fn devices(&self) -> Result<Vec<DeviceView>> {
-        let (list, _) = verify_device_list(&self.own_device_list()?)?;
+        let list = self.own_list()?;
         let this = self.account()?.device.device_id();
         list.devices
             .iter()
@@ -114,7 +114,7 @@ impl Messenger {
         }
         let own = self.account()?.account_id.clone();
         let mut out = self.atomically(|this| {
-            let (mut list, _) = verify_device_list(&this.own_device_list()?)?;
+            let mut list = this.own_list()?;
             let index = list
                 .devices
                 .iter()
@@ -148,7 +148,7 @@ impl Messenger {
     /// Whether this device is still in its account's device list (false once another
     /// of the account's devices removed it).
     pub fn is_listed(&self) -> Result<bool> {
-        let (list, _) = verify_device_list(&self.own_device_list()?)?;
+        let list = self.own_list()?;
         Ok(list.device(self.account()?.device.device_id()).is_some())
     }
 
@@ -166,7 +166,7 @@ impl Messenger {
     pub fn grant_link(&self) -> Result<LinkGrant> {
         self.ensure_listed()?;
         let account = self.account()?;
-        let (list, _) = verify_device_list(&self.own_device_list()?)?;
+        let list = self.own_list()?;
         if list.devices.len() >= MAX_DEVICES {
             return Err(CoreError::TooManyDevices);
         }
@@ -339,7 +339,7 @@ impl Messenger {
             }
         }
         self.atomically(|this| {
-            let (mut list, _) = verify_device_list(&this.own_device_list()?)?;
+            let mut list = this.own_list()?;
             if list.always_on == addresses {
                 return Ok(Vec::new());
             }

@@ -545,13 +545,8 @@ impl Messenger {
     /// transaction (each group is one); a group that fails is logged and left for the
     /// next change.
     pub(crate) fn remove_unlisted_leaves(&mut self, account_id: &str) -> Result<Vec<Outgoing>> {
-        let listed: Vec<u8> = self.devices_of(account_id)?.1.iter().map(|d| d.device_id).collect();
-        let retired: Vec<u8> = self
-            .db
-            .retired_devices(account_id)?
-            .into_iter()
-            .filter(|id| !listed.contains(id))
-            .collect();
+        // Never a listed device: a list that names a device takes its mark off.
+        let retired = self.db.retired_devices(account_id)?;
         if retired.is_empty() {
             return Ok(Vec::new());
         }
@@ -606,15 +601,16 @@ impl Messenger {
     /// Texts and descriptions are MLS application messages; only admins'
     /// descriptions are taken.
     fn send_info(&mut self, open: &mut OpenGroup, added: &[LeafName]) -> Result<Vec<Outgoing>> {
-        let new_accounts: Vec<String> = member_accounts(&open.group)
-            .into_keys()
-            .filter(|a| added.iter().any(|l| l.account_id == *a))
+        let everyone: Vec<String> = member_accounts(&open.group).into_keys().collect();
+        let new_accounts: Vec<String> = everyone
+            .iter()
+            .filter(|a| added.iter().any(|l| l.account_id == **a))
+            .cloned()
             .collect();
         let (new_leaves, old_leaves): (Vec<LeafName>, Vec<LeafName>) =
             open.group.members().into_iter().partition(|l| added.contains(l));
         let mut out = self.send_info_to(open, &old_leaves, &new_accounts)?;
         if !new_leaves.is_empty() {
-            let everyone: Vec<String> = member_accounts(&open.group).into_keys().collect();
             out.extend(self.send_info_to(open, &new_leaves, &everyone)?);
         }
         Ok(out)
@@ -759,7 +755,7 @@ impl Messenger {
         part.check()?;
         let now = unix_millis();
         self.db.forget_group_parts_before(now - PART_KEPT_FOR_MILLIS)?;
-        let kept = self.db.group_parts(sender, &part.id)?;
+        let mut kept = self.db.group_parts(sender, &part.id)?;
         if kept.iter().any(|(_, count, _)| *count != part.count) {
             return Err(CoreError::GroupRefused(
                 "pieces of one packet disagree on their number".into(),
@@ -772,9 +768,11 @@ impl Messenger {
                 "too many pieces of group packets waiting".into(),
             ));
         }
-        self.db
-            .hold_group_part(sender, &part.id, part.index, part.count, &part.bytes, now)?;
-        let kept = self.db.group_parts(sender, &part.id)?;
+        if let Err(at) = kept.binary_search_by_key(&part.index, |(index, _, _)| *index) {
+            self.db
+                .hold_group_part(sender, &part.id, part.index, part.count, &part.bytes, now)?;
+            kept.insert(at, (part.index, part.count, part.bytes));
+        }
         if kept.len() < usize::from(part.count) {
             return Ok(None);
         }

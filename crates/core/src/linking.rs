@@ -89,6 +89,16 @@ pub struct HistoryProgress {
     pub next: Option<u64>,
 }
 
+impl HistoryProgress {
+    fn of(page: &HistoryPage) -> Self {
+        Self {
+            received: page.messages.len() as u64,
+            total: page.total,
+            next: page.next,
+        }
+    }
+}
+
 /// The existing device's side of a link, after the handshake.
 pub struct ExistingDeviceLink {
     channel: LinkChannel,
@@ -249,12 +259,10 @@ impl Messenger {
                 outgoing: message.outgoing,
             });
         }
-        let progress = HistoryProgress {
-            received: page.messages.len() as u64,
-            total: page.total,
-            next: page.next,
-        };
-        Ok((seal_frames(&mut link.channel, &page.to_bytes())?, progress))
+        Ok((
+            seal_frames(&mut link.channel, &page.to_bytes())?,
+            HistoryProgress::of(&page),
+        ))
     }
 
     /// On the new device: stores a page of history (messages it already has stay as
@@ -290,11 +298,7 @@ impl Messenger {
             }
             Ok(())
         })?;
-        Ok(HistoryProgress {
-            received: page.messages.len() as u64,
-            total: page.total,
-            next: page.next,
-        })
+        Ok(HistoryProgress::of(&page))
     }
 
     /// On the existing device: takes the new device's card, signs it into the

@@ -306,7 +306,7 @@ impl Messenger {
     fn sender_standing(&self, sender: &str, device_id: u8, content: &Content) -> Result<Standing> {
         let own = self.account()?.account_id.clone();
         let (listed, held_version) = if sender == own {
-            let (list, _) = verify_device_list(&self.own_device_list()?)?;
+            let list = self.own_list()?;
             (list.device(device_id).is_some(), Some(list.version))
         } else {
             match self.devices_of(sender) {

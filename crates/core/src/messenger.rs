@@ -382,6 +382,11 @@ impl Messenger {
         Ok(decode_versioned(&bytes, MAX_STORED_RECORD)?)
     }
 
+    /// This account's device list, as stored (and checked).
+    pub(crate) fn own_list(&self) -> Result<DeviceList> {
+        Ok(verify_device_list(&self.own_device_list()?)?.0)
+    }
+
     /// Adopts a signed list for this account if it is ours and newer.
     pub(crate) fn adopt_own_device_list(&self, signed: &SignedDeviceList) -> Result<DeviceList> {
         let (list, identity) = verify_device_list(signed)?;
@@ -446,7 +451,7 @@ impl Messenger {
     pub(crate) fn devices_of(&self, account_id: &str) -> Result<(IdentityKey, Vec<DeviceEntry>)> {
         let account = self.account()?;
         if account_id == account.account_id {
-            let (list, _) = verify_device_list(&self.own_device_list()?)?;
+            let list = self.own_list()?;
             let others = list
                 .devices
                 .into_iter()

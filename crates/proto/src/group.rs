@@ -242,18 +242,21 @@ mod tests {
         assert!(!is_group_id("abcdefghijklmnopqrstuvwxyz"));
     }
 
-    #[test]
-    fn a_large_packet_goes_in_pieces_and_comes_back_whole_only_from_all_of_them() {
-        let packet = GroupPacket::Welcome((0..300_000u32).map(|i| i as u8).collect());
-        let parts = packet.clone().into_parts([7; 16], MAX_GROUP_PART_BYTES).unwrap();
-        assert_eq!(parts.len(), 3);
-        let pieces: Vec<GroupPart> = parts
+    fn pieces_of(packets: Vec<GroupPacket>) -> Vec<GroupPart> {
+        packets
             .into_iter()
             .map(|p| match p {
                 GroupPacket::Part(part) => part,
                 other => panic!("{other:?}"),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_large_packet_goes_in_pieces_and_comes_back_whole_only_from_all_of_them() {
+        let packet = GroupPacket::Welcome((0..300_000u32).map(|i| i as u8).collect());
+        let pieces = pieces_of(packet.clone().into_parts([7; 16], MAX_GROUP_PART_BYTES).unwrap());
+        assert_eq!(pieces.len(), 3);
         assert!(pieces.iter().all(|p| p.check().is_ok()));
         assert_eq!(GroupPacket::from_parts(&pieces).unwrap(), packet);
         // Missing, repeated or out-of-order pieces are refused.
@@ -265,16 +268,11 @@ mod tests {
             assert!(GroupPacket::from_parts(&bad).is_err());
         }
         // A packet made of pieces that are themselves a piece is refused.
-        let nested = GroupPacket::Part(pieces[0].clone())
-            .into_parts([8; 16], 50_000)
-            .unwrap();
-        let nested: Vec<GroupPart> = nested
-            .into_iter()
-            .map(|p| match p {
-                GroupPacket::Part(part) => part,
-                other => panic!("{other:?}"),
-            })
-            .collect();
+        let nested = pieces_of(
+            GroupPacket::Part(pieces[0].clone())
+                .into_parts([8; 16], 50_000)
+                .unwrap(),
+        );
         assert!(matches!(
             GroupPacket::from_parts(&nested),
             Err(ProtoError::InvalidField { reason, .. }) if reason.contains("made of pieces")
