@@ -364,6 +364,8 @@ pub enum MessageState {
     Delivered,
     Read,
     Received,
+    /// Nothing will deliver it any more; the person may retry.
+    Failed,
 }
 
 /// A message as the UI shows it.
@@ -400,6 +402,7 @@ impl From<MessageView> for MessageItem {
                 DeliveryState::Delivered => MessageState::Delivered,
                 DeliveryState::Read => MessageState::Read,
                 DeliveryState::Received => MessageState::Received,
+                DeliveryState::Failed => MessageState::Failed,
             },
             held_by: m.held_by,
         }
@@ -512,6 +515,29 @@ pub async fn conversation(state: tauri::State<'_, AppState>, peer: String) -> Re
 #[specta::specta]
 pub async fn send_text(state: tauri::State<'_, AppState>, peer: String, body: String) -> Result<MessageItem, AppError> {
     with_messenger(&state, |m| Ok(m.send_text(&peer, &body)?.0.into())).inspect(|_| wake_network(&state))
+}
+
+/// Sends a failed message again (its id in hex), in a contact's conversation or a
+/// group's.
+#[tauri::command]
+#[specta::specta]
+pub async fn retry_message(state: tauri::State<'_, AppState>, id: String) -> Result<MessageItem, AppError> {
+    let id = message_id(&id)?;
+    with_messenger(&state, |m| Ok(m.retry_message(&id)?.into())).inspect(|_| wake_network(&state))
+}
+
+/// A message id from its hex form (as [`MessageItem`] gives it).
+fn message_id(hex: &str) -> Result<[u8; 16], AppError> {
+    let mut id = [0u8; 16];
+    let digits = hex.as_bytes();
+    if digits.len() != 2 * id.len() {
+        return Err(AppError::invalid("not a message id"));
+    }
+    for (byte, pair) in id.iter_mut().zip(digits.chunks(2)) {
+        let pair = std::str::from_utf8(pair).map_err(|_| AppError::invalid("not a message id"))?;
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| AppError::invalid("not a message id"))?;
+    }
+    Ok(id)
 }
 
 /// The safety number with a contact.
@@ -683,7 +709,7 @@ pub async fn groups(state: tauri::State<'_, AppState>) -> Result<Vec<GroupItem>,
 fn group_change(
     state: &AppState,
     group_id: &str,
-    change: impl FnOnce(&mut Messenger) -> Result<Vec<cairn_core::Outgoing>, CoreError>,
+    change: impl FnOnce(&mut Messenger) -> Result<Vec<cairn_core::OutboxId>, CoreError>,
 ) -> Result<GroupItem, AppError> {
     with_messenger(state, |m| {
         change(m)?;

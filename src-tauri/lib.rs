@@ -39,6 +39,7 @@ pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
         commands::read_qr_frame,
         commands::conversation,
         commands::send_text,
+        commands::retry_message,
         commands::safety_number,
         commands::set_verified,
         commands::accept_identity_change,

@@ -6,14 +6,15 @@
 //! - `cairn_crypto_in_memory`: Cairn's crypto layer over its in-memory store: Signal
 //!   encrypt, seal to the recipient identity, unseal, Signal decrypt, content decode.
 //! - `cairn_messenger_sqlcipher`: the whole `Messenger` path on real SQLCipher
-//!   profiles: `send_text` (encrypt, seal, envelope, store) and `receive` (unseal,
-//!   decrypt, de-duplicate, store, and seal a delivery receipt back).
+//!   profiles, as the courier drives it: `send_text` (store, queue), `due_envelopes`
+//!   (encrypt, seal, envelope), `receive` (unseal, decrypt, de-duplicate, store, and
+//!   queue a delivery receipt back) and `handed` (the envelope moves to the sent log).
 //!
 //! Run: `cargo bench -p cairn-core --bench messages`. Results: docs/benchmarks.md.
 
 use std::time::SystemTime;
 
-use cairn_core::{KeyVault, Messenger, Unlock};
+use cairn_core::{Handed, KeyVault, Messenger, Unlock};
 use cairn_crypto::{
     bundle_of, decrypt, encrypt, generate_kyber_prekey, generate_signed_prekey, seal, start_session, to_signal_bundle,
     unseal, AccountId, AccountIdentity, DeviceKeys, MemorySignalStore,
@@ -164,20 +165,26 @@ fn cairn_messenger_sqlcipher(c: &mut Criterion) {
     alice.create_account("Alice").unwrap();
     let bob_id = bob.create_account("Bob").unwrap().account_id;
     // Bob accepts Alice's invite; Alice gets his card and answers; both are contacts.
-    let (_, hello) = bob.accept_invite(&alice.account_info().unwrap().invite_link).unwrap();
-    for out in hello {
-        for reply in alice.receive(&out.envelope.to_bytes()).unwrap().replies {
-            bob.receive(&reply.envelope.to_bytes()).unwrap();
-        }
-    }
+    bob.accept_invite(&alice.account_info().unwrap().invite_link).unwrap();
+    carry(&mut bob, &mut alice);
+    carry(&mut alice, &mut bob);
     let mut one_message = || {
-        let (_, out) = alice.send_text(&bob_id, "hello world").unwrap();
-        for o in out {
-            assert_eq!(bob.receive(&o.envelope.to_bytes()).unwrap().events.len(), 1);
-        }
+        alice.send_text(&bob_id, "hello world").unwrap();
+        assert_eq!(carry(&mut alice, &mut bob), 1);
     };
     one_message();
     c.bench_function("one_message/cairn_messenger_sqlcipher", |b| b.iter(&mut one_message));
+}
+
+/// Hands what `from`'s outbox holds to `to`, as the courier does; returns how many
+/// events that made on `to`.
+fn carry(from: &mut Messenger, to: &mut Messenger) -> usize {
+    let mut events = 0;
+    for queued in from.due_envelopes(100).unwrap() {
+        events += to.receive(&queued.outgoing.envelope.to_bytes()).unwrap().events.len();
+        from.handed(&queued, Handed::ToDevice).unwrap();
+    }
+    events
 }
 
 criterion_group!(

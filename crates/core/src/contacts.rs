@@ -11,14 +11,14 @@ use cairn_proto::{decode_versioned, encode_versioned, ContactCard, Content, Devi
 use cairn_store::ContactRecord;
 
 use crate::messenger::{unix_millis, Messenger, MAX_STORED_RECORD};
-use crate::{ContactView, CoreError, Event, Outgoing, Received, Result};
+use crate::{ContactView, CoreError, Event, OutboxId, Received, Result};
 
 impl Messenger {
     /// Accepts an invite (a pasted `cairn://invite/...` link or a decoded QR code):
     /// the inviter becomes a contact, sessions start with the devices the invite has
-    /// bundles for, and the returned envelopes introduce this account to them and
-    /// tell this account's other devices about the new contact.
-    pub fn accept_invite(&mut self, link: &str) -> Result<(ContactView, Vec<Outgoing>)> {
+    /// bundles for, and what is queued introduces this account to them and tells this
+    /// account's other devices about the new contact.
+    pub fn accept_invite(&mut self, link: &str) -> Result<(ContactView, Vec<OutboxId>)> {
         // Not one transaction: a changed key must stay recorded as pending even
         // though the invite is refused.
         self.ensure_listed()?;
@@ -38,18 +38,16 @@ impl Messenger {
                     .save_peer_address(&device.transport_key, address, unix_millis())?;
             }
         }
-        let mut out = self.envelopes_to(
-            &account_id,
-            &Content::Hello {
-                card: self.own_card()?,
-                invite_secret: Some(invite.secret),
-            },
-        )?;
+        let hello = Content::Hello {
+            card: self.own_card()?,
+            invite_secret: Some(invite.secret),
+        };
+        let mut queued = self.queue_to(&account_id, None, &hello, None)?;
         if is_new {
-            out.extend(self.envelopes_to(&self.account()?.account_id.clone(), &Content::ContactSync(invite.card))?);
+            let own = self.account()?.account_id.clone();
+            queued.extend(self.queue_to(&own, None, &Content::ContactSync(invite.card), None)?);
         }
-        self.enqueue(&out)?;
-        Ok((self.contact(&account_id)?, out))
+        Ok((self.contact(&account_id)?, queued))
     }
 
     /// Pins `identity` for a first contact, or refuses (and records as pending) a key
@@ -160,17 +158,14 @@ impl Messenger {
         self.save_card(sender, &card, &list)?;
         out.events.push(Event::ContactChanged(sender.to_owned()));
         if reply {
-            out.replies.extend(self.envelopes_to(
-                sender,
-                &Content::Hello {
-                    card: self.own_card()?,
-                    invite_secret: None,
-                },
-            )?);
+            let hello = Content::Hello {
+                card: self.own_card()?,
+                invite_secret: None,
+            };
+            self.queue_to(sender, None, &hello, None)?;
         }
         if is_new {
-            out.replies
-                .extend(self.envelopes_to(&own, &Content::ContactSync(card))?);
+            self.queue_to(&own, None, &Content::ContactSync(card), None)?;
         }
         Ok(())
     }

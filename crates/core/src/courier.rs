@@ -28,7 +28,7 @@ use cairn_net::{peer_id_of, Delivery, NetEvent, NodeConfig, NodeHandle, PeerId};
 use cairn_proto::DirectSignal;
 use tokio::sync::{mpsc, Notify};
 
-use crate::{CoreError, Event, Messenger, Result};
+use crate::{CoreError, Event, Handed, Messenger, QueuedEnvelope, Result};
 
 /// What a new device shows while it links.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,13 +385,14 @@ impl Courier {
         });
     }
 
-    /// One pass over the due part of the outbox. Taken or refused envelopes leave the
-    /// queue; the others back off. An envelope whose device cannot be reached goes to
-    /// the peer cache; after one failure for a peer, its other envelopes go there
-    /// without trying the device again, and if no cache takes them they wait for the
-    /// next pass.
+    /// One pass over the due part of the outbox, each envelope sealed as it leaves.
+    /// Taken envelopes move to the sent log, refused ones leave the queue (their
+    /// message fails unless another copy carries it), the others back off. An
+    /// envelope whose device cannot be reached goes to the peer cache; after one
+    /// failure for a peer, its other envelopes go there without trying the device
+    /// again, and if no cache takes them they wait for the next pass.
     async fn deliver(&self, messenger: &SharedMessenger, on_change: &OnChange) {
-        let batch = match with(messenger, |m| m.queued(BATCH)) {
+        let batch = match with(messenger, |m| m.due_envelopes(BATCH)) {
             Some(Ok(batch)) => batch,
             Some(Err(e)) => {
                 tracing::error!(%e, "cannot read the outbox");
@@ -406,89 +407,85 @@ impl Courier {
         for queued in batch {
             let (account, device) = (&queued.outgoing.account_id, queued.outgoing.device_id);
             let route = with(messenger, |m| m.transport_key_of(account, device)).and_then(|r| r.ok().flatten());
-            let Some(peer) = route.and_then(|key| peer_id_of(&key).ok()) else {
+            let how = match route.and_then(|key| peer_id_of(&key).ok()) {
                 // No device to send to (yet): keep it, backing off.
-                with(messenger, |m| m.defer(queued.seq));
-                continue;
+                None => Handed::NotNow,
+                Some(peer) => {
+                    self.carry(messenger, &queued, peer, &mut unreachable, &mut asked_direct)
+                        .await
+                }
             };
-            if !unreachable.contains(&peer)
-                && !self.handle.is_direct(&peer)
-                && self.online.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer)
-                && asked_direct.insert(peer)
-            {
-                // This one goes over libp2p; later ones may find a direct session.
-                tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
+            match with(messenger, |m| m.handed(&queued, how)) {
+                Some(Err(e)) => tracing::error!(%e, "could not update the outbox"),
+                _ => progressed |= how != Handed::NotNow,
             }
-            let outcome = if unreachable.contains(&peer) {
-                Err(cairn_net::NetError::Unreachable(peer.to_string()))
-            } else {
-                self.handle.send(peer, queued.outgoing.envelope.to_bytes()).await
-            };
-            let taken = match &outcome {
-                Ok(Delivery::Accepted) => Some(Taken::ByDevice),
-                Ok(Delivery::Refused) => {
-                    tracing::warn!(%peer, "an envelope was refused for good; dropping it");
-                    Some(Taken::Refused)
-                }
-                Ok(Delivery::Later) => None,
-                Err(e) => {
-                    tracing::debug!(%peer, %e, "device unreachable; trying the peer cache");
-                    unreachable.insert(peer);
-                    let also = with(messenger, |m| m.always_on_of(account).unwrap_or_default()).unwrap_or_default();
-                    self.place(&queued.outgoing.envelope, &also).await
-                }
-            };
-            let result = with(messenger, |m| {
-                let message = queued.outgoing.message.as_ref();
-                match (taken, message) {
-                    (None, _) => return m.defer(queued.seq),
-                    (Some(Taken::ByDevice), Some(id)) => drop(m.mark_sent(id)?),
-                    (Some(Taken::ByCaches(holders)), Some(id)) => drop(m.mark_held(id, holders)?),
-                    _ => {}
-                }
-                m.dequeue(queued.seq)
-            });
-            if let Some(Err(e)) = result {
-                tracing::error!(%e, "could not update the outbox");
-            }
-            progressed |= taken.is_some();
         }
         if progressed {
             on_change();
         }
     }
 
+    /// Carries one envelope to the device behind `peer`, or to the peer cache when the
+    /// device cannot be reached.
+    async fn carry(
+        &self,
+        messenger: &SharedMessenger,
+        queued: &QueuedEnvelope,
+        peer: PeerId,
+        unreachable: &mut HashSet<PeerId>,
+        asked_direct: &mut HashSet<PeerId>,
+    ) -> Handed {
+        if !unreachable.contains(&peer)
+            && !self.handle.is_direct(&peer)
+            && self.online.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer)
+            && asked_direct.insert(peer)
+        {
+            // This one goes over libp2p; later ones may find a direct session.
+            tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
+        }
+        let outcome = if unreachable.contains(&peer) {
+            Err(cairn_net::NetError::Unreachable(peer.to_string()))
+        } else {
+            self.handle.send(peer, queued.outgoing.envelope.to_bytes()).await
+        };
+        match outcome {
+            Ok(Delivery::Accepted) => Handed::ToDevice,
+            Ok(Delivery::Refused) => {
+                tracing::warn!(%peer, "an envelope was refused for good");
+                Handed::Refused
+            }
+            Ok(Delivery::Later) => Handed::NotNow,
+            Err(e) => {
+                tracing::debug!(%peer, %e, "device unreachable; trying the peer cache");
+                unreachable.insert(peer);
+                let account = &queued.outgoing.account_id;
+                let also = with(messenger, |m| m.always_on_of(account).unwrap_or_default()).unwrap_or_default();
+                self.place(&queued.outgoing.envelope, &also).await
+            }
+        }
+    }
+
     /// Leaves an envelope with the peer cache (the peers closest to its mailbox, and
-    /// the recipient's always-on nodes `also`); `Some` if any holder took it.
-    async fn place(&self, envelope: &cairn_proto::Envelope, also: &[String]) -> Option<Taken> {
+    /// the recipient's always-on nodes `also`): [`Handed::ToCaches`] if any holder
+    /// took it.
+    async fn place(&self, envelope: &cairn_proto::Envelope, also: &[String]) -> Handed {
         let mut always_on = Vec::new();
         for (peer, address) in also.iter().filter_map(|a| crate::always_on_peer(a)) {
             let _ = self.handle.add_address(peer, address).await;
             always_on.push(peer);
         }
         match self.handle.place(envelope, &always_on).await {
-            Ok(holders) if !holders.is_empty() => Some(Taken::ByCaches(holders.len() as u32)),
+            Ok(holders) if !holders.is_empty() => Handed::ToCaches(holders.len() as u32),
             Ok(_) => {
                 tracing::debug!("no peer cache took the envelope yet");
-                None
+                Handed::NotNow
             }
             Err(e) => {
                 tracing::debug!(%e, "placing with the peer cache failed");
-                None
+                Handed::NotNow
             }
         }
     }
-}
-
-/// Who took an envelope off the outbox.
-#[derive(Debug, Clone, Copy)]
-enum Taken {
-    /// The recipient device.
-    ByDevice,
-    /// This many peer caches, for the device to fetch later.
-    ByCaches(u32),
-    /// Nobody, for good (the device refused it).
-    Refused,
 }
 
 impl Courier {

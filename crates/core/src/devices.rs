@@ -17,7 +17,7 @@ use data_encoding::HEXLOWER;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::messenger::{unix_millis, Messenger, MAX_STORED_RECORD};
-use crate::{CoreError, Outgoing, Result};
+use crate::{CoreError, OutboxId, Result};
 
 /// How long a replaced signed prekey is kept (as Signal does: 30 days).
 const SIGNED_PREKEY_GRACE_MILLIS: i64 = 30 * 24 * 3600 * 1000;
@@ -106,14 +106,14 @@ impl Messenger {
     /// sessions with it and stops encrypting for it); its leaves go from the groups
     /// this account administers. The removed device gets one last
     /// envelope, the new list, so it can tell its person it was removed. Returns
-    /// what to send.
-    pub fn remove_device(&mut self, device_id: u8) -> Result<Vec<Outgoing>> {
+    /// what was queued.
+    pub fn remove_device(&mut self, device_id: u8) -> Result<Vec<OutboxId>> {
         self.ensure_listed()?;
         if device_id == self.account()?.device.device_id() {
             return Err(CoreError::InvalidSetting("this device cannot remove itself".into()));
         }
         let own = self.account()?.account_id.clone();
-        let mut out = self.atomically(|this| {
+        let mut queued = self.atomically(|this| {
             let mut list = this.own_list()?;
             let index = list
                 .devices
@@ -131,18 +131,21 @@ impl Messenger {
                 card,
                 invite_secret: None,
             };
+            // Sealed now: the session with the removed device goes with the new list.
             let identity = *this.account()?.identity.public_key();
             let notice = this.envelope_to_entry(&own, &identity, &removed, &notice.to_padded_bytes())?;
             this.adopt_own_device_list(&signed)?;
             this.db
                 .set_setting(&removed_device_key(device_id), &HEXLOWER.encode(&removed.transport_key))?;
-            let mut out: Vec<Outgoing> = notice.into_iter().collect();
-            this.enqueue(&out)?;
-            out.extend(this.announce_card()?);
-            Ok(out)
+            let mut queued = Vec::new();
+            if let Some((notice, _)) = notice {
+                queued.push(this.queue_sealed(&notice, "card")?);
+            }
+            queued.extend(this.announce_card()?);
+            Ok(queued)
         })?;
-        out.extend(self.remove_unlisted_leaves(&own)?);
-        Ok(out)
+        queued.extend(self.remove_unlisted_leaves(&own)?);
+        Ok(queued)
     }
 
     /// Whether this device is still in its account's device list (false once another
@@ -248,7 +251,7 @@ impl Messenger {
 
     /// On the granting device: adopts the list the new device signed, keeps its
     /// bundle, and tells contacts and the other own devices about it.
-    pub fn complete_link(&mut self, card: ContactCard) -> Result<Vec<Outgoing>> {
+    pub fn complete_link(&mut self, card: ContactCard) -> Result<Vec<OutboxId>> {
         let list: DeviceList = self.adopt_own_device_list(&card.device_list)?;
         let own = self.account()?.account_id.clone();
         for bundle in card.bundles.iter().filter(|b| list.device(b.device_id).is_some()) {
@@ -261,7 +264,7 @@ impl Messenger {
     }
 
     /// Replaces this device's signed prekey if it is older than the rotation period.
-    pub fn rotate_signed_prekey_if_due(&mut self) -> Result<Vec<Outgoing>> {
+    pub fn rotate_signed_prekey_if_due(&mut self) -> Result<Vec<OutboxId>> {
         if !self.is_listed()? {
             return Ok(Vec::new());
         }
@@ -275,7 +278,7 @@ impl Messenger {
 
     /// Makes a new signed prekey now. Older ones stay, so sessions that started from
     /// them still complete; contacts and own devices get the new bundle.
-    pub fn rotate_signed_prekey(&mut self) -> Result<Vec<Outgoing>> {
+    pub fn rotate_signed_prekey(&mut self) -> Result<Vec<OutboxId>> {
         self.atomically(|this| {
             let identity = this.account()?.identity.clone();
             let now = unix_millis();
@@ -319,7 +322,7 @@ impl Messenger {
 
     /// Names this account's always-on nodes (multiaddrs ending in `/p2p/<peer id>`, at
     /// most four): a new signed device list, which contacts and own devices receive.
-    pub fn set_always_on_nodes(&mut self, addresses: &[String]) -> Result<Vec<Outgoing>> {
+    pub fn set_always_on_nodes(&mut self, addresses: &[String]) -> Result<Vec<OutboxId>> {
         self.ensure_listed()?;
         let addresses: Vec<String> = addresses
             .iter()
@@ -358,17 +361,16 @@ impl Messenger {
     }
 
     /// Sends this account's card to every contact's devices and to own other devices.
-    fn announce_card(&self) -> Result<Vec<Outgoing>> {
+    fn announce_card(&self) -> Result<Vec<OutboxId>> {
         let hello = Content::Hello {
             card: self.own_card()?,
             invite_secret: None,
         };
-        let mut out = self.envelopes_to(&self.account()?.account_id, &hello)?;
+        let mut queued = self.queue_to(&self.account()?.account_id, None, &hello, None)?;
         for contact in self.db.contacts()? {
-            out.extend(self.envelopes_to(&contact.account_id, &hello)?);
+            queued.extend(self.queue_to(&contact.account_id, None, &hello, None)?);
         }
-        self.enqueue(&out)?;
-        Ok(out)
+        Ok(queued)
     }
 }
 

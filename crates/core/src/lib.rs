@@ -29,7 +29,7 @@ pub use groups::{GroupMemberView, GroupView};
 pub use linking::{ExistingDeviceLink, HistoryProgress, NewDeviceLink, ServedLinkState, LINK_OFFER_VALIDITY};
 pub use messaging::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE_QUOTA_MIB, MAX_MESSAGE_TTL_DAYS};
 pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
-pub use outbox::QueuedEnvelope;
+pub use outbox::{Handed, OutboxEntry, OutboxId, QueuedEnvelope};
 pub use paths::{default_profile_dir, validate_profile_name, DEFAULT_PROFILE};
 pub use qr::{qr_svg, read_qr_frame, read_qr_image};
 pub use views::{ContactView, DeliveryState, Event, MessageView, Outgoing, Received};
@@ -73,6 +73,13 @@ pub enum CoreError {
     /// No such message.
     #[error("no such message")]
     UnknownMessage,
+    /// Only a failed message can be retried.
+    #[error("the message has not failed")]
+    NotFailed,
+    /// An envelope from a known device that its session could not decrypt (its
+    /// chain was gone by the time it arrived); the device is asked to send it again.
+    #[error("an envelope from {0} did not decrypt")]
+    Undecryptable(String),
     /// This is this account's own invite.
     #[error("that is your own invite")]
     OwnInvite,

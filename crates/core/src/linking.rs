@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::devices::LinkGrant;
 use crate::messenger::{unix_millis, Messenger};
-use crate::{CoreError, Outgoing, Result};
+use crate::{CoreError, OutboxId, Result};
 
 /// How long an offer is good for unless said otherwise: ten minutes.
 pub const LINK_OFFER_VALIDITY: Duration = Duration::from_secs(600);
@@ -304,7 +304,7 @@ impl Messenger {
     /// On the existing device: takes the new device's card, signs it into the
     /// account, tells contacts, and adds the new device to every group this account
     /// administers.
-    pub fn finish_link(&mut self, link: &mut ExistingDeviceLink, card_frame: &[u8]) -> Result<Vec<Outgoing>> {
+    pub fn finish_link(&mut self, link: &mut ExistingDeviceLink, card_frame: &[u8]) -> Result<Vec<OutboxId>> {
         let card: ContactCard = decode_versioned(&link.channel.open(card_frame)?, MAX_HAND_OVER_BYTES)?;
         card.check()?;
         let mut out = self.atomically(|this| this.complete_link(card))?;

@@ -12,7 +12,7 @@ use cairn_store::NewMessage;
 use rand::RngCore;
 
 use crate::messenger::{unix_millis, Messenger};
-use crate::{CoreError, DeliveryState, Event, MessageView, Outgoing, Received, Result};
+use crate::{CoreError, DeliveryState, Event, MessageView, OutboxId, Outgoing, Received, Result};
 
 /// Where the device that sent an envelope stands in its account's device list.
 enum Standing {
@@ -48,14 +48,14 @@ const MAX_ICE_SERVERS: usize = 8;
 const MAX_ICE_SERVER_LEN: usize = 256;
 
 impl Messenger {
-    /// Sends a text to a contact: returns the stored message and the envelopes to
-    /// deliver (one per device of the contact, one per other device of this account).
-    /// Refused while the contact's changed identity key is not accepted.
-    pub fn send_text(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<Outgoing>)> {
+    /// Sends a text to a contact: stores the message and queues it for each device of
+    /// the contact and each other device of this account; returns the message and the
+    /// rows queued. Refused while the contact's changed identity key is not accepted.
+    pub fn send_text(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<OutboxId>)> {
         self.atomically(|this| this.send_text_now(peer, body))
     }
 
-    fn send_text_now(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<Outgoing>)> {
+    fn send_text_now(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<OutboxId>)> {
         self.ensure_listed()?;
         let contact = self.contact(peer)?;
         if contact.identity_changed {
@@ -73,36 +73,30 @@ impl Messenger {
             body: body.to_owned(),
             sync_peer: None,
         };
-        let mut out = self.envelopes_to(peer, &Content::Text(text.clone()))?;
-        for o in &mut out {
-            o.message = Some(id);
-        }
-        if out.is_empty() {
+        let mut queued = self.queue_to(peer, None, &Content::Text(text.clone()), Some(id))?;
+        if queued.is_empty() {
             return Err(CoreError::NoReachableDevice(peer.to_owned()));
         }
         let own = self.account()?.account_id.clone();
-        out.extend(self.envelopes_to(
-            &own,
-            &Content::Text(TextMessage {
-                sync_peer: Some(peer.to_owned()),
-                ..text
-            }),
-        )?);
+        let copy = Content::Text(TextMessage {
+            sync_peer: Some(peer.to_owned()),
+            ..text
+        });
+        queued.extend(self.queue_to(&own, None, &copy, None)?);
         self.db
             .ensure_conversation(peer.as_bytes(), &contact.display_name, sent_at)?;
-        self.keep_outgoing(peer, id, sent_at, body, out)
+        Ok((self.keep_outgoing(peer, id, sent_at, body)?, queued))
     }
 
-    /// Stores a message this account sends in `conversation` and queues its
-    /// envelopes, in the transaction of the ratchet steps that made them.
+    /// Stores a message this account sends in `conversation` (in the transaction that
+    /// queues it).
     pub(crate) fn keep_outgoing(
         &mut self,
         conversation: &str,
         id: MessageId,
         sent_at: i64,
         body: &str,
-        out: Vec<Outgoing>,
-    ) -> Result<(MessageView, Vec<Outgoing>)> {
+    ) -> Result<MessageView> {
         let own = self.account()?.account_id.clone();
         self.db.insert_message(&NewMessage {
             id,
@@ -113,8 +107,7 @@ impl Messenger {
             state: "sending",
             outgoing: true,
         })?;
-        self.enqueue(&out)?;
-        Ok((self.message(&id)?, out))
+        self.message(&id)
     }
 
     /// Seals a direct-session signal for one device of a contact or of this account.
@@ -124,9 +117,7 @@ impl Messenger {
             if account != this.account()?.account_id && this.contact(account)?.identity_changed {
                 return Err(CoreError::IdentityChanged(account.to_owned()));
             }
-            this.envelopes_to_device(account, Some(device), &Content::Direct(signal))?
-                .pop()
-                .ok_or_else(|| CoreError::NoReachableDevice(account.to_owned()))
+            this.seal_now(account, device, &Content::Direct(signal))
         })
     }
 
@@ -151,7 +142,9 @@ impl Messenger {
 
     /// Processes one envelope from a transport or cache. A duplicate (an envelope
     /// already processed) is [`CoreError::Duplicate`]; anything malformed, tampered
-    /// with or not for this device is a typed error and changes nothing stored.
+    /// with or not for this device is a typed error and changes nothing stored. An
+    /// envelope from a known device that does not decrypt is taken: its sender is
+    /// asked to send what it carried again.
     pub fn receive(&mut self, bytes: &[u8]) -> Result<Received> {
         let mut received = match self.atomically(|this| this.receive_now(bytes)) {
             // From an account this one does not know (yet): its session state was rolled
@@ -159,6 +152,10 @@ impl Messenger {
             // becomes a contact (a sync from an own device usually follows).
             Err(CoreError::UnknownSender(sender)) => {
                 self.hold(&sender, bytes)?;
+                return Ok(Received::default());
+            }
+            Err(CoreError::Undecryptable(_)) => {
+                self.atomically(|this| this.ask_resend(bytes))?;
                 return Ok(Received::default());
             }
             other => other?,
@@ -178,11 +175,9 @@ impl Messenger {
             // names), and the leaves of devices it no longer names.
             let drained = self.drain_held(&account)?;
             received.events.extend(drained.events);
-            received.replies.extend(drained.replies);
             // The envelope is in; a group that cannot change now changes next time.
-            match self.remove_unlisted_leaves(&account) {
-                Ok(out) => received.replies.extend(out),
-                Err(e) => tracing::warn!(account, %e, "could not take removed devices out of groups"),
+            if let Err(e) = self.remove_unlisted_leaves(&account) {
+                tracing::warn!(account, %e, "could not take removed devices out of groups");
             }
         }
         Ok(received)
@@ -214,10 +209,15 @@ impl Messenger {
                         .into_iter()
                         .filter(|e| !matches!(e, Event::DirectSignal { .. }));
                     received.events.extend(current);
-                    received.replies.extend(r.replies);
                     self.db.release_held_envelope(&envelope_id)?;
                 }
                 Err(CoreError::Duplicate | CoreError::FromRemovedDevice(_)) => {
+                    self.db.release_held_envelope(&envelope_id)?
+                }
+                Err(CoreError::Undecryptable(_)) => {
+                    if let Err(e) = self.atomically(|this| this.ask_resend(&envelope)) {
+                        tracing::warn!(%e, "a held envelope did not open and cannot be asked for again");
+                    }
                     self.db.release_held_envelope(&envelope_id)?
                 }
                 Err(CoreError::UnknownSender(_)) => {}
@@ -258,6 +258,11 @@ impl Messenger {
         };
         let plaintext = match cairn_crypto::decrypt(&self.db, &sender, inner.sender_device, &ciphertext) {
             Err(CryptoError::DuplicateMessage) => return Err(CoreError::Duplicate),
+            // A known device's message from a chain (or session) this device no longer
+            // has: what it carried is asked for again (see `ask_resend`).
+            Err(CryptoError::InvalidMessage(_) | CryptoError::NoSession(_)) if known => {
+                return Err(CoreError::Undecryptable(sender))
+            }
             other => other?,
         };
         let content = Content::from_padded_bytes(&plaintext)?;
@@ -281,9 +286,10 @@ impl Messenger {
             Standing::Removed => return Err(CoreError::FromRemovedDevice(sender)),
         }
         let mut out = Received::default();
+        let device = inner.sender_device;
         match content {
             Content::Text(text) => self.receive_text(&sender, from_own_device, text, &mut out)?,
-            Content::Receipt(receipt) => self.receive_receipt(&sender, receipt, &mut out)?,
+            Content::Receipt(receipt) => self.receive_receipt(&sender, device, receipt, &mut out)?,
             Content::Hello { card, invite_secret } => {
                 self.receive_hello(&sender, card, invite_secret.is_some(), &mut out)?
             }
@@ -295,8 +301,8 @@ impl Messenger {
                 signal,
             }),
             Content::Group(packet) => self.receive_group(&sender, packet, &mut out)?,
+            Content::Resend(request) => out.events.extend(self.receive_resend(&sender, device, request)?),
         }
-        self.enqueue(&out.replies)?;
         Ok(out)
     }
 
@@ -362,7 +368,6 @@ impl Messenger {
         self.db.hold_envelope(&envelope.id(), sender, bytes, unix_millis())?;
         Ok(Received {
             events: vec![Event::IdentityChanged(sender.to_owned())],
-            replies: Vec::new(),
         })
     }
 
@@ -412,19 +417,20 @@ impl Messenger {
                 message_ids: vec![text.id],
             });
             // A failed receipt must not undo the message (a card may not have arrived yet).
-            match self.envelopes_to(sender, &receipt) {
-                Ok(replies) => out.replies.extend(replies),
-                Err(e) => tracing::debug!(sender, %e, "no delivery receipt"),
+            if let Err(e) = self.queue_to(sender, None, &receipt, None) {
+                tracing::debug!(sender, %e, "no delivery receipt");
             }
         }
         Ok(())
     }
 
-    fn receive_receipt(&mut self, sender: &str, receipt: Receipt, out: &mut Received) -> Result<()> {
+    fn receive_receipt(&mut self, sender: &str, device: u8, receipt: Receipt, out: &mut Received) -> Result<()> {
         let (state, name) = match receipt.kind {
             ReceiptKind::Delivered => (DeliveryState::Delivered, "delivered"),
             ReceiptKind::Read => (DeliveryState::Read, "read"),
         };
+        // The device has them: they will not be asked for again.
+        self.db.forget_sent_messages(sender, device, &receipt.message_ids)?;
         for id in receipt.message_ids {
             // Only the account a message went to can acknowledge it.
             let Some(message) = self.db.message(&id)? else { continue };
@@ -440,11 +446,11 @@ impl Messenger {
 
     /// The person has seen a conversation: its received messages become read and, if
     /// read receipts are on, the sender is told.
-    pub fn mark_read(&mut self, peer: &str) -> Result<Vec<Outgoing>> {
+    pub fn mark_read(&mut self, peer: &str) -> Result<Vec<OutboxId>> {
         self.atomically(|this| this.mark_read_now(peer))
     }
 
-    fn mark_read_now(&mut self, peer: &str) -> Result<Vec<Outgoing>> {
+    fn mark_read_now(&mut self, peer: &str) -> Result<Vec<OutboxId>> {
         let ids: Vec<MessageId> = self
             .db
             .mark_conversation_read(peer.as_bytes())?
@@ -458,13 +464,11 @@ impl Messenger {
             kind: ReceiptKind::Read,
             message_ids: ids,
         });
-        let out = match self.envelopes_to(peer, &receipt) {
+        match self.queue_to(peer, None, &receipt, None) {
             // Someone who is not a contact gets no receipt; the messages are read all the same.
-            Err(CoreError::UnknownContact(_)) => Vec::new(),
-            other => other?,
-        };
-        self.enqueue(&out)?;
-        Ok(out)
+            Err(CoreError::UnknownContact(_)) => Ok(Vec::new()),
+            other => other,
+        }
     }
 
     /// Whether read receipts are sent (on unless switched off).

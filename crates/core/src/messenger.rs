@@ -474,38 +474,30 @@ impl Messenger {
         Ok((identity, list.devices))
     }
 
-    /// Seals `content` for every device of `account_id` this device can reach
-    /// (a session, or a bundle to start one). Devices without either are skipped.
-    pub(crate) fn envelopes_to(&self, account_id: &str, content: &Content) -> Result<Vec<Outgoing>> {
-        self.envelopes_to_device(account_id, None, content)
-    }
-
-    /// [`Self::envelopes_to`], only for device `only` if given.
-    pub(crate) fn envelopes_to_device(
-        &self,
-        account_id: &str,
-        only: Option<u8>,
-        content: &Content,
-    ) -> Result<Vec<Outgoing>> {
-        let (identity, mut devices) = self.devices_of(account_id)?;
-        devices.retain(|d| only.is_none_or(|id| d.device_id == id));
-        let plaintext = content.to_padded_bytes();
-        let mut out = Vec::new();
-        for device in devices {
-            out.extend(self.envelope_to_entry(account_id, &identity, &device, &plaintext)?);
-        }
-        Ok(out)
+    /// Seals `content` for one device of `account_id` now, outside the outbox: for
+    /// what is only worth sending at once (direct-session signaling) or must be sealed
+    /// before the state it is made in changes.
+    pub(crate) fn seal_now(&self, account_id: &str, device_id: u8, content: &Content) -> Result<Outgoing> {
+        let (identity, devices) = self.devices_of(account_id)?;
+        let device = devices
+            .iter()
+            .find(|d| d.device_id == device_id)
+            .ok_or_else(|| CoreError::NoReachableDevice(account_id.to_owned()))?;
+        self.envelope_to_entry(account_id, &identity, device, &content.to_padded_bytes())?
+            .map(|(outgoing, _)| outgoing)
+            .ok_or_else(|| CoreError::NoReachableDevice(account_id.to_owned()))
     }
 
     /// Seals padded `plaintext` for one device of `account_id`, starting a session
-    /// from its stored bundle if there is none yet; `None` if it has neither.
+    /// from its stored bundle if there is none yet; `None` if it has neither. With the
+    /// envelope comes the sending chain it was sealed in.
     pub(crate) fn envelope_to_entry(
         &self,
         account_id: &str,
         identity: &IdentityKey,
         device: &DeviceEntry,
         plaintext: &[u8],
-    ) -> Result<Option<Outgoing>> {
+    ) -> Result<Option<(Outgoing, Option<Vec<u8>>)>> {
         if !cairn_crypto::has_session(&self.db, account_id, device.device_id)? {
             let bundles = self.db.bundles(account_id)?;
             let Some((_, bytes)) = bundles.iter().find(|(id, _)| *id == device.device_id) else {
@@ -522,7 +514,8 @@ impl Messenger {
             }
         }
         let ciphertext = cairn_crypto::encrypt(&self.db, account_id, device.device_id, plaintext)?;
-        Ok(Some(self.seal_for(account_id, identity, device, ciphertext)?))
+        let chain = cairn_crypto::sending_chain_of(&ciphertext).ok();
+        Ok(Some((self.seal_for(account_id, identity, device, ciphertext)?, chain)))
     }
 
     fn seal_for(

@@ -1,65 +1,305 @@
-//! The outbox: sealed envelopes kept in the encrypted store until a transport takes
-//! them, so nothing produced while offline (or before the network layer runs) is lost.
-//! Every operation that produces envelopes queues them in the same transaction as the
-//! state change that produced them, and also returns them for a caller that can
-//! deliver at once (it then dequeues them).
+//! The outbox: the one way out. Every operation that sends something queues its
+//! content for each recipient device, in the transaction of the state change that
+//! produced it; a transport (the courier, or a test's in-process one) takes what is
+//! due with [`Messenger::due_envelopes`] and says what became of each with
+//! [`Messenger::handed`].
+//!
+//! **Sealed as it leaves.** The outbox keeps plaintext inside the encrypted profile and
+//! encrypts each row only when a transport takes it, in the session as it is then, so
+//! a backlog never ages behind its own session (a recipient keeps only its last five
+//! receiving chains). An attempt that does not go through keeps its envelope, and it is
+//! sent as it is while the session still sends in that chain; once a reply turned the
+//! ratchet, it is sealed again.
+//!
+//! **Sent again on request.** What left is kept in the sent log, by envelope id, until
+//! the envelope would have expired (or, for a message, until the device confirms it).
+//! An envelope that waited in peer caches may still arrive after its chain is gone:
+//! the recipient then asks for it again ([`cairn_proto::ResendRequest`], Signal's
+//! decryption-error message), and its content goes back in the outbox to be sealed
+//! in the current session (a new session, if the report shows the session itself is
+//! broken). Only what cannot be produced again — sent too often, the device gone, no
+//! plaintext kept — ends the message as *failed*, which the person can retry.
 
-use cairn_proto::Envelope;
+use cairn_crypto::{unseal, Ciphertext};
+use cairn_proto::{Content, Envelope, FailedEnvelope, MessageId, ResendRequest, SealedBody};
+use cairn_store::{NewOutgoing, QueuedRecord};
 
 use crate::messenger::{unix_millis, Messenger};
-use crate::{Outgoing, Result};
+use crate::{CoreError, DeliveryState, Event, MessageView, Outgoing, Result};
 
-/// An envelope waiting in the outbox.
+/// Most times one thing is sealed again at its recipient's request; then its message
+/// fails (a device that can never open it must not keep both sides busy).
+const MAX_RESENDS: u32 = 16;
+/// Most resend requests waiting in the outbox for one device: envelopes that do not
+/// open (forged ones, say) cannot make this device send without end.
+const MAX_QUEUED_RESEND_REQUESTS: usize = 256;
+
+/// A row of the outbox: its place in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutboxId(pub i64);
+
+/// An envelope taken from the outbox, sealed for its device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedEnvelope {
-    /// Its place in the queue, to remove it once delivered.
-    pub seq: i64,
+    /// Its row, to report on with [`Messenger::handed`].
+    pub id: OutboxId,
     /// The envelope and where it goes.
     pub outgoing: Outgoing,
 }
 
-impl Messenger {
-    /// Puts envelopes in the outbox.
-    pub fn enqueue(&self, out: &[Outgoing]) -> Result<()> {
-        for o in out {
-            self.db.enqueue_envelope(
-                &o.account_id,
-                o.device_id,
-                &o.envelope.to_bytes(),
-                o.message.as_ref().map(|id| &id[..]),
-                unix_millis(),
-            )?;
-        }
-        Ok(())
-    }
+/// What became of an envelope a transport took from the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// The recipient device took it.
+    ToDevice,
+    /// This many peer caches hold it for the device, which is away.
+    ToCaches(u32),
+    /// The device will never take it (not for it, from a device it does not know, …).
+    Refused,
+    /// Nobody took it now: try again later, backing off.
+    NotNow,
+}
 
-    /// The oldest `limit` envelopes waiting for a transport and due now.
-    pub fn queued(&self, limit: usize) -> Result<Vec<QueuedEnvelope>> {
+/// A row of the outbox as `cairnd outbox` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Its row.
+    pub id: OutboxId,
+    /// The recipient account.
+    pub account_id: String,
+    /// The recipient device.
+    pub device_id: u8,
+    /// What it carries (`text`, `receipt`, `card`, `group`, `resend`, …).
+    pub kind: String,
+    /// The message it carries, if any.
+    pub message: Option<MessageId>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// How often it was sent again on the recipient's request.
+    pub resends: u32,
+}
+
+impl Messenger {
+    /// Queues `content` for every device of `account_id` this device can reach (a
+    /// session, or a bundle to start one), or only device `only`. Devices without
+    /// either are skipped. Returns the rows queued.
+    pub(crate) fn queue_to(
+        &self,
+        account_id: &str,
+        only: Option<u8>,
+        content: &Content,
+        message: Option<MessageId>,
+    ) -> Result<Vec<OutboxId>> {
+        let (_, devices) = self.devices_of(account_id)?;
+        let padded = content.to_padded_bytes();
         let mut queued = Vec::new();
-        for row in self.db.queued_envelopes(limit, unix_millis())? {
-            match Envelope::from_bytes(&row.envelope) {
-                Ok(envelope) => queued.push(QueuedEnvelope {
-                    seq: row.seq,
-                    outgoing: Outgoing {
-                        account_id: row.account_id,
-                        device_id: row.device_id,
-                        envelope,
-                        message: row.message_id.and_then(|id| id.try_into().ok()),
-                    },
-                }),
-                // A row we cannot read would block the queue forever: drop it, loudly.
-                Err(e) => {
-                    tracing::error!(seq = row.seq, %e, "dropping an unreadable outbox entry");
-                    self.db.dequeue_envelope(row.seq)?;
-                }
+        for device in devices.iter().filter(|d| only.is_none_or(|id| d.device_id == id)) {
+            if !self.can_reach(account_id, device.device_id)? {
+                tracing::debug!(account_id, device = device.device_id, "no session or bundle yet");
+                continue;
             }
+            queued.push(self.enqueue(&NewOutgoing {
+                account_id,
+                device_id: device.device_id,
+                kind: content.kind(),
+                content: Some(&padded),
+                envelope: None,
+                message_id: message.as_ref().map(|id| &id[..]),
+                resends: 0,
+            })?);
         }
         Ok(queued)
     }
 
-    /// A delivery attempt for `seq` failed: try again later, backing off.
-    pub fn defer(&self, seq: i64) -> Result<()> {
-        Ok(self.db.defer_envelope(seq, unix_millis())?)
+    /// Queues an envelope sealed already (one that must be sealed before the state it
+    /// was made in changes, such as the notice to a device being removed).
+    pub(crate) fn queue_sealed(&self, outgoing: &Outgoing, kind: &str) -> Result<OutboxId> {
+        self.enqueue(&NewOutgoing {
+            account_id: &outgoing.account_id,
+            device_id: outgoing.device_id,
+            kind,
+            content: None,
+            envelope: Some(&outgoing.envelope.to_bytes()),
+            message_id: outgoing.message.as_ref().map(|id| &id[..]),
+            resends: 0,
+        })
+    }
+
+    fn enqueue(&self, item: &NewOutgoing<'_>) -> Result<OutboxId> {
+        Ok(OutboxId(self.db.enqueue(item, unix_millis())?))
+    }
+
+    /// Whether a session with the device exists or can start from its bundle.
+    fn can_reach(&self, account_id: &str, device_id: u8) -> Result<bool> {
+        Ok(cairn_crypto::has_session(&self.db, account_id, device_id)?
+            || self.db.bundles(account_id)?.iter().any(|(id, _)| *id == device_id))
+    }
+
+    /// The oldest `limit` rows of the outbox that are due now, each sealed for its
+    /// device in the session as it is now (or as sealed for an earlier attempt, while
+    /// the session still sends in that chain). A row that can no longer be sealed
+    /// (its device was removed, or has no session and no usable bundle) leaves the
+    /// queue, and its message fails if nothing else carries it.
+    pub fn due_envelopes(&mut self, limit: usize) -> Result<Vec<QueuedEnvelope>> {
+        self.atomically(|this| {
+            this.expire_sent_log()?;
+            let mut due = Vec::new();
+            for row in this.db.queued_envelopes(limit, unix_millis())? {
+                match this.seal_row(&row)? {
+                    Some(outgoing) => due.push(QueuedEnvelope {
+                        id: OutboxId(row.seq),
+                        outgoing,
+                    }),
+                    None => this.give_up(row.seq, row.message_id.as_deref())?,
+                }
+            }
+            Ok(due)
+        })
+    }
+
+    /// Seals one row, or `None` if it cannot be sealed any more.
+    fn seal_row(&self, row: &QueuedRecord) -> Result<Option<Outgoing>> {
+        let message = row.message_id.as_deref().and_then(|id| id.try_into().ok());
+        let sealed_before = match (&row.envelope, &row.chain) {
+            (Some(envelope), Some(chain))
+                if cairn_crypto::sends_in_chain(&self.db, &row.account_id, row.device_id, chain)? =>
+            {
+                Some(envelope)
+            }
+            (Some(envelope), _) if row.content.is_none() => Some(envelope),
+            _ => None,
+        };
+        if let Some(bytes) = sealed_before {
+            return Ok(match Envelope::from_bytes(bytes) {
+                Ok(envelope) => Some(Outgoing {
+                    account_id: row.account_id.clone(),
+                    device_id: row.device_id,
+                    envelope,
+                    message,
+                }),
+                Err(e) => {
+                    tracing::error!(seq = row.seq, %e, "dropping an unreadable outbox entry");
+                    None
+                }
+            });
+        }
+        let Some(content) = &row.content else { return Ok(None) };
+        let (identity, devices) = match self.devices_of(&row.account_id) {
+            Ok(found) => found,
+            Err(CoreError::UnknownContact(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(device) = devices.iter().find(|d| d.device_id == row.device_id) else {
+            tracing::info!(
+                account = row.account_id,
+                device = row.device_id,
+                "a queued envelope's device is gone"
+            );
+            return Ok(None);
+        };
+        let Some((mut outgoing, chain)) = self.envelope_to_entry(&row.account_id, &identity, device, content)? else {
+            return Ok(None);
+        };
+        self.db
+            .seal_queued(row.seq, &outgoing.envelope.to_bytes(), chain.as_deref())?;
+        outgoing.message = message;
+        Ok(Some(outgoing))
+    }
+
+    /// A row leaves the outbox undelivered; its message fails unless another copy of
+    /// it is still queued or a device has it.
+    fn give_up(&self, seq: i64, message: Option<&[u8]>) -> Result<()> {
+        self.db.dequeue_envelope(seq)?;
+        if let Some(id) = message {
+            self.fail_unless_carried(id)?;
+        }
+        Ok(())
+    }
+
+    /// Marks a message failed if nothing queued still carries it (and no device
+    /// confirmed it).
+    fn fail_unless_carried(&self, id: &[u8]) -> Result<bool> {
+        if self.db.queued_for_message(id)? > 0 {
+            return Ok(false);
+        }
+        let failed = self.db.fail_message(id)?;
+        if failed {
+            tracing::warn!("a message could not be delivered and is marked failed");
+        }
+        Ok(failed)
+    }
+
+    /// Records what became of an envelope taken with [`Self::due_envelopes`]: taken
+    /// by the device or by caches, it moves to the sent log (and its message is
+    /// *sent*); refused, it leaves the queue and its message fails unless another
+    /// copy carries it; not taken, it waits, backing off. Returns the state change.
+    pub fn handed(&mut self, queued: &QueuedEnvelope, how: Handed) -> Result<Option<Event>> {
+        self.atomically(|this| {
+            let seq = queued.id.0;
+            if this.db.queued_entry(seq)?.is_none() {
+                // Reported twice, or its device was removed meanwhile.
+                return Ok(None);
+            }
+            let message = queued.outgoing.message;
+            let now = unix_millis();
+            match how {
+                Handed::NotNow => {
+                    this.db.defer_envelope(seq, now)?;
+                    Ok(None)
+                }
+                Handed::Refused => {
+                    this.db.dequeue_envelope(seq)?;
+                    let failed = match &message {
+                        Some(id) => this.fail_unless_carried(id)?,
+                        None => false,
+                    };
+                    Ok(message.filter(|_| failed).map(|id| Event::StateChanged {
+                        id,
+                        state: DeliveryState::Failed,
+                    }))
+                }
+                Handed::ToDevice | Handed::ToCaches(_) => {
+                    let envelope = &queued.outgoing.envelope;
+                    let expires = (envelope.created as i64 + i64::from(envelope.ttl)) * 1000;
+                    this.db.log_sent(seq, &envelope.id(), now, expires)?;
+                    match (message, how) {
+                        (Some(id), Handed::ToCaches(holders)) => this.mark_held(&id, holders),
+                        (Some(id), _) => this.mark_sent(&id),
+                        (None, _) => Ok(None),
+                    }
+                }
+            }
+        })
+    }
+
+    /// Forgets sent envelopes that have expired: no cache holds them any more, so
+    /// nobody can ask for them again. A message that went only into those and that no
+    /// device confirmed has failed.
+    fn expire_sent_log(&self) -> Result<()> {
+        for id in self.db.expire_sent(unix_millis())? {
+            if self.db.message(&id)?.is_some_and(|m| m.state == "sent") {
+                self.fail_unless_carried(&id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every row of the outbox, due or not, oldest first.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        Ok(self
+            .db
+            .outbox_entries()?
+            .into_iter()
+            .map(|row| OutboxEntry {
+                id: OutboxId(row.seq),
+                account_id: row.account_id,
+                device_id: row.device_id,
+                kind: row.kind,
+                message: row.message_id.and_then(|id| id.try_into().ok()),
+                attempts: row.attempts,
+                resends: row.resends,
+            })
+            .collect())
     }
 
     /// Makes every queued envelope due now.
@@ -72,8 +312,112 @@ impl Messenger {
         Ok(self.db.retry_envelopes_now(Some((account_id, device_id)))?)
     }
 
-    /// A transport delivered the queued envelope `seq`.
-    pub fn dequeue(&self, seq: i64) -> Result<()> {
-        Ok(self.db.dequeue_envelope(seq)?)
+    /// An envelope from a known device did not decrypt (its chain of the session was
+    /// gone, or the session itself): asks that device to send what it carried again.
+    /// `Err` if it cannot be asked (the device is not listed, or has too many requests
+    /// waiting already): the envelope is then refused.
+    pub(crate) fn ask_resend(&mut self, bytes: &[u8]) -> Result<()> {
+        let envelope = Envelope::from_bytes(bytes)?;
+        let inner = unseal(&self.account()?.identity, &SealedBody::from_bytes(&envelope.body)?)?;
+        let (sender, device) = (inner.sender_account.clone(), inner.sender_device);
+        let undecryptable = || CoreError::Undecryptable(sender.clone());
+        if self.db.retired_devices(&sender)?.contains(&device) {
+            return Err(CoreError::FromRemovedDevice(sender));
+        }
+        let (_, devices) = self.devices_of(&sender)?;
+        if !devices.iter().any(|d| d.device_id == device)
+            || self.db.queued_count(&sender, device, "resend")? >= MAX_QUEUED_RESEND_REQUESTS
+        {
+            return Err(undecryptable());
+        }
+        let ciphertext = Ciphertext {
+            prekey: inner.prekey,
+            bytes: inner.message,
+        };
+        let error = cairn_crypto::decryption_error(&ciphertext, envelope.created.saturating_mul(1000), device)?;
+        let request = Content::Resend(ResendRequest {
+            failed: vec![FailedEnvelope {
+                envelope_id: envelope.id(),
+                error,
+            }],
+        });
+        if self.queue_to(&sender, Some(device), &request, None)?.is_empty() {
+            return Err(undecryptable());
+        }
+        tracing::info!(sender, device, "an envelope did not decrypt; asked for it again");
+        Ok(())
+    }
+
+    /// A device asks for envelopes it could not open: what each carried goes back in
+    /// the outbox, to be sealed in the session as it is now. Only the device an
+    /// envelope went to can ask for it. If a report names the chain the session sends
+    /// in now, the session is broken on the other side: the next envelope starts a
+    /// new one. What cannot be sent again (too many resends, no plaintext kept) fails.
+    pub(crate) fn receive_resend(&mut self, sender: &str, device: u8, request: ResendRequest) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        let mut session_reset = false;
+        for failed in request.failed {
+            let Some(entry) = self.db.sent_entry(&failed.envelope_id)? else {
+                tracing::debug!(sender, device, "a resend request for an envelope no longer kept");
+                continue;
+            };
+            if entry.account_id != sender || entry.device_id != device {
+                tracing::warn!(sender, device, "a resend request for an envelope that went elsewhere");
+                continue;
+            }
+            if !session_reset
+                && cairn_crypto::reports_current_chain(&self.db, sender, device, &failed.error).unwrap_or(false)
+            {
+                tracing::warn!(
+                    sender,
+                    device,
+                    "the other side cannot open the current session; starting a new one"
+                );
+                cairn_crypto::archive_session(&self.db, sender, device)?;
+                session_reset = true;
+            }
+            if entry.resends < MAX_RESENDS && self.db.requeue_sent(&failed.envelope_id, unix_millis())?.is_some() {
+                continue;
+            }
+            self.db.forget_sent(&failed.envelope_id)?;
+            if let Some(id) = entry.message_id.as_deref() {
+                if self.fail_unless_carried(id)? {
+                    if let Ok(id) = id.try_into() {
+                        events.push(Event::StateChanged {
+                            id,
+                            state: DeliveryState::Failed,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// The person asks to send a failed message again: it is queued anew for every
+    /// device of the conversation's other members, and is *sending* again.
+    pub fn retry_message(&mut self, id: &MessageId) -> Result<MessageView> {
+        self.atomically(|this| {
+            let message = this.message(id)?;
+            if message.state != DeliveryState::Failed {
+                return Err(CoreError::NotFailed);
+            }
+            let queued = if cairn_proto::is_group_id(&message.conversation) {
+                this.resend_group_text(&message)?
+            } else {
+                let text = Content::Text(cairn_proto::TextMessage {
+                    id: message.id,
+                    sent_at: message.sent_at as u64,
+                    body: message.body.clone(),
+                    sync_peer: None,
+                });
+                this.queue_to(&message.conversation, None, &text, Some(message.id))?
+            };
+            if queued.is_empty() {
+                return Err(CoreError::NoReachableDevice(message.conversation));
+            }
+            this.db.unfail_message(id)?;
+            this.message(id)
+        })
     }
 }

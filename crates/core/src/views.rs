@@ -31,6 +31,8 @@ pub enum DeliveryState {
     Read,
     /// Received from someone else.
     Received,
+    /// Nothing will deliver it any more (the person may retry).
+    Failed,
 }
 
 impl DeliveryState {
@@ -40,6 +42,7 @@ impl DeliveryState {
             "sent" => Self::Sent,
             "delivered" => Self::Delivered,
             "read" => Self::Read,
+            "failed" => Self::Failed,
             _ => Self::Received,
         }
     }
@@ -130,11 +133,10 @@ pub enum Event {
     },
 }
 
-/// The outcome of processing an incoming envelope.
+/// The outcome of processing an incoming envelope (what it makes this device send
+/// in answer, receipts and cards, is in the outbox).
 #[derive(Debug, Default)]
 pub struct Received {
     /// What to show.
     pub events: Vec<Event>,
-    /// Envelopes to send in answer (receipts, cards).
-    pub replies: Vec<Outgoing>,
 }

@@ -7,7 +7,7 @@
 
 mod world;
 
-use cairn_core::{CoreError, GroupView, Outgoing};
+use cairn_core::{CoreError, GroupView};
 use world::World;
 
 /// The devices of the story.
@@ -37,8 +37,7 @@ fn cast() -> (World, Cast) {
     let e = w.account("erin", "Erin");
     let invite = w.m(a).account_info().unwrap().invite_link;
     for friend in [b1, c, d, e] {
-        let (_, out) = w.m(friend).accept_invite(&invite).unwrap();
-        w.send(out);
+        w.m(friend).accept_invite(&invite).unwrap();
         w.deliver_all();
     }
     (w, Cast { a, b1, b2, c, d, e })
@@ -68,8 +67,7 @@ fn all_read(w: &World, devices: &[usize], group_id: &str, expected: &[&str]) {
 }
 
 fn say(w: &mut World, device: usize, group_id: &str, text: &str) {
-    let (_, out) = w.m(device).send_group_text(group_id, text).unwrap();
-    w.send(out);
+    w.m(device).send_group_text(group_id, text).unwrap();
     w.deliver_all();
 }
 
@@ -77,8 +75,7 @@ fn say(w: &mut World, device: usize, group_id: &str, text: &str) {
 fn everyone_in_a_group() -> (World, Cast, String) {
     let (mut w, cast) = cast();
     let friends: Vec<String> = [cast.b1, cast.c, cast.d, cast.e].map(|i| w.account_id(i)).to_vec();
-    let (view, out) = w.m(cast.a).create_group("Climbing", &friends).unwrap();
-    w.send(out);
+    let (view, _) = w.m(cast.a).create_group("Climbing", &friends).unwrap();
     w.deliver_all();
     (w, cast, view.group_id)
 }
@@ -115,74 +112,55 @@ fn five_people_one_with_two_devices_chat_in_a_group_of_six_devices() {
     all_read(&w, &cast.all(), &group, &expected);
 }
 
-/// One thing a person does, returning what it sends.
-type Step<'a> = dyn Fn(&mut World) -> Vec<Outgoing> + 'a;
-
-/// Delivers everything in flight except what is for `away`, which is returned.
-fn deliver_all_but(w: &mut World, away: usize) -> Vec<Outgoing> {
-    let mut held = Vec::new();
-    while !w.in_flight.is_empty() {
-        for o in std::mem::take(&mut w.in_flight) {
-            if w.device_for(&o) == away {
-                held.push(o);
-            } else {
-                w.deliver(o).unwrap();
-            }
-        }
-    }
-    held
-}
+/// One thing a person does.
+type Step<'a> = dyn Fn(&mut World) + 'a;
 
 #[test]
 fn dave_away_for_three_epochs_catches_up_whatever_order_his_envelopes_arrive_in() {
     let (mut w, cast, group) = everyone_in_a_group();
     let (erin, carol) = (w.account_id(cast.e), w.account_id(cast.c));
     // Erin leaves the group first, so that she can be added back below.
-    let out = w
-        .m(cast.a)
+    w.m(cast.a)
         .remove_group_members(&group, std::slice::from_ref(&erin))
         .unwrap();
-    w.send(out);
     w.deliver_all();
     let start = group_of(&w, cast.a, &group).epoch;
 
     // Dave is away: what is sent to him waits. Three commits happen meanwhile.
-    let mut for_dave = Vec::new();
+    w.go_away(cast.d);
     let steps: [Box<Step>; 7] = [
-        Box::new(|w| w.m(cast.b1).send_group_text(&group, "epoch 0 text").unwrap().1),
+        Box::new(|w| drop(w.m(cast.b1).send_group_text(&group, "epoch 0 text").unwrap())),
         Box::new(|w| {
             w.m(cast.a)
                 .add_group_members(&group, std::slice::from_ref(&erin))
-                .unwrap()
+                .unwrap();
         }),
-        Box::new(|w| w.m(cast.e).send_group_text(&group, "Erin is back").unwrap().1),
+        Box::new(|w| drop(w.m(cast.e).send_group_text(&group, "Erin is back").unwrap())),
         Box::new(|w| {
             w.m(cast.a)
                 .remove_group_members(&group, std::slice::from_ref(&carol))
-                .unwrap()
+                .unwrap();
         }),
-        Box::new(|w| w.m(cast.a).rename_group(&group, "Climbing (Saturday)").unwrap()),
-        Box::new(|w| w.m(cast.b2).send_group_text(&group, "rope is packed").unwrap().1),
+        Box::new(|w| drop(w.m(cast.a).rename_group(&group, "Climbing (Saturday)").unwrap())),
+        Box::new(|w| drop(w.m(cast.b2).send_group_text(&group, "rope is packed").unwrap())),
         Box::new(|w| {
             w.m(cast.a)
                 .add_group_members(&group, std::slice::from_ref(&carol))
-                .unwrap()
+                .unwrap();
         }),
     ];
     for step in steps {
-        let out = step(&mut w);
-        w.send(out);
-        for_dave.extend(deliver_all_but(&mut w, cast.d));
+        step(&mut w);
+        w.deliver_all();
     }
     let now = group_of(&w, cast.a, &group).epoch;
     assert_eq!(now, start + 3, "three commits while Dave was away");
     assert_eq!(group_of(&w, cast.d, &group).epoch, start);
 
     // He comes back, and his envelopes arrive newest first.
-    for_dave.reverse();
-    for o in for_dave {
-        w.deliver(o).unwrap();
-    }
+    w.come_back(cast.d);
+    w.cache.reverse();
+    w.fetch(cast.d);
     w.deliver_all();
     let view = group_of(&w, cast.d, &group);
     assert_eq!(view.epoch, now);
@@ -204,22 +182,21 @@ fn dave_away_for_three_epochs_catches_up_whatever_order_his_envelopes_arrive_in(
 fn a_removed_member_is_out_and_gets_nothing_sent_after_the_removal() {
     let (mut w, cast, group) = everyone_in_a_group();
     let carol = w.account_id(cast.c);
-    let out = w
-        .m(cast.a)
+    w.m(cast.a)
         .remove_group_members(&group, std::slice::from_ref(&carol))
         .unwrap();
-    w.send(out);
     w.deliver_all();
     let view = group_of(&w, cast.c, &group);
     assert!(!view.active, "Carol's device applied its own removal");
     assert!(!members(&group_of(&w, cast.a, &group)).contains(&carol));
 
-    let (_, out) = w.m(cast.b1).send_group_text(&group, "after Carol left").unwrap();
+    w.m(cast.b1).send_group_text(&group, "after Carol left").unwrap();
+    let flights = w.take(cast.b1);
     assert!(
-        out.iter().all(|o| w.device_for(o) != cast.c),
+        flights.iter().all(|f| f.to != cast.c),
         "nothing is even addressed to her"
     );
-    w.send(out);
+    w.in_flight.extend(flights);
     w.deliver_all();
     assert!(!w.texts(cast.c, &group).contains(&"after Carol left".to_string()));
     assert!(matches!(
@@ -238,16 +215,14 @@ fn a_removed_member_is_out_and_gets_nothing_sent_after_the_removal() {
 fn a_member_who_leaves_is_removed_by_the_admin_and_the_last_admin_hands_over() {
     let (mut w, cast, group) = everyone_in_a_group();
     let (alice, dave) = (w.account_id(cast.a), w.account_id(cast.d));
-    let out = w.m(cast.d).leave_group(&group).unwrap();
-    w.send(out);
+    w.m(cast.d).leave_group(&group).unwrap();
     w.deliver_all();
     assert!(!group_of(&w, cast.d, &group).active);
     for device in [cast.a, cast.b1, cast.c, cast.e] {
         assert!(!members(&group_of(&w, device, &group)).contains(&dave));
     }
     // Alice, the only admin, leaves: another member becomes admin and commits it.
-    let out = w.m(cast.a).leave_group(&group).unwrap();
-    w.send(out);
+    w.m(cast.a).leave_group(&group).unwrap();
     w.deliver_all();
     let view = group_of(&w, cast.b1, &group);
     assert!(!members(&view).contains(&alice));
@@ -257,8 +232,7 @@ fn a_member_who_leaves_is_removed_by_the_admin_and_the_last_admin_hands_over() {
         .into_iter()
         .find(|d| w.account_id(*d) == admin)
         .unwrap();
-    let out = w.m(admin_device).rename_group(&group, "Climbing, new admin").unwrap();
-    w.send(out);
+    w.m(admin_device).rename_group(&group, "Climbing, new admin").unwrap();
     w.deliver_all();
     assert_eq!(group_of(&w, cast.e, &group).name, "Climbing, new admin");
 }
@@ -267,40 +241,32 @@ fn a_member_who_leaves_is_removed_by_the_admin_and_the_last_admin_hands_over() {
 fn two_admins_change_the_group_at_once_and_every_member_converges() {
     let (mut w, cast, group) = everyone_in_a_group();
     let (bob, dave, erin) = (w.account_id(cast.b1), w.account_id(cast.d), w.account_id(cast.e));
-    let out = w.m(cast.a).set_group_admin(&group, &bob, true).unwrap();
-    w.send(out);
+    w.m(cast.a).set_group_admin(&group, &bob, true).unwrap();
     w.deliver_all();
-    let out = w
-        .m(cast.a)
+    w.m(cast.a)
         .remove_group_members(&group, std::slice::from_ref(&erin))
         .unwrap();
-    w.send(out);
     w.deliver_all();
     let before = group_of(&w, cast.a, &group).epoch;
 
     // In the same epoch, Alice adds Erin back and Bob removes Dave.
-    let from_alice = w
-        .m(cast.a)
+    w.m(cast.a)
         .add_group_members(&group, std::slice::from_ref(&erin))
         .unwrap();
-    let from_bob = w
-        .m(cast.b1)
+    let from_alice = w.take(cast.a);
+    w.m(cast.b1)
         .remove_group_members(&group, std::slice::from_ref(&dave))
         .unwrap();
+    let from_bob = w.take(cast.b1);
     // Bob's phone and Carol hear Alice first, the others Bob (Alice and Bob each
     // applied their own commit already).
-    let (mut first, mut second) = (Vec::new(), Vec::new());
-    for o in from_alice.into_iter().chain(from_bob) {
-        let to = w.device_for(&o);
-        if [cast.b2, cast.c].contains(&to) {
-            first.push(o);
-        } else {
-            second.push(o);
-        }
-    }
-    w.send(first);
+    let (first, second): (Vec<_>, Vec<_>) = from_alice
+        .into_iter()
+        .chain(from_bob)
+        .partition(|f| [cast.b2, cast.c].contains(&f.to));
+    w.in_flight.extend(first);
     w.deliver_all();
-    w.send(second);
+    w.in_flight.extend(second);
     w.deliver_all();
 
     let reference = group_of(&w, cast.a, &group);
@@ -332,8 +298,7 @@ fn closing_and_reopening_every_store_keeps_every_group() {
     let (mut w, cast, group) = everyone_in_a_group();
     say(&mut w, cast.c, &group, "before");
     let erin = w.account_id(cast.e);
-    let (_, out) = w.m(cast.a).create_group("Second group", &[erin]).unwrap();
-    w.send(out);
+    w.m(cast.a).create_group("Second group", &[erin]).unwrap();
     w.deliver_all();
     w.reopen_all();
     assert_eq!(w.devices[cast.a].messenger.groups().unwrap().len(), 2);
@@ -373,24 +338,24 @@ fn group_names_and_strangers_are_checked() {
 fn a_newcomer_gets_every_members_card_and_the_others_only_the_newcomers() {
     let (mut w, cast) = cast();
     let friends: Vec<String> = [cast.b1, cast.c, cast.d].map(|i| w.account_id(i)).to_vec();
-    let (view, out) = w.m(cast.a).create_group("Climbing", &friends).unwrap();
-    w.send(out);
+    let (view, _) = w.m(cast.a).create_group("Climbing", &friends).unwrap();
     w.deliver_all();
     let erin = w.account_id(cast.e);
-    let out = w
-        .m(cast.a)
+    w.m(cast.a)
         .add_group_members(&view.group_id, std::slice::from_ref(&erin))
         .unwrap();
+    let flights = w.take(cast.a);
     let bytes_to = |device: usize| -> usize {
-        out.iter()
-            .filter(|o| w.device_for(o) == device)
-            .map(|o| o.envelope.body.len())
+        flights
+            .iter()
+            .filter(|f| f.to == device)
+            .map(|f| f.queued.outgoing.envelope.body.len())
             .sum()
     };
     // Erin needs everyone's card to reach them; Carol only Erin's, with the commit.
     let (to_erin, to_carol) = (bytes_to(cast.e), bytes_to(cast.c));
     assert!(to_carol * 2 < to_erin, "Carol gets {to_carol} bytes, Erin {to_erin}");
-    w.send(out);
+    w.in_flight.extend(flights);
     w.deliver_all();
     // And everyone can reach everyone: Erin and Carol never met.
     say(&mut w, cast.e, &view.group_id, "Erin here");

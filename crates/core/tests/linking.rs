@@ -36,7 +36,7 @@ fn link_with_history(w: &mut World, existing: usize, new: usize, offer: &LinkOff
     assert_eq!(code, existing_side.confirmation_code(), "both screens show one code");
     let frames = w.m(existing).hand_over(&mut existing_side).unwrap();
     let card = w.m(new).join_over_link(&mut new_side, &frames).unwrap();
-    let out = w.m(existing).finish_link(&mut existing_side, &card).unwrap();
+    w.m(existing).finish_link(&mut existing_side, &card).unwrap();
     let mut progress = Vec::new();
     let (mut from, mut received) = (Some(0), 0);
     while let (true, Some(start)) = (history, from) {
@@ -47,7 +47,6 @@ fn link_with_history(w: &mut World, existing: usize, new: usize, offer: &LinkOff
         progress.push((received, page.total));
         from = page.next;
     }
-    w.send(out);
     w.deliver_all();
     progress
 }
@@ -56,15 +55,13 @@ fn link_with_history(w: &mut World, existing: usize, new: usize, offer: &LinkOff
 /// him; returns their account ids and the group.
 fn bob_joins_alices_family(w: &mut World, laptop: usize, bob: usize) -> (String, String, GroupView) {
     let invite = w.m(laptop).account_info().unwrap().invite_link;
-    let (_, out) = w.m(bob).accept_invite(&invite).unwrap();
-    w.send(out);
+    w.m(bob).accept_invite(&invite).unwrap();
     w.deliver_all();
     let (alice_id, bob_id) = (w.account_id(laptop), w.account_id(bob));
-    let (group, out) = w
+    let (group, _) = w
         .m(laptop)
         .create_group("Family", std::slice::from_ref(&bob_id))
         .unwrap();
-    w.send(out);
     w.deliver_all();
     (alice_id, bob_id, group)
 }
@@ -89,13 +86,10 @@ fn with_the_persons_consent_the_new_device_gets_the_whole_history_page_by_page()
     // messages from Bob, short answers from Alice, and a group text.
     let long = |i: usize| format!("{i:03}{}", "x".repeat(60_000));
     for i in 0..40 {
-        let (_, out) = w.m(bob).send_text(&alice_id, &long(i)).unwrap();
-        w.send(out);
-        let (_, out) = w.m(laptop).send_text(&bob_id, &format!("got {i}")).unwrap();
-        w.send(out);
+        w.m(bob).send_text(&alice_id, &long(i)).unwrap();
+        w.m(laptop).send_text(&bob_id, &format!("got {i}")).unwrap();
     }
-    let (_, out) = w.m(bob).send_group_text(&group.group_id, "dinner at 7").unwrap();
-    w.send(out);
+    w.m(bob).send_group_text(&group.group_id, "dinner at 7").unwrap();
     w.deliver_all();
     w.m(laptop).mark_read(&bob_id).unwrap();
     let on_laptop = shown(&mut w, laptop, &bob_id);
@@ -114,8 +108,7 @@ fn with_the_persons_consent_the_new_device_gets_the_whole_history_page_by_page()
     assert_eq!(shown(&mut w, desktop, &bob_id), on_laptop);
     assert_eq!(w.texts(desktop, &group.group_id), ["dinner at 7"]);
     // And it goes on from there.
-    let (_, out) = w.m(bob).send_text(&alice_id, "and now?").unwrap();
-    w.send(out);
+    w.m(bob).send_text(&alice_id, "and now?").unwrap();
     w.deliver_all();
     assert_eq!(w.texts(desktop, &bob_id).last().unwrap(), "and now?");
 }
@@ -183,11 +176,9 @@ fn alices_new_device_links_by_offer_and_then_gets_everything_while_bobs_safety_n
 
     // Bob writes: both of Alice's devices get it. Alice answers from the desktop: Bob
     // gets it and the laptop keeps a copy.
-    let (_, out) = w.m(bob).send_text(&alice_id, "hi Alice").unwrap();
-    w.send(out);
+    w.m(bob).send_text(&alice_id, "hi Alice").unwrap();
     w.deliver_all();
-    let (_, out) = w.m(desktop).send_text(&bob_id, "hi from my desktop").unwrap();
-    w.send(out);
+    w.m(desktop).send_text(&bob_id, "hi from my desktop").unwrap();
     w.deliver_all();
     for device in [laptop, desktop] {
         assert_eq!(w.texts(device, &bob_id), ["hi Alice", "hi from my desktop"]);
@@ -196,8 +187,7 @@ fn alices_new_device_links_by_offer_and_then_gets_everything_while_bobs_safety_n
 
     // The desktop is in the group too.
     assert_eq!(w.m(desktop).group(&group.group_id).unwrap().name, "Family");
-    let (_, out) = w.m(bob).send_group_text(&group.group_id, "dinner at 7").unwrap();
-    w.send(out);
+    w.m(bob).send_group_text(&group.group_id, "dinner at 7").unwrap();
     w.deliver_all();
     assert_eq!(w.texts(desktop, &group.group_id), ["dinner at 7"]);
     assert_eq!(w.texts(laptop, &group.group_id), ["dinner at 7"]);
@@ -340,19 +330,18 @@ fn a_removed_device_learns_it_was_removed_and_gets_nothing_new() {
     // Two groups: one Alice runs, one Bob runs (there Bob's device takes the
     // desktop's leaf out when he hears of the new list).
     let (alice_id, bob_id, alices) = bob_joins_alices_family(&mut w, laptop, bob);
-    let (bobs, out) = w
+    let (bobs, _) = w
         .m(bob)
         .create_group("Climbing", std::slice::from_ref(&alice_id))
         .unwrap();
-    w.send(out);
     w.deliver_all();
     for group in [&alices.group_id, &bobs.group_id] {
         assert_eq!(w.m(desktop).group(group).unwrap().members.len(), 2);
     }
     let epochs = (alices.epoch, w.m(bob).group(&bobs.group_id).unwrap().epoch);
     // The desktop writes to Bob; the envelope is slow and arrives after the removal.
-    let (_, late) = w.m(desktop).send_text(&bob_id, "sent just before the removal").unwrap();
-    let late: Vec<_> = late.into_iter().filter(|o| w.device_for(o) == bob).collect();
+    w.m(desktop).send_text(&bob_id, "sent just before the removal").unwrap();
+    let late: Vec<_> = w.take(desktop).into_iter().filter(|f| f.to == bob).collect();
 
     // The laptop lists both devices, names the desktop, and removes it.
     let devices = w.m(laptop).devices().unwrap();
@@ -369,13 +358,14 @@ fn a_removed_device_learns_it_was_removed_and_gets_nothing_new() {
         w.m(laptop).remove_device(devices[0].device_id),
         Err(CoreError::InvalidSetting(_))
     ));
-    let out = w.m(laptop).remove_device(desktop_id).unwrap();
+    w.m(laptop).remove_device(desktop_id).unwrap();
+    let flights = w.take(laptop);
     assert_eq!(
-        out.iter().filter(|o| w.device_for(o) == desktop).count(),
+        flights.iter().filter(|f| f.to == desktop).count(),
         1,
         "the desktop gets one envelope: the list that tells it it was removed"
     );
-    w.send(out);
+    w.in_flight.extend(flights);
     w.deliver_all();
     assert!(!w.m(desktop).is_listed().unwrap(), "the desktop knows it was removed");
     assert!(w.m(laptop).is_listed().unwrap());
@@ -395,16 +385,15 @@ fn a_removed_device_learns_it_was_removed_and_gets_nothing_new() {
 
     // Nothing new is even addressed to the removed desktop: not Bob's texts, not the
     // laptop's copies.
-    let (_, mut out) = w.m(bob).send_text(&alice_id, "after the removal").unwrap();
-    out.extend(
-        w.m(bob)
-            .send_group_text(&alices.group_id, "group, after the removal")
-            .unwrap()
-            .1,
-    );
-    out.extend(w.m(laptop).send_text(&bob_id, "just me now").unwrap().1);
-    assert!(out.iter().all(|o| w.device_for(o) != desktop));
-    w.send(out);
+    w.m(bob).send_text(&alice_id, "after the removal").unwrap();
+    w.m(bob)
+        .send_group_text(&alices.group_id, "group, after the removal")
+        .unwrap();
+    w.m(laptop).send_text(&bob_id, "just me now").unwrap();
+    let mut flights = w.take(bob);
+    flights.extend(w.take(laptop));
+    assert!(flights.iter().all(|f| f.to != desktop));
+    w.in_flight.extend(flights);
     w.deliver_all();
     assert_eq!(w.texts(laptop, &bob_id), ["after the removal", "just me now"]);
     assert_eq!(w.texts(desktop, &bob_id), ["sent just before the removal"]);
@@ -414,8 +403,8 @@ fn a_removed_device_learns_it_was_removed_and_gets_nothing_new() {
     // The desktop's slow envelope is refused: Bob closed his session with it (and
     // would not start a new one with a device Alice's list dropped). And the desktop
     // does nothing more as Alice: no texts, no links, no device lists, no contacts.
-    for envelope in late {
-        let outcome = w.deliver(envelope);
+    for flight in late {
+        let outcome = w.deliver(flight);
         assert!(
             matches!(outcome, Err(CoreError::Crypto(_) | CoreError::FromRemovedDevice(_))),
             "{outcome:?}"
@@ -450,29 +439,21 @@ fn a_device_whose_list_has_not_arrived_yet_is_not_taken_for_a_removed_one() {
     let laptop = w.account("laptop", "Alice");
     let bob = w.account("bob", "Bob");
     let invite = w.m(laptop).account_info().unwrap().invite_link;
-    let (_, out) = w.m(bob).accept_invite(&invite).unwrap();
-    w.send(out);
+    w.m(bob).accept_invite(&invite).unwrap();
     w.deliver_all();
     let alice_id = w.account_id(laptop);
     // Bob's group, with Alice as a second admin: Bob's device, first in the tree,
     // is the one that would take removed devices' leaves out.
-    let (climbing, out) = w
+    let (climbing, _) = w
         .m(bob)
         .create_group("Climbing", std::slice::from_ref(&alice_id))
         .unwrap();
-    w.send(out);
     w.deliver_all();
-    let out = w.m(bob).set_group_admin(&climbing.group_id, &alice_id, true).unwrap();
-    w.send(out);
+    w.m(bob).set_group_admin(&climbing.group_id, &alice_id, true).unwrap();
     w.deliver_all();
     // A card of Alice's that Bob has already seen (her prekey rotation), slow.
-    let stale: Vec<_> = w
-        .m(laptop)
-        .rotate_signed_prekey()
-        .unwrap()
-        .into_iter()
-        .filter(|o| w.device_for(o) == bob)
-        .collect();
+    w.m(laptop).rotate_signed_prekey().unwrap();
+    let stale: Vec<_> = w.take(laptop).into_iter().filter(|f| f.to == bob).collect();
 
     // Alice links a tablet; her laptop adds it to Climbing.
     let tablet = w.new_profile("tablet");
@@ -482,22 +463,22 @@ fn a_device_whose_list_has_not_arrived_yet_is_not_taken_for_a_removed_one() {
     new_side.answered(&answer).unwrap();
     let frames = w.m(laptop).hand_over(&mut existing_side).unwrap();
     let card = w.m(tablet).join_over_link(&mut new_side, &frames).unwrap();
-    let out = w.m(laptop).finish_link(&mut existing_side, &card).unwrap();
+    w.m(laptop).finish_link(&mut existing_side, &card).unwrap();
     // Bob gets the commit that adds the tablet before anything with Alice's new
     // list, then the stale card: his list of Alice does not name the tablet yet.
     // (To Bob, in order: Alice's new card, the commit, the tablet's card.)
-    let (mut to_bob, rest): (Vec<_>, Vec<_>) = out.into_iter().partition(|o| w.device_for(o) == bob);
+    let (mut to_bob, rest): (Vec<_>, Vec<_>) = w.take(laptop).into_iter().partition(|f| f.to == bob);
     assert_eq!(to_bob.len(), 3);
     let commit = to_bob.remove(1);
     let events = w.deliver(commit).unwrap();
     assert!(events.iter().any(|e| matches!(e, cairn_core::Event::GroupChanged(_))));
-    for envelope in stale {
-        w.deliver(envelope).unwrap();
+    for flight in stale {
+        w.deliver(flight).unwrap();
     }
     assert_eq!(w.m(bob).contact(&alice_id).unwrap().devices, 1);
     // Nothing of Bob's takes the tablet out; once the rest arrives, all agree.
-    w.send(to_bob);
-    w.send(rest);
+    w.in_flight.extend(to_bob);
+    w.in_flight.extend(rest);
     w.deliver_all();
     let epoch = w.m(laptop).group(&climbing.group_id).unwrap().epoch;
     for device in [laptop, tablet, bob] {
@@ -510,8 +491,7 @@ fn a_device_whose_list_has_not_arrived_yet_is_not_taken_for_a_removed_one() {
             w.devices[device].name
         );
     }
-    let (_, out) = w.m(bob).send_group_text(&climbing.group_id, "hi tablet").unwrap();
-    w.send(out);
+    w.m(bob).send_group_text(&climbing.group_id, "hi tablet").unwrap();
     w.deliver_all();
     assert_eq!(w.texts(tablet, &climbing.group_id), ["hi tablet"]);
 }

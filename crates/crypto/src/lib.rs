@@ -33,8 +33,9 @@ pub use prekeys::{
 pub use safety_number::SafetyNumber;
 pub use seal::{seal, unseal};
 pub use session::{
-    decrypt, encrypt, has_session, prekey_message_identity, start_session, Ciphertext, MemorySignalStore, SignalStore,
-    StoreFailure, StoreResult,
+    archive_session, decrypt, decryption_error, encrypt, has_session, prekey_message_identity, reports_current_chain,
+    sending_chain_of, sends_in_chain, start_session, Ciphertext, MemorySignalStore, SignalStore, StoreFailure,
+    StoreResult,
 };
 
 /// Everything that can go wrong with keys, sessions and sealing.

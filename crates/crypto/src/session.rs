@@ -286,12 +286,114 @@ pub fn start_session(
     .map_err(|e| signal_error(peer_account, e))
 }
 
-/// Whether a session with the device exists.
+/// Whether a session with the device exists (a record whose current session was
+/// archived, see [`archive_session`], does not count: the next message starts anew).
 pub fn has_session(store: &dyn SignalStore, account_id: &str, device_id: u8) -> Result<bool, CryptoError> {
-    Ok(store
+    match store
         .session(account_id, device_id)
         .map_err(|e| CryptoError::Store(e.0))?
-        .is_some())
+    {
+        Some(bytes) => Ok(SessionRecord::deserialize(&bytes)
+            .map_err(|e| signal_error(account_id, e))?
+            .session_version()
+            .is_ok()),
+        None => Ok(false),
+    }
+}
+
+/// Puts the current session with a device aside (it stays among the previous ones,
+/// so what is still in flight in it opens): the next message to the device starts
+/// a new session from its bundle. For a session the other side reports broken.
+pub fn archive_session(store: &dyn SignalStore, account_id: &str, device_id: u8) -> Result<(), CryptoError> {
+    let Some(bytes) = store
+        .session(account_id, device_id)
+        .map_err(|e| CryptoError::Store(e.0))?
+    else {
+        return Ok(());
+    };
+    let mut record = SessionRecord::deserialize(&bytes).map_err(|e| signal_error(account_id, e))?;
+    record
+        .archive_current_state()
+        .map_err(|e| signal_error(account_id, e))?;
+    let bytes = record.serialize().map_err(|e| signal_error(account_id, e))?;
+    store
+        .save_session(account_id, device_id, &bytes)
+        .map_err(|e| CryptoError::Store(e.0))
+}
+
+/// The sending chain (the sender's ratchet public key) a ciphertext was made in.
+pub fn sending_chain_of(ciphertext: &Ciphertext) -> Result<Vec<u8>, CryptoError> {
+    let invalid = |e: SignalProtocolError| CryptoError::InvalidMessage(e.to_string());
+    let key = if ciphertext.prekey {
+        *PreKeySignalMessage::try_from(&ciphertext.bytes[..])
+            .map_err(invalid)?
+            .message()
+            .sender_ratchet_key()
+    } else {
+        *SignalMessage::try_from(&ciphertext.bytes[..])
+            .map_err(invalid)?
+            .sender_ratchet_key()
+    };
+    Ok(key.serialize().into_vec())
+}
+
+/// Whether the session with a device sends in the chain `ratchet_key` now (false
+/// once a reply turned the ratchet, or without a session).
+pub fn sends_in_chain(
+    store: &dyn SignalStore,
+    account_id: &str,
+    device_id: u8,
+    ratchet_key: &[u8],
+) -> Result<bool, CryptoError> {
+    let Ok(key) = PublicKey::deserialize(ratchet_key) else {
+        return Ok(false);
+    };
+    match store
+        .session(account_id, device_id)
+        .map_err(|e| CryptoError::Store(e.0))?
+    {
+        Some(bytes) => SessionRecord::deserialize(&bytes)
+            .and_then(|record| record.current_ratchet_key_matches(&key))
+            .map_err(|e| signal_error(account_id, e)),
+        None => Ok(false),
+    }
+}
+
+/// Signal's decryption-error message for a ciphertext from device `sender_device`
+/// that did not open (it names the sending chain the message was in), as bytes to
+/// send back to its sender; `sent_at` is the envelope's time, Unix milliseconds.
+pub fn decryption_error(ciphertext: &Ciphertext, sent_at: u64, sender_device: u8) -> Result<Vec<u8>, CryptoError> {
+    let kind = if ciphertext.prekey {
+        libsignal_protocol::CiphertextMessageType::PreKey
+    } else {
+        libsignal_protocol::CiphertextMessageType::Whisper
+    };
+    let message = libsignal_protocol::DecryptionErrorMessage::for_original(
+        &ciphertext.bytes,
+        kind,
+        libsignal_protocol::Timestamp::from_epoch_millis(sent_at),
+        sender_device.into(),
+    )
+    .map_err(|e| CryptoError::InvalidMessage(e.to_string()))?;
+    Ok(message.serialized().to_vec())
+}
+
+/// Reads a decryption-error message a device sent back: whether the message it
+/// could not open was in the chain the session with it sends in now. If so the
+/// session itself is broken on the other side (not merely a chain gone stale), and
+/// a new one is needed.
+pub fn reports_current_chain(
+    store: &dyn SignalStore,
+    account_id: &str,
+    device_id: u8,
+    error: &[u8],
+) -> Result<bool, CryptoError> {
+    let message = libsignal_protocol::DecryptionErrorMessage::try_from(error)
+        .map_err(|e| CryptoError::InvalidMessage(e.to_string()))?;
+    match message.ratchet_key() {
+        Some(key) => sends_in_chain(store, account_id, device_id, &key.serialize()),
+        None => Ok(false),
+    }
 }
 
 /// A Signal ciphertext and whether it starts a session (PreKeySignalMessage).

@@ -22,6 +22,10 @@ pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 pub const MAX_SDP_BYTES: usize = 16 * 1024;
 /// Most message ids one receipt may carry.
 pub const MAX_RECEIPT_IDS: usize = 512;
+/// Most envelopes one resend request may name.
+pub const MAX_RESEND_ENVELOPES: usize = 64;
+/// Largest decryption-error report about one envelope (libsignal's is under 60 bytes).
+pub const MAX_DECRYPTION_ERROR_BYTES: usize = 256;
 /// Default time an envelope may wait in caches: 7 days.
 pub const DEFAULT_TTL_SECS: u32 = 7 * 24 * 3600;
 /// Longest time an envelope may wait in caches: 30 days.
@@ -180,6 +184,27 @@ pub enum Content {
     Direct(DirectSignal),
     /// A group's Welcome or MLS message for this device.
     Group(crate::GroupPacket),
+    /// "I could not open these envelopes from you": the sender seals what they
+    /// carried again, in the session as it is now, and sends it once more.
+    Resend(ResendRequest),
+}
+
+/// Envelopes a device could not decrypt (their chain of the sender's session was
+/// gone by the time they arrived), for their sender to send again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResendRequest {
+    /// The envelopes that did not open.
+    pub failed: Vec<FailedEnvelope>,
+}
+
+/// One envelope that did not open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedEnvelope {
+    /// Its id ([`Envelope::id`]), by which the sender finds what it carried.
+    pub envelope_id: [u8; 32],
+    /// Signal's decryption-error message for it: which sending chain (ratchet key) the
+    /// message was in, so the sender can tell a stale chain from a broken session.
+    pub error: Vec<u8>,
 }
 
 /// Signaling for a direct session between two devices. The SDP carries the ICE
@@ -240,9 +265,43 @@ impl Content {
                     limit: MAX_SDP_BYTES,
                 })
             }
+            Content::Resend(request) => request.check()?,
             _ => {}
         }
         Ok(content)
+    }
+
+    /// A short name for what this content is (for logs and the outbox listing).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Content::Text(_) => "text",
+            Content::Receipt(_) => "receipt",
+            Content::Hello { .. } => "card",
+            Content::ContactSync(_) => "contact",
+            Content::Direct(_) => "signal",
+            Content::Group(_) => "group",
+            Content::Resend(_) => "resend",
+        }
+    }
+}
+
+impl ResendRequest {
+    /// Checks the limits: at least one and at most [`MAX_RESEND_ENVELOPES`] envelopes,
+    /// each report at most [`MAX_DECRYPTION_ERROR_BYTES`].
+    pub fn check(&self) -> Result<(), ProtoError> {
+        if self.failed.is_empty() || self.failed.len() > MAX_RESEND_ENVELOPES {
+            return Err(ProtoError::InvalidField {
+                field: "failed",
+                reason: format!("{} envelopes (1 to {MAX_RESEND_ENVELOPES})", self.failed.len()),
+            });
+        }
+        match self.failed.iter().find(|f| f.error.len() > MAX_DECRYPTION_ERROR_BYTES) {
+            Some(f) => Err(ProtoError::TooLarge {
+                size: f.error.len(),
+                limit: MAX_DECRYPTION_ERROR_BYTES,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -279,6 +338,30 @@ mod tests {
             Content::from_padded_bytes(&huge.to_padded_bytes()),
             Err(ProtoError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_resend_request_round_trips_within_its_limits() {
+        let failed = |n: usize, error: usize| {
+            Content::Resend(ResendRequest {
+                failed: (0..n)
+                    .map(|i| FailedEnvelope {
+                        envelope_id: [i as u8; 32],
+                        error: vec![7; error],
+                    })
+                    .collect(),
+            })
+        };
+        let request = failed(3, 40);
+        assert_eq!(Content::from_padded_bytes(&request.to_padded_bytes()).unwrap(), request);
+        assert_eq!(request.kind(), "resend");
+        for bad in [
+            failed(0, 40),
+            failed(MAX_RESEND_ENVELOPES + 1, 40),
+            failed(1, MAX_DECRYPTION_ERROR_BYTES + 1),
+        ] {
+            assert!(Content::from_padded_bytes(&bad.to_padded_bytes()).is_err());
+        }
     }
 
     #[test]

@@ -25,9 +25,9 @@ pub use device::{
     MAX_DEVICE_LIST_BYTES,
 };
 pub use envelope::{
-    Content, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, SealedInner, TextMessage,
-    DEFAULT_TTL_SECS, MAX_CONTENT_BYTES, MAX_ENVELOPE_BYTES, MAX_RECEIPT_IDS, MAX_SDP_BYTES, MAX_TEXT_BYTES,
-    MAX_TTL_SECS,
+    Content, DirectSignal, Envelope, FailedEnvelope, MessageId, Receipt, ReceiptKind, ResendRequest, SealedBody,
+    SealedInner, TextMessage, DEFAULT_TTL_SECS, MAX_CONTENT_BYTES, MAX_DECRYPTION_ERROR_BYTES, MAX_ENVELOPE_BYTES,
+    MAX_RECEIPT_IDS, MAX_RESEND_ENVELOPES, MAX_SDP_BYTES, MAX_TEXT_BYTES, MAX_TTL_SECS,
 };
 pub use group::{
     check_group_name, is_group_id, GroupContent, GroupInfo, GroupPacket, GroupPart, GROUP_ID_LEN, MAX_GROUP_ACCOUNTS,

@@ -49,8 +49,8 @@ pub struct NewMessage<'a> {
     pub sent_at: i64,
     /// The text.
     pub body: &'a str,
-    /// Delivery state: outgoing `sending` → `sent` → `delivered` → `read`;
-    /// incoming `received` → `read`.
+    /// Delivery state: outgoing `sending` → `sent` → `delivered` → `read` (or
+    /// `failed`, when nothing will deliver it); incoming `received` → `read`.
     pub state: &'a str,
     /// Whether this device's account sent it.
     pub outgoing: bool,
@@ -346,10 +346,20 @@ impl ProfileDb {
             .optional()?)
     }
 
-    /// Moves an outgoing message's state forward (`sending` → `sent` → `delivered` →
-    /// `read`); a receipt that arrives late never moves it back. True if it moved.
+    /// Moves an outgoing message's state forward (`sending` or `failed` → `sent` →
+    /// `delivered` → `read`); a receipt that arrives late never moves it back. True if
+    /// it moved.
     pub fn advance_message_state(&self, id: &[u8], state: &str) -> Result<bool> {
-        let rank = |s: &str| ["sending", "sent", "delivered", "read"].iter().position(|x| *x == s);
+        let rank = |s: &str| match s {
+            "sending" | "failed" => Some(0),
+            "sent" => Some(1),
+            "delivered" => Some(2),
+            "read" => Some(3),
+            _ => None,
+        };
+        if state == "failed" {
+            return Err(StoreError::Corrupt("failing is not a step forward".into()));
+        }
         let Some(new_rank) = rank(state) else {
             return Err(StoreError::Corrupt(format!("unknown message state {state}")));
         };
@@ -362,6 +372,26 @@ impl ProfileDb {
         self.conn
             .execute("UPDATE messages SET state = ?2 WHERE id = ?1", params![id, state])?;
         Ok(true)
+    }
+
+    /// Marks an outgoing message that nothing will deliver any more `failed` (from
+    /// `sending` or `sent`; a message a device confirmed stays as it is). True if it
+    /// changed.
+    pub fn fail_message(&self, id: &[u8]) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE messages SET state = 'failed', held_by = 0
+             WHERE id = ?1 AND outgoing = 1 AND state IN ('sending', 'sent')",
+            [id],
+        )? == 1)
+    }
+
+    /// Puts a failed outgoing message back to `sending` (the person asked to try
+    /// again). True if it was failed.
+    pub fn unfail_message(&self, id: &[u8]) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE messages SET state = 'sending' WHERE id = ?1 AND outgoing = 1 AND state = 'failed'",
+            [id],
+        )? == 1)
     }
 
     /// Records that `holders` peer caches took an outgoing message for its offline

@@ -1,7 +1,7 @@
 //! Cairn's encrypted local store.
 //!
 //! Owns: the SQLCipher profile database (schema migrations, the account and device
-//! records, message history with full-text search, MLS group state) and the database key — 32 random
+//! records, message history with full-text search, the outbox and sent log, MLS group state) and the database key — 32 random
 //! bytes kept in the OS keyring, or, where no keyring is reachable, derived from a
 //! passphrase with Argon2id. Does not own: the network, or what keys mean (the
 //! crypto crate hands keys over as bytes, and the store implements its
@@ -17,6 +17,7 @@ mod db;
 mod groups;
 mod key;
 mod migrations;
+mod outbox;
 mod profile_dir;
 mod signal;
 
@@ -25,8 +26,9 @@ pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
 pub use groups::{GroupRecord, PendingGroupMessage};
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
 pub use migrations::{migrations, SCHEMA_VERSION};
+pub use outbox::{NewOutgoing, QueuedRecord, SentRecord};
 pub use profile_dir::{KeySource, ProfileDir};
-pub use signal::{ContactRecord, PinnedIdentity, QueuedRecord};
+pub use signal::{ContactRecord, PinnedIdentity};
 
 /// Everything that can go wrong in the local store.
 #[derive(Debug, thiserror::Error)]

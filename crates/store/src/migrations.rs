@@ -212,8 +212,52 @@ CREATE TABLE group_parts (
 );
 ";
 
+/// Schema version 7: the outbox keeps plaintext (inside the encrypted profile) and
+/// seals each row only as it leaves, keeping the envelope of an attempt and the
+/// sending chain it was sealed in; queued envelopes from before stay as they are
+/// (kind `envelope`, no plaintext). The sent log keeps what left, by envelope id, so a
+/// recipient that cannot open an envelope can have it sent again. Queue positions are
+/// never reused, so a late report on a row that left cannot touch a newer one.
+const V7_LATE_SEALING: &str = "
+CREATE TABLE outbox_v7 (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id    TEXT    NOT NULL,
+    device_id     INTEGER NOT NULL,
+    kind          TEXT    NOT NULL,
+    content       BLOB,
+    message_id    BLOB,
+    envelope      BLOB,
+    chain         BLOB,
+    resends       INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_attempt  INTEGER NOT NULL DEFAULT 0,
+    CHECK (content IS NOT NULL OR envelope IS NOT NULL)
+);
+INSERT INTO outbox_v7 (seq, account_id, device_id, kind, message_id, envelope, created_at, attempts, next_attempt)
+    SELECT seq, account_id, device_id, 'envelope', message_id, envelope, created_at, attempts, next_attempt
+    FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v7 RENAME TO outbox;
+CREATE INDEX outbox_due ON outbox (next_attempt, seq);
+CREATE INDEX outbox_by_message ON outbox (message_id) WHERE message_id IS NOT NULL;
+CREATE TABLE sent_log (
+    envelope_id  BLOB    PRIMARY KEY,
+    account_id   TEXT    NOT NULL,
+    device_id    INTEGER NOT NULL,
+    kind         TEXT    NOT NULL,
+    content      BLOB,
+    message_id   BLOB,
+    resends      INTEGER NOT NULL,
+    sent_at      INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+);
+CREATE INDEX sent_log_by_message ON sent_log (message_id, account_id, device_id);
+CREATE INDEX sent_log_by_expiry ON sent_log (expires_at);
+";
+
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 6;
+pub const SCHEMA_VERSION: usize = 7;
 
 /// All migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
@@ -224,6 +268,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V4_HELD_BY),
         M::up(V5_GROUPS),
         M::up(V6_GROUP_PARTS),
+        M::up(V7_LATE_SEALING),
     ])
 }
 
@@ -254,6 +299,14 @@ mod tests {
             )
             .unwrap();
         }
+        if (3..7).contains(&version) {
+            conn.execute(
+                "INSERT INTO outbox (account_id, device_id, envelope, message_id, created_at)
+                 VALUES ('bob', 2, x'0a0b0c', x'01', 14)",
+                [],
+            )
+            .unwrap();
+        }
     }
 
     fn check_fixture(db: &ProfileDb, version: usize) {
@@ -271,6 +324,17 @@ mod tests {
             assert_eq!(found.len(), 1, "the FTS index survived the upgrade");
         } else {
             assert!(found.is_empty());
+        }
+        let queued = db.outbox_entries().unwrap();
+        if version >= 3 {
+            let row = &queued[0];
+            assert_eq!(
+                (row.kind.as_str(), row.envelope.as_deref(), row.content.as_deref()),
+                ("envelope", Some(&[0x0a, 0x0b, 0x0c][..]), None),
+                "a queued envelope survived the upgrade as it was"
+            );
+        } else {
+            assert!(queued.is_empty());
         }
     }
 

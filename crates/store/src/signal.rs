@@ -19,21 +19,6 @@ pub struct PinnedIdentity {
     pub verified: bool,
 }
 
-/// An envelope waiting in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedRecord {
-    /// Queue position.
-    pub seq: i64,
-    /// Recipient account.
-    pub account_id: String,
-    /// Recipient device.
-    pub device_id: u8,
-    /// The encoded envelope.
-    pub envelope: Vec<u8>,
-    /// The message it carries to a contact, if any.
-    pub message_id: Option<Vec<u8>>,
-}
-
 /// A contact as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactRecord {
@@ -194,18 +179,6 @@ impl ProfileDb {
             )?;
         }
         Ok(forgotten)
-    }
-
-    /// Drops the envelopes queued for devices of an account (ones its list dropped).
-    pub fn drop_queued_for(&self, account_id: &str, device_ids: &[u8]) -> Result<usize> {
-        let mut dropped = 0;
-        for device_id in device_ids {
-            dropped += self.conn.execute(
-                "DELETE FROM outbox WHERE account_id = ?1 AND device_id = ?2",
-                params![account_id, device_id],
-            )?;
-        }
-        Ok(dropped)
     }
 
     /// Marks devices of an account as retired: its device list dropped them.
@@ -385,70 +358,6 @@ impl ProfileDb {
     pub fn release_held_envelope(&self, envelope_id: &[u8]) -> Result<()> {
         self.conn
             .execute("DELETE FROM held_envelopes WHERE envelope_id = ?1", [envelope_id])?;
-        Ok(())
-    }
-
-    /// Queues a sealed envelope for a transport to deliver.
-    pub fn enqueue_envelope(
-        &self,
-        account_id: &str,
-        device_id: u8,
-        envelope: &[u8],
-        message_id: Option<&[u8]>,
-        now: i64,
-    ) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO outbox (account_id, device_id, envelope, message_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![account_id, device_id, envelope, message_id, now],
-        )?;
-        Ok(())
-    }
-
-    /// Puts a queued envelope off after a failed attempt: 2 s, doubling per attempt,
-    /// at most 5 minutes.
-    pub fn defer_envelope(&self, seq: i64, now: i64) -> Result<()> {
-        self.conn.execute(
-            "UPDATE outbox SET attempts = attempts + 1,
-                 next_attempt = ?2 + min(2000 * (1 << min(attempts, 8)), 300000)
-             WHERE seq = ?1",
-            params![seq, now],
-        )?;
-        Ok(())
-    }
-
-    /// Makes queued envelopes due now: all of them, or those for one device.
-    pub fn retry_envelopes_now(&self, device: Option<(&str, u8)>) -> Result<()> {
-        match device {
-            None => self.conn.execute("UPDATE outbox SET next_attempt = 0", [])?,
-            Some((account_id, device_id)) => self.conn.execute(
-                "UPDATE outbox SET next_attempt = 0 WHERE account_id = ?1 AND device_id = ?2",
-                params![account_id, device_id],
-            )?,
-        };
-        Ok(())
-    }
-
-    /// The oldest `limit` queued envelopes that are due at `now`.
-    pub fn queued_envelopes(&self, limit: usize, now: i64) -> Result<Vec<QueuedRecord>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, account_id, device_id, envelope, message_id FROM outbox
-             WHERE next_attempt <= ?2 ORDER BY seq LIMIT ?1",
-        )?;
-        let rows = stmt.query_map(params![limit as i64, now], |r| {
-            Ok(QueuedRecord {
-                seq: r.get(0)?,
-                account_id: r.get(1)?,
-                device_id: r.get(2)?,
-                envelope: r.get(3)?,
-                message_id: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Removes a delivered envelope from the queue.
-    pub fn dequeue_envelope(&self, seq: i64) -> Result<()> {
-        self.conn.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
         Ok(())
     }
 

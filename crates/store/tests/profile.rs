@@ -5,7 +5,8 @@ use std::fs;
 use std::path::Path;
 
 use cairn_store::{
-    AccountRecord, DbKey, DeviceRecord, KdfParams, KeySource, KeyVault, NewMessage, ProfileDb, ProfileDir, StoreError,
+    AccountRecord, DbKey, DeviceRecord, KdfParams, KeySource, KeyVault, NewMessage, NewOutgoing, ProfileDb, ProfileDir,
+    StoreError,
 };
 
 /// Weak but valid parameters so the passphrase tests stay quick.
@@ -225,13 +226,80 @@ fn a_keyring_profile_reopens_with_the_key_from_the_os_keyring() {
     assert!(matches!(profile.open_with_keyring(&vault), Err(StoreError::KeyMissing)));
 }
 
+/// A text for `account`'s `device`, queued as plaintext (sealed as it leaves).
+fn queued_text<'a>(account: &'a str, device: u8, message: Option<&'a [u8]>) -> NewOutgoing<'a> {
+    NewOutgoing {
+        account_id: account,
+        device_id: device,
+        kind: "text",
+        content: Some(b"padded plaintext"),
+        envelope: None,
+        message_id: message,
+        resends: 0,
+    }
+}
+
+#[test]
+fn what_leaves_the_outbox_waits_in_the_sent_log_until_confirmed_asked_for_again_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = ProfileDb::create(&dir.path().join("profile.db"), &DbKey::random()).unwrap();
+    let (first, second) = (b"message-1_______", b"message-2_______");
+    let a = db.enqueue(&queued_text("bob", 1, Some(first)), 10).unwrap();
+    let b = db.enqueue(&queued_text("bob", 1, Some(second)), 10).unwrap();
+    let c = db.enqueue(&queued_text("bob", 2, None), 10).unwrap();
+    assert_eq!(db.queued_for_message(first).unwrap(), 1);
+    // A sealed attempt keeps its envelope and chain; a failed one backs off.
+    db.seal_queued(a, b"sealed-a", Some(b"chain")).unwrap();
+    db.defer_envelope(a, 1_000).unwrap();
+    let due: Vec<i64> = db.queued_envelopes(10, 1_000).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(due, [b, c]);
+    let row = db.queued_entry(a).unwrap().unwrap();
+    assert_eq!(
+        (row.envelope.as_deref(), row.chain.as_deref(), row.attempts),
+        (Some(&b"sealed-a"[..]), Some(&b"chain"[..]), 1)
+    );
+
+    // Taken: the rows move to the sent log.
+    db.log_sent(a, b"envelope-a", 2_000, 50_000).unwrap();
+    db.log_sent(b, b"envelope-b", 2_000, 90_000).unwrap();
+    db.log_sent(c, b"envelope-c", 2_000, 50_000).unwrap();
+    assert!(db.outbox_entries().unwrap().is_empty());
+    assert_eq!(db.sent_log_len().unwrap(), 3);
+    let logged = db.sent_entry(b"envelope-a").unwrap().unwrap();
+    assert_eq!(
+        (logged.account_id.as_str(), logged.device_id, logged.resends),
+        ("bob", 1, 0)
+    );
+
+    // Bob's device 1 confirms the second message: its entry goes.
+    db.forget_sent_messages("bob", 1, &[*second]).unwrap();
+    assert!(db.sent_entry(b"envelope-b").unwrap().is_none());
+    // Bob asks for the first again: back in the outbox, due now, one resend more.
+    let again = db.requeue_sent(b"envelope-a", 3_000).unwrap().unwrap();
+    let row = db.queued_entry(again).unwrap().unwrap();
+    assert_eq!((row.resends, row.envelope, row.content.is_some()), (1, None, true));
+    assert!(db.sent_entry(b"envelope-a").unwrap().is_none());
+    assert!(
+        db.requeue_sent(b"envelope-a", 3_000).unwrap().is_none(),
+        "asked twice, sent once"
+    );
+    // Expiry takes the rest and says which messages they carried.
+    assert!(db.expire_sent(49_999).unwrap().is_empty());
+    assert_eq!(
+        db.expire_sent(50_000).unwrap(),
+        Vec::<Vec<u8>>::new(),
+        "envelope-c carried no message"
+    );
+    assert_eq!(db.sent_log_len().unwrap(), 0);
+}
+
 #[test]
 fn a_removed_devices_sessions_queue_and_old_held_envelopes_go_and_its_retired_mark_stays() {
     let dir = tempfile::tempdir().unwrap();
     let db = ProfileDb::create(&dir.path().join("profile.db"), &DbKey::random()).unwrap();
     for device in [1u8, 2] {
         db.save_bundle("bob", device, b"bundle").unwrap();
-        db.enqueue_envelope("bob", device, b"envelope", None, 10).unwrap();
+        db.enqueue(&queued_text("bob", device, None), 10).unwrap();
     }
     // Bob's list now names device 1 only: what was kept for device 2 goes.
     assert_eq!(db.forget_unlisted_devices("bob", &[1]).unwrap(), 1);

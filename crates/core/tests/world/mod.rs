@@ -1,12 +1,17 @@
 //! Devices on one machine, each with a real SQLCipher profile, and an in-process
-//! "network": a list of envelopes in flight that tests deliver, reorder, delay or
-//! tamper with. Shared by the 1:1 and the group stories.
+//! "network" that carries what their outboxes hand out, as the courier does: it
+//! takes the due envelopes (sealed as they leave), delivers them, and tells the
+//! sender what became of each. Tests can hold envelopes back, reorder, delay,
+//! tamper with them, and send a device away: what is sent to it meanwhile goes to a
+//! peer cache of the world's, which it fetches when it comes back. Shared by the 1:1
+//! and the group stories.
 
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use cairn_core::{CoreError, Event, KeyVault, Messenger, Outgoing, Unlock};
+use cairn_core::{CoreError, Event, Handed, KeyVault, Messenger, OutboxId, QueuedEnvelope, Unlock};
 use cairn_store::ProfileDir;
 use tempfile::TempDir;
 
@@ -17,11 +22,38 @@ pub struct Device {
     pub messenger: Messenger,
 }
 
+/// An envelope on its way: who sent it, to which device, and the outbox row it
+/// came from.
+#[derive(Debug, Clone)]
+pub struct Flight {
+    pub from: usize,
+    pub to: usize,
+    pub queued: QueuedEnvelope,
+}
+
+impl Flight {
+    pub fn bytes(&self) -> Vec<u8> {
+        self.queued.outgoing.envelope.to_bytes()
+    }
+}
+
 /// The devices and the envelopes in flight between them.
 pub struct World {
     pub vault: KeyVault,
     pub devices: Vec<Device>,
-    pub in_flight: Vec<Outgoing>,
+    pub in_flight: Vec<Flight>,
+    /// Devices that are away: what is sent to them goes to `cache`.
+    pub away: HashSet<usize>,
+    /// Devices nothing reaches (no cache takes their envelopes either): what is sent
+    /// to them stays in the sender's outbox, backing off.
+    pub unreachable: HashSet<usize>,
+    /// Every envelope delivered to a device so far (from a cache too), in order.
+    pub delivered: Vec<Flight>,
+    /// Envelopes held for devices that were away.
+    pub cache: Vec<Flight>,
+    /// Outbox rows taken and not yet reported on (as a courier does not take an
+    /// envelope twice while it carries it).
+    pub taken: HashSet<(usize, OutboxId)>,
 }
 
 impl World {
@@ -31,6 +63,11 @@ impl World {
             vault: KeyVault::with_store(store),
             devices: Vec::new(),
             in_flight: Vec::new(),
+            away: HashSet::new(),
+            unreachable: HashSet::new(),
+            delivered: Vec::new(),
+            cache: Vec::new(),
+            taken: HashSet::new(),
         }
     }
 
@@ -53,8 +90,7 @@ impl World {
         let grant = self.devices[existing].messenger.grant_link().unwrap();
         let new = self.new_profile(name);
         let card = self.devices[new].messenger.join_account(grant).unwrap();
-        let out = self.devices[existing].messenger.complete_link(card).unwrap();
-        self.send(out);
+        self.devices[existing].messenger.complete_link(card).unwrap();
         self.deliver_all();
         new
     }
@@ -63,32 +99,113 @@ impl World {
         &mut self.devices[device].messenger
     }
 
-    pub fn send(&mut self, out: Vec<Outgoing>) {
-        self.in_flight.extend(out);
-    }
-
-    pub fn device_for(&self, out: &Outgoing) -> usize {
+    /// The device an envelope is for.
+    pub fn device_for(&self, envelope: &cairn_proto::Envelope) -> usize {
         self.devices
             .iter()
-            .position(|d| d.messenger.mailbox().ok() == Some(out.envelope.mailbox))
+            .position(|d| d.messenger.mailbox().ok() == Some(envelope.mailbox))
             .expect("an envelope for a device of this world")
     }
 
-    /// Delivers one envelope; its replies go in flight.
-    pub fn deliver(&mut self, out: Outgoing) -> Result<Vec<Event>, CoreError> {
-        let to = self.device_for(&out);
-        let received = self.devices[to].messenger.receive(&out.envelope.to_bytes())?;
-        self.in_flight.extend(received.replies);
-        Ok(received.events)
+    /// What `device`'s outbox hands out now (sealed as it leaves), not yet on its way:
+    /// the test holds it until it delivers it.
+    pub fn take(&mut self, device: usize) -> Vec<Flight> {
+        let due = self.devices[device].messenger.due_envelopes(10_000).unwrap();
+        let fresh: Vec<QueuedEnvelope> = due.into_iter().filter(|q| self.taken.insert((device, q.id))).collect();
+        fresh
+            .into_iter()
+            .map(|queued| Flight {
+                from: device,
+                to: self.device_for(&queued.outgoing.envelope),
+                queued,
+            })
+            .collect()
     }
 
-    /// Delivers until nothing is in flight.
+    /// Puts what every outbox hands out now on its way.
+    pub fn take_all(&mut self) {
+        for device in 0..self.devices.len() {
+            let taken = self.take(device);
+            self.in_flight.extend(taken);
+        }
+    }
+
+    /// Delivers one envelope and tells its sender what became of it. A device that
+    /// is away does not get it: the world's cache holds it.
+    pub fn deliver(&mut self, flight: Flight) -> Result<Vec<Event>, CoreError> {
+        self.taken.remove(&(flight.from, flight.queued.id));
+        if self.unreachable.contains(&flight.to) {
+            self.m(flight.from).handed(&flight.queued, Handed::NotNow).unwrap();
+            return Ok(Vec::new());
+        }
+        if self.away.contains(&flight.to) {
+            self.m(flight.from).handed(&flight.queued, Handed::ToCaches(1)).unwrap();
+            self.cache.push(flight);
+            return Ok(Vec::new());
+        }
+        self.delivered.push(flight.clone());
+        let received = self.m(flight.to).receive(&flight.bytes());
+        let how = match &received {
+            Ok(_) | Err(CoreError::Duplicate) => Handed::ToDevice,
+            Err(CoreError::Store(_) | CoreError::IdentityChanged(_)) => Handed::NotNow,
+            Err(_) => Handed::Refused,
+        };
+        self.m(flight.from).handed(&flight.queued, how).unwrap();
+        received.map(|r| r.events)
+    }
+
+    /// Reports on a taken envelope without delivering it, as a transport that heard
+    /// `how` from the device would.
+    pub fn hand(&mut self, flight: &Flight, how: Handed) -> Option<Event> {
+        self.taken.remove(&(flight.from, flight.queued.id));
+        self.m(flight.from).handed(&flight.queued, how).unwrap()
+    }
+
+    /// Delivers until no outbox has anything due.
     pub fn deliver_all(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
-        while !self.in_flight.is_empty() {
-            let batch = std::mem::take(&mut self.in_flight);
-            for out in batch {
-                events.extend(self.deliver(out).unwrap());
+        loop {
+            self.take_all();
+            if self.in_flight.is_empty() {
+                return events;
+            }
+            for flight in std::mem::take(&mut self.in_flight) {
+                match self.deliver(flight) {
+                    Ok(more) => events.extend(more),
+                    // A copy of what the device has: taken all the same.
+                    Err(CoreError::Duplicate) => {}
+                    Err(e) => panic!("an envelope was refused: {e}"),
+                }
+            }
+        }
+    }
+
+    /// The device goes away: what is sent to it waits in the world's cache.
+    pub fn go_away(&mut self, device: usize) {
+        self.away.insert(device);
+    }
+
+    /// The device is back (what waits for it in the cache stays there until it
+    /// fetches it).
+    pub fn come_back(&mut self, device: usize) {
+        self.away.remove(&device);
+    }
+
+    /// The device fetches what the cache holds for it, in the order it was placed.
+    /// Copies that do not open are taken all the same, as a device acknowledges what
+    /// it fetched.
+    pub fn fetch(&mut self, device: usize) -> Vec<Event> {
+        let (mine, rest): (Vec<Flight>, Vec<Flight>) = std::mem::take(&mut self.cache)
+            .into_iter()
+            .partition(|f| f.to == device);
+        self.cache = rest;
+        let mut events = Vec::new();
+        for flight in mine {
+            self.delivered.push(flight.clone());
+            match self.m(device).receive(&flight.bytes()) {
+                Ok(received) => events.extend(received.events),
+                Err(CoreError::Duplicate) => {}
+                Err(e) => panic!("a cached envelope was refused: {e}"),
             }
         }
         events
@@ -101,7 +218,7 @@ impl World {
     pub fn texts(&self, device: usize, peer: &str) -> Vec<String> {
         self.devices[device]
             .messenger
-            .conversation(peer, 100)
+            .conversation(peer, 1000)
             .unwrap()
             .into_iter()
             .map(|m| m.body)
