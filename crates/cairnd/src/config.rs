@@ -60,18 +60,18 @@ pub fn node_config(options: &Options) -> Result<NodeConfig> {
     } else if options.no_relay {
         false
     } else {
-        file.relay.unwrap_or(matches!(options.command, Command::Node))
+        file.relay.unwrap_or(matches!(options.command, Command::Node { .. }))
     };
     let stun = first(&options.stun, file.stun, Vec::new());
     let default_quota = match options.command {
-        Command::Node => NODE_CACHE_QUOTA_MIB,
+        Command::Node { .. } => NODE_CACHE_QUOTA_MIB,
         _ => CLIENT_CACHE_QUOTA_MIB,
     };
     let quota = options.cache_quota.or(file.cache_quota_mib).unwrap_or(default_quota);
     let mut cache = defaults.cache.clone();
     // People name an always-on node in their device lists: it keeps what it holds
     // even when other peers are closer to the mailbox.
-    cache.keep_all = matches!(options.command, Command::Node);
+    cache.keep_all = matches!(options.command, Command::Node { .. });
     cache.store = (quota > 0).then(|| {
         let path = ProfileDir::new(&options.profile_dir).cache_path();
         (path, CacheLimits::with_total(quota << 20))

@@ -1,9 +1,13 @@
 //! `cairnd`: the headless Cairn node. It runs the same core as the desktop app: as an
 //! always-on peer (`cairnd node`) and as a command-line client for scripts and tests
-//! (`init`, `invite`, `add-contact`, `contacts`, `send`, `listen`, `safety-number`).
+//! (`init`, `invite`, `add-contact`, `contacts`, `send`, `history`, `outbox`,
+//! `listen`, `safety-number`).
 //!
 //! Output is one line per fact, `key value…`, so scripts can read it. The profile key
 //! comes from `CAIRND_PASSPHRASE` when set (Argon2id), otherwise from the OS keyring.
+//! A running node holds its profile; with `--stdin` it takes `send`, `history` and
+//! `outbox` as lines on standard input instead, each answer ending in `ok COMMAND`
+//! or `error MESSAGE`.
 //!
 //! Network settings come from flags, then environment variables, then a TOML file
 //! (`--config`, or `cairnd.toml` in the profile directory), then defaults; `cairnd
@@ -73,6 +77,11 @@ enum Command {
     Contacts,
     /// Queues a text to a contact; it leaves with the next `listen`/`node`.
     Send { account: String, text: String },
+    /// The conversation with a contact, one line per message: `history ID in|out
+    /// STATE TEXT` (oldest first).
+    History { account: String },
+    /// What waits to leave: `outbox SEQ ACCOUNT DEVICE KIND MESSAGE|- ATTEMPTS RESENDS`.
+    Outbox,
     /// Prints the safety number with a contact.
     SafetyNumber { account: String },
     /// Runs the node: delivers the outbox and prints what arrives, until SIGTERM,
@@ -80,10 +89,18 @@ enum Command {
     Listen {
         #[arg(long = "for")]
         seconds: Option<u64>,
+        /// Also take commands on standard input (`send ACCOUNT TEXT`, `history
+        /// ACCOUNT`, `outbox`), one per line.
+        #[arg(long)]
+        stdin: bool,
     },
     /// The always-on node: `listen` without a time limit, relaying for other peers and
     /// holding envelopes for offline devices in a large peer cache.
-    Node,
+    Node {
+        /// Also take commands on standard input, as `listen --stdin`.
+        #[arg(long)]
+        stdin: bool,
+    },
     /// Prints the network settings in effect (flags, environment, file, defaults).
     Config,
 }
@@ -123,31 +140,119 @@ async fn main() -> Result<()> {
                 println!("contact {} {}", contact.account_id, contact.display_name);
             }
         }
-        Command::Send { ref account, ref text } => {
-            let (message, _) = open(&dir)?.send_text(account, text)?;
-            println!(
-                "queued {}",
-                message.id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            );
-        }
+        Command::Send { ref account, ref text } => println!("{}", send(&mut open(&dir)?, account, text)?),
+        Command::History { ref account } => print_lines(history(&open(&dir)?, account)?),
+        Command::Outbox => print_lines(outbox(&open(&dir)?)?),
         Command::SafetyNumber { ref account } => {
             println!(
                 "safety-number {}",
                 open(&dir)?.safety_number(account)?.groups().join(" ")
             );
         }
-        Command::Listen { seconds } => run(&options, &dir, seconds.map(Duration::from_secs)).await?,
-        Command::Node => run(&options, &dir, None).await?,
+        Command::Listen { seconds, stdin } => run(&options, &dir, seconds.map(Duration::from_secs), stdin).await?,
+        Command::Node { stdin } => run(&options, &dir, None, stdin).await?,
         Command::Config => print!("{}", config::describe(&config::node_config(&options)?)),
     }
     Ok(())
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn print_lines(lines: Vec<String>) {
+    for line in lines {
+        println!("{line}");
+    }
+}
+
+/// Queues a text: `queued ID`.
+fn send(m: &mut Messenger, account: &str, text: &str) -> Result<String> {
+    let (message, _) = m.send_text(account, text)?;
+    Ok(format!("queued {}", hex(&message.id)))
+}
+
+/// The conversation with `account`, oldest first: `history ID in|out STATE TEXT`
+/// (line breaks in a text written as `\n`).
+fn history(m: &Messenger, account: &str) -> Result<Vec<String>> {
+    m.contact(account)?;
+    Ok(m.conversation(account, usize::MAX >> 1)?
+        .into_iter()
+        .map(|message| {
+            let direction = if message.outgoing { "out" } else { "in" };
+            let text = message.body.replace('\\', "\\\\").replace('\n', "\\n");
+            format!(
+                "history {} {direction} {} {text}",
+                hex(&message.id),
+                message.state.name()
+            )
+        })
+        .collect())
+}
+
+/// What waits to leave: `outbox SEQ ACCOUNT DEVICE KIND MESSAGE|- ATTEMPTS RESENDS`.
+fn outbox(m: &Messenger) -> Result<Vec<String>> {
+    Ok(m.outbox()?
+        .into_iter()
+        .map(|e| {
+            let message = e.message.map_or_else(|| "-".to_owned(), |id| hex(&id));
+            format!(
+                "outbox {} {} {} {} {message} {} {}",
+                e.id.0, e.account_id, e.device_id, e.kind, e.attempts, e.resends
+            )
+        })
+        .collect())
+}
+
+/// Answers one line a script sent a running node: the command's lines, then `ok
+/// COMMAND`, or `error MESSAGE`.
+fn answer(messenger: &SharedMessenger, courier: &Courier, line: &str) -> Vec<String> {
+    let mut guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(m) = guard.as_mut() else {
+        return vec!["error the profile closed".into()];
+    };
+    let mut words = line.trim().splitn(3, ' ');
+    let (command, first, rest) = (words.next().unwrap_or(""), words.next(), words.next());
+    let outcome = match (command, first, rest) {
+        ("send", Some(account), Some(text)) => send(m, account, text).map(|line| {
+            courier.wake();
+            vec![line]
+        }),
+        ("history", Some(account), None) => history(m, account),
+        ("outbox", None, None) => outbox(m),
+        _ => Err(anyhow::anyhow!(
+            "unknown command {line:?} (send ACCOUNT TEXT, history ACCOUNT, outbox)"
+        )),
+    };
+    match outcome {
+        Ok(mut lines) => {
+            lines.push(format!("ok {command}"));
+            lines
+        }
+        Err(e) => vec![format!("error {e}")],
+    }
+}
+
+/// Standard input, line by line, read on a thread of its own: a read that blocks must
+/// not keep the runtime from shutting down. The channel closes with standard input.
+fn read_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (lines, received) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    received
+}
+
 /// How long a stopping node may spend handing its cache to other holders.
 const HAND_OVER_FOR: Duration = Duration::from_secs(10);
 
-/// Runs the courier and prints what arrives until told to stop.
-async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Result<()> {
+/// Runs the courier and prints what arrives until told to stop; with `stdin`, also
+/// answers the commands that arrive there.
+async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin: bool) -> Result<()> {
     let config = config::node_config(options)?;
     let messenger: SharedMessenger = std::sync::Arc::new(std::sync::Mutex::new(Some(open(dir)?)));
     let (changes, mut changed) = tokio::sync::mpsc::unbounded_channel();
@@ -187,11 +292,17 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>) -> Re
     };
     tokio::pin!(deadline);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut commands = if stdin {
+        read_lines()
+    } else {
+        tokio::sync::mpsc::unbounded_channel().1
+    };
     loop {
         tokio::select! {
             _ = &mut deadline => break,
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+            Some(line) = commands.recv() => print_lines(answer(&messenger, &courier, &line)),
             Some(()) = changed.recv() => {
                 // One scan for however many changes piled up.
                 while changed.try_recv().is_ok() {}

@@ -1,7 +1,8 @@
 //! The courier: carries a messenger's envelopes over the network. It runs this
-//! device's libp2p node, delivers what waits in the outbox, hands arriving envelopes
-//! to the messenger and answers them, and says when something changed. The desktop
-//! app and `cairnd` both drive the messenger through it.
+//! device's libp2p node, takes what is due from the outbox (sealed as it leaves) and
+//! reports what became of each envelope, hands arriving envelopes to the messenger and
+//! answers them, and says when something changed. The desktop app and `cairnd` both
+//! drive the messenger through it.
 //!
 //! Arrivals are handled on the event loop; deliveries run as one pass at a time on a
 //! task of their own, so a slow or unreachable peer never holds up what comes in.

@@ -1,10 +1,10 @@
 //! Cairn's core: the [`Messenger`], the one API the desktop app and `cairnd` drive.
 //!
 //! Owns: opening and creating profiles, the account and this device's keys,
-//! contacts and invites, 1:1 conversations (sealed envelopes in, sealed envelopes
-//! out, delivery states), safety numbers and identity changes, and this account's
-//! device list. It is transport-agnostic: it consumes and produces envelopes, and the
-//! network layer moves them. Does not own: any UI, SQL, or wire encoding — those live
+//! contacts and invites, 1:1 conversations (sealed envelopes in; out only through the
+//! outbox, sealed as they leave; delivery states), safety numbers and identity
+//! changes, and this account's device list. It is transport-agnostic: it consumes
+//! envelopes and hands out what its outbox holds, and the network layer moves them. Does not own: any UI, SQL, or wire encoding — those live
 //! in the app, store and proto crates.
 
 mod contacts;

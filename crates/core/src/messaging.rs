@@ -1,6 +1,6 @@
-//! 1:1 messages: sending (one envelope per recipient device and per own other
-//! device), receiving (unseal, decrypt, de-duplicate, store), delivery and read
-//! receipts, and the history views.
+//! 1:1 messages: sending (queued for each recipient device and each own other
+//! device), receiving (unseal, decrypt, de-duplicate, store; asking for what does not
+//! decrypt again), delivery and read receipts, and the history views.
 
 use cairn_crypto::{unseal, verify_device_list, Ciphertext, CryptoError, IdentityKey};
 use cairn_net::CacheLimits;

@@ -216,10 +216,10 @@ impl Messenger {
         Ok(())
     }
 
-    /// Marks a message failed if nothing queued still carries it (and no device
-    /// confirmed it).
+    /// Marks a message failed if no copy of it is on its way any more (queued, or sent
+    /// to a device that may still open it) and no device confirmed it.
     fn fail_unless_carried(&self, id: &[u8]) -> Result<bool> {
-        if self.db.queued_for_message(id)? > 0 {
+        if self.db.copies_in_flight(id)? > 0 {
             return Ok(false);
         }
         let failed = self.db.fail_message(id)?;

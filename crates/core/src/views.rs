@@ -36,6 +36,18 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    /// The state's name as stored and printed (`sending`, `sent`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Received => "received",
+            Self::Failed => "failed",
+        }
+    }
+
     pub(crate) fn parse(text: &str) -> Self {
         match text {
             "sending" => Self::Sending,

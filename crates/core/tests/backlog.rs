@@ -246,3 +246,18 @@ fn stale_envelopes_replayed_at_bob_make_him_ask_a_bounded_number_of_times() {
     );
     assert!(w.m(alice).outbox().unwrap().is_empty() && w.m(bob).outbox().unwrap().is_empty());
 }
+
+#[test]
+fn a_message_one_of_bobs_devices_refuses_is_still_on_its_way_to_his_other_device() {
+    let (mut w, alice, bob, _, bob_id) = alice_and_bob();
+    let phone = w.link(bob, "bob's phone");
+    let (message, _) = w.m(alice).send_text(&bob_id, "for both of you").unwrap();
+    let flights = w.take(alice);
+    let to = |device: usize| flights.iter().find(|f| f.to == device).unwrap().clone();
+    // The phone takes its copy; the laptop refuses its own for good.
+    w.deliver(to(phone)).unwrap();
+    assert_eq!(w.hand(&to(bob), Handed::Refused), None);
+    assert_eq!(w.m(alice).message(&message.id).unwrap().state, DeliveryState::Sent);
+    w.deliver_all();
+    assert_eq!(w.m(alice).message(&message.id).unwrap().state, DeliveryState::Delivered);
+}

@@ -219,13 +219,15 @@ impl ProfileDb {
         Ok(count as usize)
     }
 
-    /// How many queued rows carry a message (to any device).
-    pub fn queued_for_message(&self, message_id: &[u8]) -> Result<usize> {
-        let count: i64 =
-            self.conn
-                .query_row("SELECT count(*) FROM outbox WHERE message_id = ?1", [message_id], |r| {
-                    r.get(0)
-                })?;
+    /// How many copies of a message (to any device) are still on their way: queued,
+    /// or sent and not yet confirmed (so they may be asked for again).
+    pub fn copies_in_flight(&self, message_id: &[u8]) -> Result<usize> {
+        let count: i64 = self.conn.query_row(
+            "SELECT (SELECT count(*) FROM outbox WHERE message_id = ?1)
+                  + (SELECT count(*) FROM sent_log WHERE message_id = ?1)",
+            [message_id],
+            |r| r.get(0),
+        )?;
         Ok(count as usize)
     }
 

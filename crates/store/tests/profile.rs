@@ -247,7 +247,7 @@ fn what_leaves_the_outbox_waits_in_the_sent_log_until_confirmed_asked_for_again_
     let a = db.enqueue(&queued_text("bob", 1, Some(first)), 10).unwrap();
     let b = db.enqueue(&queued_text("bob", 1, Some(second)), 10).unwrap();
     let c = db.enqueue(&queued_text("bob", 2, None), 10).unwrap();
-    assert_eq!(db.queued_for_message(first).unwrap(), 1);
+    assert_eq!(db.copies_in_flight(first).unwrap(), 1);
     // A sealed attempt keeps its envelope and chain; a failed one backs off.
     db.seal_queued(a, b"sealed-a", Some(b"chain")).unwrap();
     db.defer_envelope(a, 1_000).unwrap();
@@ -265,6 +265,7 @@ fn what_leaves_the_outbox_waits_in_the_sent_log_until_confirmed_asked_for_again_
     db.log_sent(c, b"envelope-c", 2_000, 50_000).unwrap();
     assert!(db.outbox_entries().unwrap().is_empty());
     assert_eq!(db.sent_log_len().unwrap(), 3);
+    assert_eq!(db.copies_in_flight(first).unwrap(), 1, "sent, not yet confirmed");
     let logged = db.sent_entry(b"envelope-a").unwrap().unwrap();
     assert_eq!(
         (logged.account_id.as_str(), logged.device_id, logged.resends),

@@ -120,6 +120,18 @@ async sendText(peer: string, body: string) : Promise<Result<MessageItem, AppErro
 }
 },
 /**
+ * Sends a failed message again (its id in hex), in a contact's conversation or a
+ * group's.
+ */
+async retryMessage(id: string) : Promise<Result<MessageItem, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("retry_message", { id }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
  * The safety number with a contact.
  */
 async safetyNumber(peer: string) : Promise<Result<SafetyNumberView, AppError>> {
@@ -517,7 +529,11 @@ heldBy: number }
 /**
  * Delivery state of a message.
  */
-export type MessageState = "Sending" | "Sent" | "Delivered" | "Read" | "Received"
+export type MessageState = "Sending" | "Sent" | "Delivered" | "Read" | "Received" | 
+/**
+ * Nothing will deliver it any more; the person may retry.
+ */
+"Failed"
 /**
  * Where the profile stands, which decides the screen the UI shows.
  */

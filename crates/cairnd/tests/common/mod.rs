@@ -59,12 +59,27 @@ pub struct Running {
     lines: mpsc::Receiver<String>,
     /// Every line read so far.
     seen: std::cell::RefCell<Vec<String>>,
+    /// Its standard input, when started to take commands there.
+    commands: Option<std::process::ChildStdin>,
 }
 
 impl Running {
     /// Starts `cairnd` with `args`, inside `ns` if given.
     pub fn start(ns: Option<&str>, profile: &Path, args: &[&str]) -> Self {
-        let mut child = cairnd(ns, profile, args).stdout(Stdio::piped()).spawn().unwrap();
+        Self::spawn(cairnd(ns, profile, args), false)
+    }
+
+    /// Starts `cairnd` with `args` (which should include `--stdin`), taking commands
+    /// from [`Running::command`].
+    pub fn start_with_commands(profile: &Path, args: &[&str]) -> Self {
+        Self::spawn(cairnd(None, profile, args), true)
+    }
+
+    fn spawn(mut command: Command, with_stdin: bool) -> Self {
+        if with_stdin {
+            command.stdin(Stdio::piped());
+        }
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -73,10 +88,62 @@ impl Running {
             }
         });
         Self {
+            commands: child.stdin.take(),
             child,
             lines,
             seen: Default::default(),
         }
+    }
+
+    /// Writes a command line to the node's standard input without waiting for the
+    /// answer; false if the node is gone.
+    pub fn write_command(&mut self, line: &str) -> bool {
+        use std::io::Write;
+        let stdin = self.commands.as_mut().expect("started with commands");
+        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).is_ok()
+    }
+
+    /// Runs a command and returns the lines of its answer (without the final `ok`);
+    /// `None` if the node answered `error` or stopped answering within `timeout`.
+    /// Lines about other things (arrivals, addresses) that come meanwhile are kept.
+    pub fn command(&mut self, line: &str, timeout: Duration) -> Option<Vec<String>> {
+        let verb = line.split(' ').next().unwrap_or_default().to_owned();
+        if !self.write_command(line) {
+            return None;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut answer = Vec::new();
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            if line == format!("ok {verb}") {
+                return Some(answer);
+            }
+            if line.starts_with("error ") {
+                return None;
+            }
+            if ["queued ", "history ", "outbox "].iter().any(|p| line.starts_with(p)) {
+                answer.push(line);
+            } else {
+                self.seen.borrow_mut().push(line);
+            }
+        }
+    }
+
+    /// Every line that has arrived so far, without waiting.
+    pub fn drain(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.borrow_mut().push(line.clone());
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// Kills the node at once (SIGKILL): no hand-over, nothing flushed.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The rest of the next line that starts with `prefix`.
@@ -103,6 +170,11 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // Its standard input closes first: a node reading commands is not left waiting.
+        self.commands.take();
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
