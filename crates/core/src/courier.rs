@@ -393,13 +393,16 @@ impl Courier {
     /// failure for a peer, its other envelopes go there without trying the device
     /// again, and if no cache takes them they wait for the next pass.
     async fn deliver(&self, messenger: &SharedMessenger, on_change: &OnChange) {
-        let batch = match with(messenger, |m| m.due_envelopes(BATCH)) {
-            Some(Ok(batch)) => batch,
-            Some(Err(e)) => {
+        // Sealing a batch is a transaction of up to BATCH ratchet steps: off the
+        // async threads, which keep the network (and DTLS handshakes) moving.
+        let shared = messenger.clone();
+        let batch = match tokio::task::spawn_blocking(move || with(&shared, |m| m.due_envelopes(BATCH))).await {
+            Ok(Some(Ok(batch))) => batch,
+            Ok(Some(Err(e))) => {
                 tracing::error!(%e, "cannot read the outbox");
                 return;
             }
-            None => return,
+            _ => return,
         };
         let mut unreachable = HashSet::new();
         // Peers a direct session was asked for in this pass (once each, not per envelope).
