@@ -8,8 +8,9 @@
 //! encrypts each row only when a transport takes it, in the session as it is then, so
 //! a backlog never ages behind its own session (a recipient keeps only its last five
 //! receiving chains). An attempt that does not go through keeps its envelope, and it is
-//! sent as it is while the session still sends in that chain; once a reply turned the
-//! ratchet, it is sealed again.
+//! sent as it is while the session still sends in that chain and the envelope has
+//! most of its time in caches left; after that (a reply turned the ratchet, or days
+//! went by) it is sealed again.
 //!
 //! **Sent again on request.** What left is kept in the sent log, by envelope id, until
 //! the envelope would have expired (or, for a message, until the device confirms it).
@@ -160,28 +161,31 @@ impl Messenger {
     /// Seals one row, or `None` if it cannot be sealed any more.
     fn seal_row(&self, row: &QueuedRecord) -> Result<Option<Outgoing>> {
         let message = row.message_id.as_deref().and_then(|id| id.try_into().ok());
-        let sealed_before = match (&row.envelope, &row.chain) {
-            (Some(envelope), Some(chain))
-                if cairn_crypto::sends_in_chain(&self.db, &row.account_id, row.device_id, chain)? =>
-            {
-                Some(envelope)
-            }
-            (Some(envelope), _) if row.content.is_none() => Some(envelope),
-            _ => None,
+        let as_it_is = |envelope: Envelope| Outgoing {
+            account_id: row.account_id.clone(),
+            device_id: row.device_id,
+            envelope,
+            message,
         };
-        if let Some(bytes) = sealed_before {
-            return Ok(match Envelope::from_bytes(bytes) {
-                Ok(envelope) => Some(Outgoing {
-                    account_id: row.account_id.clone(),
-                    device_id: row.device_id,
-                    envelope,
-                    message,
-                }),
-                Err(e) => {
-                    tracing::error!(seq = row.seq, %e, "dropping an unreadable outbox entry");
-                    None
+        if let Some(bytes) = &row.envelope {
+            let now = unix_millis() as u64 / 1000;
+            match Envelope::from_bytes(bytes) {
+                // Sealed before it was queued: it goes as it is, until it expires.
+                Ok(envelope) if row.content.is_none() => {
+                    return Ok((now < envelope.created + u64::from(envelope.ttl)).then(|| as_it_is(envelope)))
                 }
-            });
+                // Sealed for an earlier attempt: sent again as it is while the session
+                // still sends in its chain and it has most of its time in caches left.
+                Ok(envelope) if now < envelope.created + u64::from(envelope.ttl) / 2 => {
+                    if let Some(chain) = &row.chain {
+                        if cairn_crypto::sends_in_chain(&self.db, &row.account_id, row.device_id, chain)? {
+                            return Ok(Some(as_it_is(envelope)));
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(seq = row.seq, %e, "an unreadable envelope in the outbox"),
+            }
         }
         let Some(content) = &row.content else { return Ok(None) };
         let (identity, devices) = match self.devices_of(&row.account_id) {
