@@ -1,8 +1,9 @@
 //! The crash suite: Alice's and Bob's `cairnd` processes on loopback, and an always-on
 //! node that holds mail for whichever of them is away. Alice writes a backlog while Bob
-//! is away; then both write to each other while one of them (Bob, or either with
-//! `CAIRN_CRASH_BOTH=1`) is killed with SIGKILL at random moments — while it queues,
-//! seals, sends, receives, stores or acknowledges — and started again. Then both run until quiet. Every message must be in its recipient's
+//! is away; then both write to each other while one of them (Bob; or, with
+//! `CAIRN_CRASH_BOTH=1`, either of them or the always-on node with what it holds for
+//! them) is killed with SIGKILL at random moments — while it queues, seals, sends,
+//! receives, stores, acknowledges or holds — and started again. Then both run until quiet. Every message must be in its recipient's
 //! history exactly once, none may stay *sending* (or end *failed*), and both outboxes
 //! must be empty.
 //!
@@ -210,12 +211,10 @@ fn messages_survive_sigkills_of_either_side_at_random_moments_each_arriving_exac
     let holder_dir = tempfile::tempdir().unwrap();
     init(holder_dir.path(), "Holder");
     let holder_listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-    let holder = Running::start(
-        None,
-        holder_dir.path(),
-        &["--listen", &holder_listen, "--no-webrtc", "node"],
-    );
+    let holder_args = ["--listen", &holder_listen, "--no-webrtc", "node"];
+    let mut holder = Running::start(None, holder_dir.path(), &holder_args);
     let holder_address = holder.line_starting("address ");
+    let mut holder_restarts = 0;
 
     let mut alice = Side::new("Alice", count, webrtc);
     let mut bob = Side::new("Bob", count, webrtc);
@@ -259,7 +258,17 @@ fn messages_survive_sigkills_of_either_side_at_random_moments_each_arriving_exac
             }
             std::thread::sleep(Duration::from_millis(rng.random_range(5..60)));
         }
-        let victim = if both { rng.random_range(0..2) } else { 1 };
+        // With both sides killed, the always-on node is killed now and then too, with
+        // what it holds for them.
+        let victim = if both { [0, 0, 1, 1, 2][rng.random_range(0..5)] } else { 1 };
+        if victim == 2 {
+            println!("kill {} of {kills}: the always-on node after {stretch:?}", kill + 1);
+            holder.kill();
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
+            holder = Running::start(None, holder_dir.path(), &holder_args);
+            holder_restarts += 1;
+            continue;
+        }
         println!("kill {} of {kills}: {} after {stretch:?}", kill + 1, sides[victim].name);
         sides[victim].kill();
         std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
@@ -343,7 +352,7 @@ fn messages_survive_sigkills_of_either_side_at_random_moments_each_arriving_exac
         assert_eq!(run(me.dir.path(), &["outbox"]), "", "{}'s outbox is empty", me.name);
     }
     println!(
-        "crash suite: {} restarts of Alice, {} of Bob; written in {:.1} s, quiet after {:.1} s; {twice} texts queued twice",
+        "crash suite: {} restarts of Alice, {} of Bob, {holder_restarts} of the always-on node; written in {:.1} s, quiet after {:.1} s; {twice} texts queued twice",
         sides[0].restarts,
         sides[1].restarts,
         written.as_secs_f64(),
