@@ -260,7 +260,11 @@ fn messages_survive_sigkills_of_either_side_at_random_moments_each_arriving_exac
         }
         // With both sides killed, the always-on node is killed now and then too, with
         // what it holds for them.
-        let victim = if both { [0, 0, 1, 1, 2][rng.random_range(0..5)] } else { 1 };
+        let victim = if both {
+            [0, 0, 1, 1, 2][rng.random_range(0..5)]
+        } else {
+            1
+        };
         if victim == 2 {
             println!("kill {} of {kills}: the always-on node after {stretch:?}", kill + 1);
             holder.kill();
