@@ -91,7 +91,7 @@ fn sans_io_link(laptop: &Person, vault: &cairn_core::KeyVault) -> Duration {
     let mut desktop = Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(vault)).unwrap();
     laptop.with(|existing| {
         let offer = existing.offer_link(Vec::new(), LINK_OFFER_VALIDITY).unwrap();
-        let (mut new_side, first) = NewDeviceLink::start(&offer).unwrap();
+        let (mut new_side, first) = NewDeviceLink::start(&offer, cairn_core::Clock::system().now()).unwrap();
         let (mut existing_side, answer) = existing.answer_link(&first).unwrap();
         new_side.answered(&answer).unwrap();
         let frames = existing.hand_over(&mut existing_side).unwrap();

@@ -45,7 +45,7 @@ fn signal_library_alone(c: &mut Criterion) {
     let mut bob = InMemSignalProtocolStore::new(*bob_identity.key_pair(), 2).unwrap();
     let bob_device = DeviceKeys::generate(1).unwrap();
     let (signed, kyber) = (
-        generate_signed_prekey(&bob_identity, 1).unwrap(),
+        generate_signed_prekey(&bob_identity, 1, std::time::SystemTime::now()).unwrap(),
         generate_kyber_prekey(&bob_identity, 1).unwrap(),
     );
     block_on(bob.save_signed_pre_key(1.into(), &SignedPreKeyRecord::deserialize(&signed).unwrap())).unwrap();
@@ -103,7 +103,7 @@ fn memory_device() -> (String, AccountIdentity, MemorySignalStore, cairn_proto::
     let identity = AccountIdentity::generate();
     let keys = DeviceKeys::generate(1).unwrap();
     let (signed, kyber) = (
-        generate_signed_prekey(&identity, 1).unwrap(),
+        generate_signed_prekey(&identity, 1, std::time::SystemTime::now()).unwrap(),
         generate_kyber_prekey(&identity, 1).unwrap(),
     );
     let bundle = bundle_of(&keys, &signed, &kyber).unwrap();
@@ -116,10 +116,17 @@ fn memory_device() -> (String, AccountIdentity, MemorySignalStore, cairn_proto::
 fn cairn_crypto_in_memory(c: &mut Criterion) {
     let (alice, alice_identity, alice_store, _) = memory_device();
     let (bob, bob_identity, bob_store, bob_bundle) = memory_device();
-    start_session(&alice_store, &bob, bob_identity.public_key(), &bob_bundle).unwrap();
+    start_session(
+        &alice_store,
+        &bob,
+        bob_identity.public_key(),
+        &bob_bundle,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     let plaintext = plaintext();
     let one_message = || {
-        let ciphertext = encrypt(&alice_store, &bob, 1, &plaintext).unwrap();
+        let ciphertext = encrypt(&alice_store, &bob, 1, &plaintext, std::time::SystemTime::now()).unwrap();
         let inner = SealedInner {
             sender_account: alice.clone(),
             sender_identity: alice_identity.public_key().serialize().into_vec(),

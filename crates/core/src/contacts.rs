@@ -10,7 +10,7 @@ use cairn_crypto::{verify_device_list, IdentityKey, SafetyNumber};
 use cairn_proto::{decode_versioned, encode_versioned, ContactCard, Content, DeviceList, Invite, SignedDeviceList};
 use cairn_store::ContactRecord;
 
-use crate::messenger::{unix_millis, Messenger, MAX_STORED_RECORD};
+use crate::messenger::{Messenger, MAX_STORED_RECORD};
 use crate::{ContactView, CoreError, Event, OutboxId, Received, Result};
 
 impl Messenger {
@@ -35,7 +35,7 @@ impl Messenger {
         if let Some(device) = invite.card.bundles.first().and_then(|b| list.device(b.device_id)) {
             for address in invite.addresses.iter().take(8) {
                 self.db
-                    .save_peer_address(&device.transport_key, address, unix_millis())?;
+                    .save_peer_address(&device.transport_key, address, self.now_millis())?;
             }
         }
         let hello = Content::Hello {
@@ -85,7 +85,7 @@ impl Messenger {
             display_name: card.display_name.clone(),
             device_list: encode_versioned(&card.device_list),
             device_list_version: list.version,
-            added_at: unix_millis(),
+            added_at: self.now_millis(),
         })?;
         let identity = IdentityKey::decode(&list.identity_key).map_err(|e| {
             CoreError::Crypto(cairn_crypto::CryptoError::InvalidKey {

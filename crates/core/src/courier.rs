@@ -82,7 +82,8 @@ pub async fn join_by_link(
             }
         }
     };
-    let (mut link, first) = crate::NewDeviceLink::start(offer)?;
+    let now = || with(messenger, |m| m.now_secs()).unwrap_or(0);
+    let (mut link, first) = crate::NewDeviceLink::start(offer, now())?;
     let LinkResponse::Answer(answer) = ask(LinkRequest::Hello(first)).await? else {
         return Err(CoreError::LinkRefused(
             "the other device did not answer the handshake".into(),
@@ -92,9 +93,7 @@ pub async fn join_by_link(
     let frames = loop {
         match ask(LinkRequest::Ready).await? {
             LinkResponse::HandOver(frames) => break frames,
-            LinkResponse::Wait if unix_secs() < offer.expires_at => {
-                tokio::time::sleep(Duration::from_millis(300)).await
-            }
+            LinkResponse::Wait if now() < offer.expires_at => tokio::time::sleep(Duration::from_millis(300)).await,
             _ => return Err(CoreError::LinkRefused("the code was not confirmed in time".into())),
         }
     };
@@ -102,7 +101,7 @@ pub async fn join_by_link(
         let card = m.join_over_link(&mut link, &frames)?;
         // Where the other device listens, for this device's node from now on.
         for address in offer.addresses.iter().take(8) {
-            m.db.save_peer_address(&offer.transport_key, address, crate::messenger::unix_millis())?;
+            m.db.save_peer_address(&offer.transport_key, address, m.now_millis())?;
         }
         Ok::<_, CoreError>(card)
     })
@@ -142,10 +141,6 @@ pub async fn join_by_link(
         }
     }
     Ok(())
-}
-
-fn unix_secs() -> u64 {
-    crate::messenger::unix_millis() as u64 / 1000
 }
 
 /// A messenger shared between the UI (or CLI) and the courier; `None` until open.

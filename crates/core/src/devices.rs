@@ -16,7 +16,7 @@ use cairn_proto::{
 use data_encoding::HEXLOWER;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::messenger::{unix_millis, Messenger, MAX_STORED_RECORD};
+use crate::messenger::{Messenger, MAX_STORED_RECORD};
 use crate::{CoreError, OutboxId, Result};
 
 /// How long a replaced signed prekey is kept (as Signal does: 30 days).
@@ -269,7 +269,7 @@ impl Messenger {
             return Ok(Vec::new());
         }
         let (_, current) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
-        if signed_prekey_due(&current)? {
+        if signed_prekey_due(&current, self.now())? {
             self.rotate_signed_prekey()
         } else {
             Ok(Vec::new())
@@ -281,13 +281,16 @@ impl Messenger {
     pub fn rotate_signed_prekey(&mut self) -> Result<Vec<OutboxId>> {
         self.atomically(|this| {
             let identity = this.account()?.identity.clone();
-            let now = unix_millis();
+            let now = this.now_millis();
             // The Kyber last-resort key is rotated with the signed prekey.
             let (signed_id, _) = this.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
             let (kyber_id, _) = this.db.latest_kyber_prekey()?.ok_or(CoreError::NoAccount)?;
             let (signed_next, kyber_next) = (signed_id.wrapping_add(1).max(1), kyber_id.wrapping_add(1).max(1));
-            this.db
-                .save_signed_prekey(signed_next, &generate_signed_prekey(&identity, signed_next)?, now)?;
+            this.db.save_signed_prekey(
+                signed_next,
+                &generate_signed_prekey(&identity, signed_next, this.now())?,
+                now,
+            )?;
             this.db
                 .save_kyber_prekey(kyber_next, &generate_kyber_prekey(&identity, kyber_next)?, now)?;
             // Replaced keys stay long enough for sessions that started from them, then

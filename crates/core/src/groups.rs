@@ -34,7 +34,7 @@ use data_encoding::HEXLOWER;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::messenger::{unix_millis, Messenger, MAX_STORED_RECORD};
+use crate::messenger::{Messenger, MAX_STORED_RECORD};
 use crate::{CoreError, Event, MessageView, OutboxId, Received, Result};
 
 /// Most messages kept for one group while they wait for a commit or a Welcome.
@@ -146,7 +146,7 @@ impl Messenger {
             let group_id = format!("g{}", HEXLOWER.encode(&random));
             let state = GroupState::new();
             let group = Group::create(&state.provider(), &this.group_identity()?, group_id.as_bytes())?;
-            let now = unix_millis();
+            let now = this.now_millis();
             let mut open = OpenGroup {
                 record: GroupRecord {
                     group_id: group_id.clone(),
@@ -257,7 +257,7 @@ impl Messenger {
             }
             let mut id: MessageId = [0; 16];
             rand::rng().fill_bytes(&mut id);
-            let sent_at = unix_millis();
+            let sent_at = this.now_millis();
             let text = GroupContent::Text(TextMessage {
                 id,
                 sent_at: sent_at as u64,
@@ -767,7 +767,7 @@ impl Messenger {
     /// completes go after [`PART_KEPT_FOR_MILLIS`].
     fn receive_part(&mut self, sender: &str, part: GroupPart) -> Result<Option<GroupPacket>> {
         part.check()?;
-        let now = unix_millis();
+        let now = self.now_millis();
         self.db.forget_group_parts_before(now - PART_KEPT_FOR_MILLIS)?;
         let mut kept = self.db.group_parts(sender, &part.id)?;
         if kept.iter().any(|(_, count, _)| *count != part.count) {
@@ -826,7 +826,7 @@ impl Messenger {
         }
         self.db.clear_group_state(&group_id)?;
         self.open_groups.0.remove(&group_id);
-        let now = unix_millis();
+        let now = self.now_millis();
         let mut open = OpenGroup {
             record: GroupRecord {
                 group_id: group_id.clone(),

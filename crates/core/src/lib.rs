@@ -20,7 +20,7 @@ mod qr;
 mod views;
 
 pub use cairn_crypto::SafetyNumber;
-pub use cairn_net::{CacheConfig, CacheLimits, DirectConfig, IceServer, Multiaddr, NodeConfig};
+pub use cairn_net::{CacheConfig, CacheLimits, Clock, DirectConfig, IceServer, ManualClock, Multiaddr, NodeConfig};
 pub use cairn_proto::LinkOffer;
 pub use cairn_store::KeyVault;
 pub use courier::{join_by_link, Courier, LinkStep, SharedMessenger};

@@ -29,7 +29,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::devices::LinkGrant;
-use crate::messenger::{unix_millis, Messenger};
+use crate::messenger::Messenger;
 use crate::{CoreError, OutboxId, Result};
 
 /// How long an offer is good for unless said otherwise: ten minutes.
@@ -121,9 +121,10 @@ pub struct NewDeviceLink {
 
 impl NewDeviceLink {
     /// Starts linking to the device that made `offer`: returns the link and the first
-    /// handshake message for that device. An expired offer is refused here already.
-    pub fn start(offer: &LinkOffer) -> Result<(Self, Vec<u8>)> {
-        if offer.expires_at <= now_secs() {
+    /// handshake message for that device. An offer expired at `now` (Unix seconds) is
+    /// refused here already.
+    pub fn start(offer: &LinkOffer, now: u64) -> Result<(Self, Vec<u8>)> {
+        if offer.expires_at <= now {
             return Err(CoreError::LinkRefused("this link offer has expired".into()));
         }
         let (initiator, first) = LinkInitiator::start(&offer.secret)?;
@@ -162,14 +163,14 @@ impl Messenger {
         self.ensure_listed()?;
         let mut secret = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(&mut *secret);
-        let expires_at = now_secs() + valid_for.as_secs();
+        let expires_at = self.now_secs() + valid_for.as_secs();
         let offer = LinkOffer {
             secret: *secret,
             transport_key: self.account()?.device.transport_public_key(),
             addresses: addresses.into_iter().take(8).collect(),
             expires_at,
         };
-        let now = now_secs();
+        let now = self.now_secs();
         self.link_offers.retain(|o| o.expires_at > now);
         self.link_offers.push(PendingOffer { secret, expires_at });
         Ok(offer)
@@ -179,7 +180,7 @@ impl Messenger {
     /// with, which is used up by this. An offer that expired, was used or never was
     /// this device's is refused.
     pub fn answer_link(&mut self, first: &[u8]) -> Result<(ExistingDeviceLink, Vec<u8>)> {
-        let now = now_secs();
+        let now = self.now_secs();
         self.link_offers.retain(|o| o.expires_at > now);
         for (index, offer) in self.link_offers.iter().enumerate() {
             if let Ok((channel, answer)) = answer_link(&offer.secret, first) {
@@ -317,7 +318,7 @@ impl Messenger {
                 }
             }
         }
-        tracing::info!(at = unix_millis(), "a new device is linked");
+        tracing::info!("a new device is linked");
         Ok(out)
     }
 }
@@ -463,10 +464,6 @@ fn open_frames(channel: &mut LinkChannel, frames: &[Vec<u8>], limit: usize) -> R
     Ok(bytes)
 }
 
-fn now_secs() -> u64 {
-    unix_millis() as u64 / 1000
-}
-
 #[cfg(test)]
 mod tests {
     use cairn_store::{KeyVault, ProfileDir};
@@ -502,7 +499,7 @@ mod tests {
 
         let (_desktop_dir, mut desktop) = profile(&vault);
         let offer = laptop.offer_link(Vec::new(), LINK_OFFER_VALIDITY).unwrap();
-        let (mut new_side, first) = NewDeviceLink::start(&offer).unwrap();
+        let (mut new_side, first) = NewDeviceLink::start(&offer, crate::Clock::system().now()).unwrap();
         let (mut existing_side, answer) = laptop.answer_link(&first).unwrap();
         new_side.answered(&answer).unwrap();
         let frames = laptop.hand_over(&mut existing_side).unwrap();

@@ -11,7 +11,7 @@ use cairn_proto::{
 use cairn_store::NewMessage;
 use rand::RngCore;
 
-use crate::messenger::{unix_millis, Messenger};
+use crate::messenger::Messenger;
 use crate::{CoreError, DeliveryState, Event, MessageView, OutboxId, Outgoing, Received, Result};
 
 /// Where the device that sent an envelope stands in its account's device list.
@@ -66,7 +66,7 @@ impl Messenger {
         }
         let mut id: MessageId = [0; 16];
         rand::rng().fill_bytes(&mut id);
-        let sent_at = unix_millis();
+        let sent_at = self.now_millis();
         let text = TextMessage {
             id,
             sent_at: sent_at as u64,
@@ -186,17 +186,26 @@ impl Messenger {
     /// Keeps an envelope for later, within per-sender and overall bounds, and for at
     /// most as long as an envelope may live.
     fn hold(&mut self, sender: &str, bytes: &[u8]) -> Result<()> {
-        self.db.forget_held_before(unix_millis() - MAX_TTL_SECS as i64 * 1000)?;
+        self.forget_old_held()?;
         if self.db.held_envelopes(sender)?.len() >= MAX_HELD_PER_SENDER || self.db.held_count()? >= MAX_HELD {
             return Err(CoreError::UnknownSender(sender.to_owned()));
         }
         self.db
-            .hold_envelope(&Envelope::from_bytes(bytes)?.id(), sender, bytes, unix_millis())?;
+            .hold_envelope(&Envelope::from_bytes(bytes)?.id(), sender, bytes, self.now_millis())?;
         Ok(())
     }
 
-    /// Processes the envelopes held for `account`, releasing each once it went through.
+    /// Forgets held envelopes older than any envelope may live.
+    fn forget_old_held(&self) -> Result<()> {
+        self.db
+            .forget_held_before(self.now_millis() - MAX_TTL_SECS as i64 * 1000)?;
+        Ok(())
+    }
+
+    /// Processes the envelopes held for `account`, releasing each once it went through
+    /// (those older than any envelope may live are forgotten unopened).
     pub(crate) fn drain_held(&mut self, account: &str) -> Result<Received> {
+        self.forget_old_held()?;
         let mut received = Received::default();
         for (envelope_id, envelope) in self.db.held_envelopes(account)? {
             match self.atomically(|this| this.receive_now(&envelope)) {
@@ -365,7 +374,8 @@ impl Messenger {
         {
             return Err(CoreError::IdentityChanged(sender.to_owned()));
         }
-        self.db.hold_envelope(&envelope.id(), sender, bytes, unix_millis())?;
+        self.db
+            .hold_envelope(&envelope.id(), sender, bytes, self.now_millis())?;
         Ok(Received {
             events: vec![Event::IdentityChanged(sender.to_owned())],
         })

@@ -2,11 +2,9 @@
 //! conversation uses — turning content into sealed envelopes for each device of an
 //! account, and this device's prekeys and device list.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use cairn_crypto::{
     bundle_of, generate_kyber_prekey, generate_signed_prekey, mailbox_of, seal, sign_device_list, verify_device_list,
-    AccountId, AccountIdentity, Ciphertext, DeviceKeys, IdentityKey, FIRST_DEVICE_ID,
+    AccountId, AccountIdentity, Ciphertext, CryptoError, DeviceKeys, IdentityKey, FIRST_DEVICE_ID,
 };
 use cairn_proto::{
     decode_versioned, encode_versioned, ContactCard, Content, DeviceEntry, DeviceList, Envelope, Invite, PrekeyBundle,
@@ -14,7 +12,7 @@ use cairn_proto::{
 };
 use cairn_store::{AccountRecord, DeviceRecord, KdfParams, KeyVault, ProfileDb, ProfileDir};
 
-use crate::{CoreError, Outgoing, Result};
+use crate::{Clock, CoreError, Outgoing, Result};
 
 /// Setting key of the invite secret.
 const INVITE_SECRET: &str = "invite_secret";
@@ -68,6 +66,8 @@ pub struct Messenger {
     pub(crate) served_link: Option<crate::linking::ServedLink>,
     /// Group packets longer than this go in parts (smaller in tests).
     pub(crate) group_part_bytes: usize,
+    /// The time, for everything this messenger dates or lets expire.
+    clock: Clock,
 }
 
 impl Messenger {
@@ -85,6 +85,7 @@ impl Messenger {
             link_offers: Vec::new(),
             served_link: None,
             group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
+            clock: Clock::system(),
         })
     }
 
@@ -103,11 +104,33 @@ impl Messenger {
             link_offers: Vec::new(),
             served_link: None,
             group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
+            clock: Clock::system(),
         };
         if messenger.account.is_some() {
             messenger.ensure_device_material()?;
         }
         Ok(messenger)
+    }
+
+    /// Reads the time from `clock` from now on (the system clock unless set; tests
+    /// move a [`crate::ManualClock`] to let things expire without waiting).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// The time, Unix milliseconds.
+    pub(crate) fn now_millis(&self) -> i64 {
+        self.clock.now_millis() as i64
+    }
+
+    /// The time, Unix seconds.
+    pub(crate) fn now_secs(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// The time, for the Signal library.
+    pub(crate) fn now(&self) -> std::time::SystemTime {
+        self.clock.system_time()
     }
 
     /// Creates the account identity key and this device's keys, and stores them.
@@ -160,7 +183,7 @@ impl Messenger {
         // `installing` has checked that there is no account yet.
         let display_name = normalize_display_name(display_name)?;
         let device = DeviceKeys::generate(device_id)?;
-        let now = unix_millis();
+        let now = self.now_millis();
         self.db.save_identity(
             &AccountRecord {
                 account_id: account_id.clone(),
@@ -189,15 +212,18 @@ impl Messenger {
     fn ensure_device_material(&self) -> Result<()> {
         let account = self.account()?;
         if self.db.latest_signed_prekey()?.is_none() {
-            self.db
-                .save_signed_prekey(1, &generate_signed_prekey(&account.identity, 1)?, unix_millis())?;
+            self.db.save_signed_prekey(
+                1,
+                &generate_signed_prekey(&account.identity, 1, self.now())?,
+                self.now_millis(),
+            )?;
         }
         if self.db.setting(INVITE_SECRET)?.is_none() {
             self.new_invite_secret()?;
         }
         if self.db.latest_kyber_prekey()?.is_none() {
             self.db
-                .save_kyber_prekey(1, &generate_kyber_prekey(&account.identity, 1)?, unix_millis())?;
+                .save_kyber_prekey(1, &generate_kyber_prekey(&account.identity, 1)?, self.now_millis())?;
         }
         self.ensure_group_device()
     }
@@ -489,7 +515,8 @@ impl Messenger {
     }
 
     /// Seals padded `plaintext` for one device of `account_id`, starting a session
-    /// from its stored bundle if there is none yet; `None` if it has neither. With the
+    /// from its stored bundle if there is none yet (or if the one there went stale: its
+    /// start was never answered in 30 days); `None` if it has neither. With the
     /// envelope comes the sending chain it was sealed in.
     pub(crate) fn envelope_to_entry(
         &self,
@@ -498,24 +525,55 @@ impl Messenger {
         device: &DeviceEntry,
         plaintext: &[u8],
     ) -> Result<Option<(Outgoing, Option<Vec<u8>>)>> {
-        if !cairn_crypto::has_session(&self.db, account_id, device.device_id)? {
-            let bundles = self.db.bundles(account_id)?;
-            let Some((_, bytes)) = bundles.iter().find(|(id, _)| *id == device.device_id) else {
-                tracing::debug!(account_id, device = device.device_id, "no session or bundle yet");
-                return Ok(None);
-            };
-            let started = decode_versioned::<PrekeyBundle>(bytes, MAX_STORED_RECORD)
-                .map_err(CoreError::from)
-                .and_then(|bundle| Ok(cairn_crypto::start_session(&self.db, account_id, identity, &bundle)?));
-            if let Err(e) = started {
-                // One bad bundle must not cut the contact's other devices off.
-                tracing::warn!(account_id, device = device.device_id, %e, "skipping a device whose bundle fails");
-                return Ok(None);
+        let mut fresh = false;
+        let ciphertext = loop {
+            if !cairn_crypto::has_session(&self.db, account_id, device.device_id)? {
+                if !self.start_session_from_bundle(account_id, identity, device.device_id)? {
+                    return Ok(None);
+                }
+                fresh = true;
             }
-        }
-        let ciphertext = cairn_crypto::encrypt(&self.db, account_id, device.device_id, plaintext)?;
+            match cairn_crypto::encrypt(&self.db, account_id, device.device_id, plaintext, self.now()) {
+                Ok(ciphertext) => break ciphertext,
+                Err(CryptoError::NoSession(_)) if !fresh => {
+                    tracing::info!(
+                        account_id,
+                        device = device.device_id,
+                        "a stale session; starting a new one"
+                    );
+                    cairn_crypto::archive_session(&self.db, account_id, device.device_id)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let chain = cairn_crypto::sending_chain_of(&ciphertext).ok();
         Ok(Some((self.seal_for(account_id, identity, device, ciphertext)?, chain)))
+    }
+
+    /// Starts a session with a device from its stored bundle; false if there is none
+    /// or it does not work (one bad bundle must not cut the account's other devices
+    /// off).
+    fn start_session_from_bundle(&self, account_id: &str, identity: &IdentityKey, device_id: u8) -> Result<bool> {
+        let bundles = self.db.bundles(account_id)?;
+        let Some((_, bytes)) = bundles.iter().find(|(id, _)| *id == device_id) else {
+            tracing::debug!(account_id, device = device_id, "no session or bundle yet");
+            return Ok(false);
+        };
+        let started = decode_versioned::<PrekeyBundle>(bytes, MAX_STORED_RECORD)
+            .map_err(CoreError::from)
+            .and_then(|bundle| {
+                Ok(cairn_crypto::start_session(
+                    &self.db,
+                    account_id,
+                    identity,
+                    &bundle,
+                    self.now(),
+                )?)
+            });
+        if let Err(e) = &started {
+            tracing::warn!(account_id, device = device_id, %e, "skipping a device whose bundle fails");
+        }
+        Ok(started.is_ok())
     }
 
     fn seal_for(
@@ -535,7 +593,7 @@ impl Messenger {
         };
         let envelope = Envelope {
             mailbox: mailbox_of(&device.transport_key),
-            created: unix_millis() as u64 / 1000,
+            created: self.now_secs(),
             ttl: self.message_ttl_days()? * 86_400,
             pow: 0,
             body: seal(identity, &inner)?.to_bytes(),
@@ -613,10 +671,4 @@ fn load_account(db: &ProfileDb) -> Result<Option<Account>> {
         device: DeviceKeys::from_parts(device.device_id, device.registration_id, &device.transport_seed)?,
         display_name: account.display_name,
     }))
-}
-
-pub(crate) fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

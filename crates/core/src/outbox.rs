@@ -21,11 +21,11 @@
 //! broken). Only what cannot be produced again — sent too often, the device gone, no
 //! plaintext kept — ends the message as *failed*, which the person can retry.
 
-use cairn_crypto::{unseal, Ciphertext};
+use cairn_crypto::{unseal, Ciphertext, CryptoError};
 use cairn_proto::{Content, Envelope, FailedEnvelope, MessageId, ResendRequest, SealedBody};
 use cairn_store::{NewOutgoing, QueuedRecord};
 
-use crate::messenger::{unix_millis, Messenger};
+use crate::messenger::Messenger;
 use crate::{CoreError, DeliveryState, Event, MessageView, Outgoing, Result};
 
 /// Most times one thing is sealed again at its recipient's request; then its message
@@ -127,7 +127,7 @@ impl Messenger {
     }
 
     fn enqueue(&self, item: &NewOutgoing<'_>) -> Result<OutboxId> {
-        Ok(OutboxId(self.db.enqueue(item, unix_millis())?))
+        Ok(OutboxId(self.db.enqueue(item, self.now_millis())?))
     }
 
     /// Whether a session with the device exists or can start from its bundle.
@@ -145,13 +145,21 @@ impl Messenger {
         self.atomically(|this| {
             this.expire_sent_log()?;
             let mut due = Vec::new();
-            for row in this.db.queued_envelopes(limit, unix_millis())? {
-                match this.seal_row(&row)? {
-                    Some(outgoing) => due.push(QueuedEnvelope {
+            for row in this.db.queued_envelopes(limit, this.now_millis())? {
+                match this.seal_row(&row) {
+                    Ok(Some(outgoing)) => due.push(QueuedEnvelope {
                         id: OutboxId(row.seq),
                         outgoing,
                     }),
-                    None => this.give_up(row.seq, row.message_id.as_deref())?,
+                    Ok(None) => this.give_up(row.seq, row.message_id.as_deref())?,
+                    // The store failing is this device's trouble: the pass ends, and
+                    // every row waits for the next.
+                    Err(e @ (CoreError::Store(_) | CoreError::Crypto(CryptoError::Store(_)))) => return Err(e),
+                    // Anything else is this row's: it must not hold up the queue.
+                    Err(e) => {
+                        tracing::warn!(seq = row.seq, %e, "an outbox row cannot be sealed; giving it up");
+                        this.give_up(row.seq, row.message_id.as_deref())?;
+                    }
                 }
             }
             Ok(due)
@@ -168,7 +176,7 @@ impl Messenger {
             message,
         };
         if let Some(bytes) = &row.envelope {
-            let now = unix_millis() as u64 / 1000;
+            let now = self.now_secs();
             match Envelope::from_bytes(bytes) {
                 // Sealed before it was queued: it goes as it is, until it expires.
                 Ok(envelope) if row.content.is_none() => {
@@ -245,7 +253,7 @@ impl Messenger {
                 return Ok(None);
             }
             let message = queued.outgoing.message;
-            let now = unix_millis();
+            let now = this.now_millis();
             match how {
                 Handed::NotNow => {
                     this.db.defer_envelope(seq, now)?;
@@ -280,7 +288,7 @@ impl Messenger {
     /// nobody can ask for them again. A message that went only into those and that no
     /// device confirmed has failed.
     fn expire_sent_log(&self) -> Result<()> {
-        for id in self.db.expire_sent(unix_millis())? {
+        for id in self.db.expire_sent(self.now_millis())? {
             if self.db.message(&id)?.is_some_and(|m| m.state == "sent") {
                 self.fail_unless_carried(&id)?;
             }
@@ -380,7 +388,7 @@ impl Messenger {
                 cairn_crypto::archive_session(&self.db, sender, device)?;
                 session_reset = true;
             }
-            if entry.resends < MAX_RESENDS && self.db.requeue_sent(&failed.envelope_id, unix_millis())?.is_some() {
+            if entry.resends < MAX_RESENDS && self.db.requeue_sent(&failed.envelope_id, self.now_millis())?.is_some() {
                 continue;
             }
             self.db.forget_sent(&failed.envelope_id)?;

@@ -356,7 +356,7 @@ fn impostor_of(account_id: &str) -> Impostor {
     let identity = AccountIdentity::generate();
     let keys = DeviceKeys::generate(1).unwrap();
     let (signed, kyber) = (
-        generate_signed_prekey(&identity, 1).unwrap(),
+        generate_signed_prekey(&identity, 1, std::time::SystemTime::now()).unwrap(),
         generate_kyber_prekey(&identity, 1).unwrap(),
     );
     let list = DeviceList {
@@ -433,13 +433,20 @@ fn an_identity_change_warns_blocks_sending_and_holds_envelopes_until_accepted() 
         .unwrap()
         .card;
     let (alice_list, alice_key) = cairn_crypto::verify_device_list(&alice_card.device_list).unwrap();
-    cairn_crypto::start_session(&impostor.store, &alice, &alice_key, &alice_card.bundles[0]).unwrap();
+    cairn_crypto::start_session(
+        &impostor.store,
+        &alice,
+        &alice_key,
+        &alice_card.bundles[0],
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     let hello = Content::Hello {
         card: impostor.card.clone(),
         invite_secret: None,
     }
     .to_padded_bytes();
-    let ciphertext = cairn_crypto::encrypt(&impostor.store, &alice, 1, &hello).unwrap();
+    let ciphertext = cairn_crypto::encrypt(&impostor.store, &alice, 1, &hello, std::time::SystemTime::now()).unwrap();
     let inner = SealedInner {
         sender_account: bob.clone(),
         sender_identity: impostor.identity.public_key().serialize().into_vec(),
@@ -510,14 +517,21 @@ fn forged_envelope(
     let card = Invite::from_link(alice_link).unwrap().card;
     let (list, key) = cairn_crypto::verify_device_list(&card.device_list).unwrap();
     if !cairn_crypto::has_session(&author.store, alice, 1).unwrap() {
-        cairn_crypto::start_session(&author.store, alice, &key, &card.bundles[0]).unwrap();
+        cairn_crypto::start_session(
+            &author.store,
+            alice,
+            &key,
+            &card.bundles[0],
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
     }
     let content = Content::Hello {
         card: author.card.clone(),
         invite_secret: None,
     }
     .to_padded_bytes();
-    let ciphertext = cairn_crypto::encrypt(&author.store, alice, 1, &content).unwrap();
+    let ciphertext = cairn_crypto::encrypt(&author.store, alice, 1, &content, std::time::SystemTime::now()).unwrap();
     let inner = SealedInner {
         sender_account: claimed.to_owned(),
         sender_identity: claimed_key.serialize().into_vec(),

@@ -30,7 +30,7 @@ fn link_by_offer(w: &mut World, existing: usize, new: usize, offer: &LinkOffer) 
 fn link_with_history(w: &mut World, existing: usize, new: usize, offer: &LinkOffer, history: bool) -> Vec<(u64, u64)> {
     // The new device read the offer from the screen (here: through its link form).
     let offer = LinkOffer::from_link(&offer.to_link()).unwrap();
-    let (mut new_side, first) = NewDeviceLink::start(&offer).unwrap();
+    let (mut new_side, first) = NewDeviceLink::start(&offer, w.now()).unwrap();
     let (mut existing_side, answer) = w.m(existing).answer_link(&first).unwrap();
     let code = new_side.answered(&answer).unwrap();
     assert_eq!(code, existing_side.confirmation_code(), "both screens show one code");
@@ -199,12 +199,22 @@ fn an_expired_used_or_changed_offer_is_refused_and_changes_nothing() {
     let laptop = w.account("laptop", "Alice");
     let version_before = w.m(laptop).account_info().unwrap();
 
-    // Expired: the new device refuses it, and so does the laptop if asked anyway.
-    let expired = w.m(laptop).offer_link(Vec::new(), Duration::ZERO).unwrap();
-    assert!(matches!(NewDeviceLink::start(&expired), Err(CoreError::LinkRefused(_))));
+    // Expired (ten minutes and a second later, on the world's clock): the new device
+    // refuses it, and so does the laptop if asked anyway.
+    let expired = w.m(laptop).offer_link(Vec::new(), LINK_OFFER_VALIDITY).unwrap();
+    let (_, first) = NewDeviceLink::start(&expired, w.now()).unwrap();
+    w.clock.advance(LINK_OFFER_VALIDITY + Duration::from_secs(1));
+    assert!(matches!(
+        NewDeviceLink::start(&expired, w.now()),
+        Err(CoreError::LinkRefused(_))
+    ));
+    assert!(matches!(
+        w.m(laptop).answer_link(&first),
+        Err(CoreError::LinkRefused(_))
+    ));
     let mut extended = expired.clone();
     extended.expires_at += 3600;
-    let (_, first) = NewDeviceLink::start(&extended).unwrap();
+    let (_, first) = NewDeviceLink::start(&extended, w.now()).unwrap();
     assert!(matches!(
         w.m(laptop).answer_link(&first),
         Err(CoreError::LinkRefused(_))
@@ -213,7 +223,7 @@ fn an_expired_used_or_changed_offer_is_refused_and_changes_nothing() {
     // Changed: a secret that is not the laptop's.
     let mut changed = w.m(laptop).offer_link(Vec::new(), LINK_OFFER_VALIDITY).unwrap();
     changed.secret[0] ^= 1;
-    let (_, first) = NewDeviceLink::start(&changed).unwrap();
+    let (_, first) = NewDeviceLink::start(&changed, w.now()).unwrap();
     assert!(matches!(
         w.m(laptop).answer_link(&first),
         Err(CoreError::LinkRefused(_))
@@ -224,7 +234,7 @@ fn an_expired_used_or_changed_offer_is_refused_and_changes_nothing() {
     let desktop = w.new_profile("desktop");
     link_by_offer(&mut w, laptop, desktop, &offer);
     let stranger = w.new_profile("stranger");
-    let (_, first) = NewDeviceLink::start(&offer).unwrap();
+    let (_, first) = NewDeviceLink::start(&offer, w.now()).unwrap();
     assert!(matches!(
         w.m(laptop).answer_link(&first),
         Err(CoreError::LinkRefused(_))
@@ -458,7 +468,7 @@ fn a_device_whose_list_has_not_arrived_yet_is_not_taken_for_a_removed_one() {
     // Alice links a tablet; her laptop adds it to Climbing.
     let tablet = w.new_profile("tablet");
     let offer = w.m(laptop).offer_link(Vec::new(), LINK_OFFER_VALIDITY).unwrap();
-    let (mut new_side, first) = NewDeviceLink::start(&offer).unwrap();
+    let (mut new_side, first) = NewDeviceLink::start(&offer, w.now()).unwrap();
     let (mut existing_side, answer) = w.m(laptop).answer_link(&first).unwrap();
     new_side.answered(&answer).unwrap();
     let frames = w.m(laptop).hand_over(&mut existing_side).unwrap();

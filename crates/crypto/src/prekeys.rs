@@ -21,19 +21,17 @@ use crate::{AccountIdentity, CryptoError, DeviceKeys};
 /// How long a signed prekey is used before a new one replaces it.
 pub const SIGNED_PREKEY_ROTATION_MILLIS: u64 = 7 * 24 * 3600 * 1000;
 
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn signal(e: libsignal_protocol::SignalProtocolError) -> CryptoError {
     CryptoError::Signal(e.to_string())
 }
 
-/// A fresh signed EC prekey with the given id, signed by the account identity key,
-/// as a serialised record (what the store keeps).
-pub fn generate_signed_prekey(identity: &AccountIdentity, id: u32) -> Result<Vec<u8>, CryptoError> {
+/// A fresh signed EC prekey with the given id, made at `now` and signed by the account
+/// identity key, as a serialised record (what the store keeps).
+pub fn generate_signed_prekey(identity: &AccountIdentity, id: u32, now: SystemTime) -> Result<Vec<u8>, CryptoError> {
     let mut rng = rand::rng();
     let pair = KeyPair::generate(&mut rng);
     let signature = identity
@@ -41,7 +39,7 @@ pub fn generate_signed_prekey(identity: &AccountIdentity, id: u32) -> Result<Vec
         .private_key()
         .calculate_signature(&pair.public_key.serialize(), &mut rng)
         .map_err(|e| CryptoError::Signal(e.to_string()))?;
-    SignedPreKeyRecord::new(id.into(), Timestamp::from_epoch_millis(now_millis()), &pair, &signature)
+    SignedPreKeyRecord::new(id.into(), Timestamp::from_epoch_millis(millis(now)), &pair, &signature)
         .serialize()
         .map_err(signal)
 }
@@ -54,11 +52,11 @@ pub fn generate_kyber_prekey(identity: &AccountIdentity, id: u32) -> Result<Vec<
         .map_err(signal)
 }
 
-/// Whether a serialised signed prekey is old enough to be replaced.
-pub fn signed_prekey_due(record: &[u8]) -> Result<bool, CryptoError> {
+/// Whether a serialised signed prekey is old enough at `now` to be replaced.
+pub fn signed_prekey_due(record: &[u8], now: SystemTime) -> Result<bool, CryptoError> {
     let record = SignedPreKeyRecord::deserialize(record).map_err(signal)?;
     let created = record.timestamp().map_or(0, |t| t.epoch_millis());
-    Ok(now_millis().saturating_sub(created) >= SIGNED_PREKEY_ROTATION_MILLIS)
+    Ok(millis(now).saturating_sub(created) >= SIGNED_PREKEY_ROTATION_MILLIS)
 }
 
 /// The public bundle other devices start sessions from, made from this device's

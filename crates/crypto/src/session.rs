@@ -264,12 +264,14 @@ fn signal_error(account_id: &str, error: SignalProtocolError) -> CryptoError {
     }
 }
 
-/// Starts a session with a peer device from its bundle (the PQXDH initiator side).
+/// Starts a session with a peer device from its bundle (the PQXDH initiator side), at
+/// `now`.
 pub fn start_session(
     store: &dyn SignalStore,
     peer_account: &str,
     peer_identity: &IdentityKey,
     bundle: &PrekeyBundle,
+    now: SystemTime,
 ) -> Result<(), CryptoError> {
     let signal_bundle = to_signal_bundle(peer_identity, bundle)?;
     let remote = address(peer_account, bundle.device_id)?;
@@ -280,7 +282,7 @@ pub fn start_session(
         &mut sessions,
         &mut identities,
         &signal_bundle,
-        SystemTime::now(),
+        now,
         &mut rand::rng(),
     ))
     .map_err(|e| signal_error(peer_account, e))
@@ -411,12 +413,14 @@ pub fn prekey_message_identity(bytes: &[u8]) -> Result<IdentityKey, CryptoError>
     Ok(*message.identity_key())
 }
 
-/// Encrypts `plaintext` for one peer device over the existing session.
+/// Encrypts `plaintext` for one peer device over the existing session, at `now` (a
+/// session whose start was never answered goes stale after 30 days).
 pub fn encrypt(
     store: &dyn SignalStore,
     account_id: &str,
     device_id: u8,
     plaintext: &[u8],
+    now: SystemTime,
 ) -> Result<Ciphertext, CryptoError> {
     let remote = address(account_id, device_id)?;
     let mut sessions = Adapter { store };
@@ -426,7 +430,7 @@ pub fn encrypt(
         &remote,
         &mut sessions,
         &mut identities,
-        SystemTime::now(),
+        now,
         &mut rand::rng(),
     ))
     .map_err(|e| signal_error(account_id, e))?;

@@ -17,7 +17,7 @@ struct Device {
 fn device() -> Device {
     let identity = AccountIdentity::generate();
     let keys = DeviceKeys::generate(1).unwrap();
-    let signed = generate_signed_prekey(&identity, 1).unwrap();
+    let signed = generate_signed_prekey(&identity, 1, std::time::SystemTime::now()).unwrap();
     let kyber = generate_kyber_prekey(&identity, 1).unwrap();
     let bundle = bundle_of(&keys, &signed, &kyber).unwrap();
     let account = AccountId::generate().to_string();
@@ -34,11 +34,25 @@ fn device() -> Device {
 #[test]
 fn alice_starts_a_session_from_bobs_bundle_and_they_talk_both_ways() {
     let (alice, bob) = (device(), device());
-    start_session(&alice.store, &bob.account, bob.identity.public_key(), &bob.bundle).unwrap();
-    let first = encrypt(&alice.store, &bob.account, 1, b"hello bob").unwrap();
+    start_session(
+        &alice.store,
+        &bob.account,
+        bob.identity.public_key(),
+        &bob.bundle,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let first = encrypt(
+        &alice.store,
+        &bob.account,
+        1,
+        b"hello bob",
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     assert!(first.prekey, "the first message starts the session");
     assert_eq!(decrypt(&bob.store, &alice.account, 1, &first).unwrap(), b"hello bob");
-    let reply = encrypt(&bob.store, &alice.account, 1, b"hi alice").unwrap();
+    let reply = encrypt(&bob.store, &alice.account, 1, b"hi alice", std::time::SystemTime::now()).unwrap();
     assert!(!reply.prekey);
     assert_eq!(decrypt(&alice.store, &bob.account, 1, &reply).unwrap(), b"hi alice");
 }
@@ -46,9 +60,25 @@ fn alice_starts_a_session_from_bobs_bundle_and_they_talk_both_ways() {
 #[test]
 fn out_of_order_messages_decrypt_and_a_replay_is_refused() {
     let (alice, bob) = (device(), device());
-    start_session(&alice.store, &bob.account, bob.identity.public_key(), &bob.bundle).unwrap();
+    start_session(
+        &alice.store,
+        &bob.account,
+        bob.identity.public_key(),
+        &bob.bundle,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     let messages: Vec<_> = (0..5)
-        .map(|i| encrypt(&alice.store, &bob.account, 1, format!("m{i}").as_bytes()).unwrap())
+        .map(|i| {
+            encrypt(
+                &alice.store,
+                &bob.account,
+                1,
+                format!("m{i}").as_bytes(),
+                std::time::SystemTime::now(),
+            )
+            .unwrap()
+        })
         .collect();
     for i in [4, 0, 2, 1, 3] {
         assert_eq!(
@@ -65,8 +95,15 @@ fn out_of_order_messages_decrypt_and_a_replay_is_refused() {
 #[test]
 fn a_tampered_ciphertext_is_refused() {
     let (alice, bob) = (device(), device());
-    start_session(&alice.store, &bob.account, bob.identity.public_key(), &bob.bundle).unwrap();
-    let mut message = encrypt(&alice.store, &bob.account, 1, b"hello").unwrap();
+    start_session(
+        &alice.store,
+        &bob.account,
+        bob.identity.public_key(),
+        &bob.bundle,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let mut message = encrypt(&alice.store, &bob.account, 1, b"hello", std::time::SystemTime::now()).unwrap();
     let last = message.bytes.len() - 1;
     message.bytes[last] ^= 1;
     assert!(decrypt(&bob.store, &alice.account, 1, &message).is_err());
@@ -75,6 +112,12 @@ fn a_tampered_ciphertext_is_refused() {
 #[test]
 fn a_bundle_signed_by_someone_else_is_refused() {
     let (alice, bob, mallory) = (device(), device(), device());
-    let result = start_session(&alice.store, &bob.account, bob.identity.public_key(), &mallory.bundle);
+    let result = start_session(
+        &alice.store,
+        &bob.account,
+        bob.identity.public_key(),
+        &mallory.bundle,
+        std::time::SystemTime::now(),
+    );
     assert!(matches!(result, Err(CryptoError::BadSignature("prekey bundle"))));
 }

@@ -27,7 +27,8 @@ use crate::{peer_id_of, NetError};
 /// How far in the future an envelope may be dated (clocks differ).
 const MAX_CLOCK_SKEW_SECS: u64 = 10 * 60;
 
-/// Unix seconds now, as a node sees it; tests inject their own.
+/// The time as a node (and its messenger) sees it: the system clock, or one a test
+/// moves by hand ([`ManualClock`]).
 #[derive(Clone)]
 pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
 
@@ -35,18 +36,54 @@ impl Clock {
     /// The system clock.
     pub fn system() -> Self {
         Self(Arc::new(|| {
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
         }))
     }
 
-    /// A clock that reads `now`.
+    /// A clock that reads `now`, in Unix seconds.
     pub fn from_fn(now: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
-        Self(Arc::new(now))
+        Self(Arc::new(move || now().saturating_mul(1000)))
     }
 
     /// The time, Unix seconds.
     pub fn now(&self) -> u64 {
+        self.now_millis() / 1000
+    }
+
+    /// The time, Unix milliseconds.
+    pub fn now_millis(&self) -> u64 {
         (self.0)()
+    }
+
+    /// The time as a [`SystemTime`].
+    pub fn system_time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.now_millis())
+    }
+}
+
+/// A clock that stands still until a test moves it (every [`Clock`] made from it reads
+/// the same time).
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<std::sync::atomic::AtomicU64>);
+
+impl ManualClock {
+    /// A clock that starts at the system's time now.
+    pub fn starting_now() -> Self {
+        Self(Arc::new(Clock::system().now_millis().into()))
+    }
+
+    /// A [`Clock`] that reads this one.
+    pub fn clock(&self) -> Clock {
+        let now = self.0.clone();
+        Clock(Arc::new(move || now.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+
+    /// Moves the time on.
+    pub fn advance(&self, by: Duration) {
+        self.0
+            .fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

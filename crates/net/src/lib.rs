@@ -18,7 +18,7 @@ mod direct;
 mod mailbox;
 mod node;
 
-pub use cache::{verify_ack, CacheConfig, Clock, DEFAULT_POW_BITS};
+pub use cache::{verify_ack, CacheConfig, Clock, ManualClock, DEFAULT_POW_BITS};
 pub use cairn_store::CacheLimits;
 pub use codec::{CacheCodec, Delivery, EnvelopeCodec, LinkCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL, LINK_PROTOCOL};
 pub use direct::{DirectConfig, IceServer, MAX_DIRECT_ENVELOPE};

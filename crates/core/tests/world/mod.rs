@@ -3,15 +3,16 @@
 //! takes the due envelopes (sealed as they leave), delivers them, and tells the
 //! sender what became of each. Tests can hold envelopes back, reorder, delay,
 //! tamper with them, and send a device away: what is sent to it meanwhile goes to a
-//! peer cache of the world's, which it fetches when it comes back. Shared by the 1:1
-//! and the group stories.
+//! peer cache of the world's, which it fetches when it comes back. Every device reads
+//! the world's clock, which tests move instead of sleeping. Shared by the 1:1 and the
+//! group stories.
 
 #![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use cairn_core::{CoreError, Event, Handed, KeyVault, Messenger, OutboxId, QueuedEnvelope, Unlock};
+use cairn_core::{CoreError, Event, Handed, KeyVault, ManualClock, Messenger, OutboxId, QueuedEnvelope, Unlock};
 use cairn_store::ProfileDir;
 use tempfile::TempDir;
 
@@ -40,6 +41,8 @@ impl Flight {
 /// The devices and the envelopes in flight between them.
 pub struct World {
     pub vault: KeyVault,
+    /// The time every device reads.
+    pub clock: ManualClock,
     pub devices: Vec<Device>,
     pub in_flight: Vec<Flight>,
     /// Devices that are away: what is sent to them goes to `cache`.
@@ -61,6 +64,7 @@ impl World {
         let store: Arc<keyring_core::CredentialStore> = keyring_core::mock::Store::new().unwrap();
         Self {
             vault: KeyVault::with_store(store),
+            clock: ManualClock::starting_now(),
             devices: Vec::new(),
             in_flight: Vec::new(),
             away: HashSet::new(),
@@ -73,7 +77,9 @@ impl World {
 
     pub fn new_profile(&mut self, name: &'static str) -> usize {
         let dir = tempfile::tempdir().unwrap();
-        let messenger = Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&self.vault)).unwrap();
+        let mut messenger =
+            Messenger::create_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&self.vault)).unwrap();
+        messenger.set_clock(self.clock.clock());
         self.devices.push(Device { name, dir, messenger });
         self.devices.len() - 1
     }
@@ -95,7 +101,10 @@ impl World {
         new
     }
 
+    /// A device's messenger. Every step a test takes moves the clock on a
+    /// millisecond, so that what happens one after the other is dated so too.
     pub fn m(&mut self, device: usize) -> &mut Messenger {
+        self.clock.advance(std::time::Duration::from_millis(1));
         &mut self.devices[device].messenger
     }
 
@@ -211,6 +220,11 @@ impl World {
         events
     }
 
+    /// The world's time, Unix seconds.
+    pub fn now(&self) -> u64 {
+        self.clock.clock().now()
+    }
+
     pub fn account_id(&self, device: usize) -> String {
         self.devices[device].messenger.account_info().unwrap().account_id
     }
@@ -231,8 +245,9 @@ impl World {
         for Device { name, dir, messenger } in devices {
             // Closed first: the profile lock allows one opener at a time.
             drop(messenger);
-            let messenger =
+            let mut messenger =
                 Messenger::open_profile(&ProfileDir::new(dir.path()), Unlock::Keyring(&self.vault)).unwrap();
+            messenger.set_clock(self.clock.clock());
             self.devices.push(Device { name, dir, messenger });
         }
     }
