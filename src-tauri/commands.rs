@@ -11,7 +11,7 @@ use cairn_core::{
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
 use specta::Type;
-use tauri::{AppHandle, Emitter};
+use tauri::AppHandle;
 
 /// Shortest passphrase accepted when the keyring is not used.
 const MIN_PASSPHRASE_CHARS: usize = 8;
@@ -24,6 +24,8 @@ pub struct AppState {
     /// The network node, once started.
     pub(crate) network: OnceLock<cairn_core::Courier>,
     pub(crate) network_starting: std::sync::atomic::AtomicBool,
+    /// The app, once it runs: events go to its window.
+    pub(crate) app: OnceLock<AppHandle>,
 }
 
 impl AppState {
@@ -35,6 +37,7 @@ impl AppState {
             vault: OnceLock::new(),
             network: OnceLock::new(),
             network_starting: Default::default(),
+            app: OnceLock::new(),
         }
     }
 
@@ -64,7 +67,7 @@ pub struct AccountView {
 }
 
 impl AccountView {
-    fn of(messenger: &Messenger) -> Result<Self, AppError> {
+    pub(crate) fn of(messenger: &Messenger) -> Result<Self, AppError> {
         let info = messenger.account_info()?;
         Ok(Self {
             account_id: info.account_id,
@@ -314,16 +317,32 @@ fn open(profile: &ProfileDir, unlock: Unlock<'_>) -> Result<Messenger, CoreError
 }
 
 /// Runs `work` on the open messenger.
+/// Runs `work` on the open messenger, then tells the UI what it changed (the events
+/// it queued, as the courier does for what arrives).
 fn with_messenger<T>(
     state: &AppState,
     work: impl FnOnce(&mut Messenger) -> Result<T, CoreError>,
 ) -> Result<T, AppError> {
-    let mut slot = state.messenger.lock().expect("messenger lock");
-    let messenger = slot.as_mut().ok_or_else(|| AppError {
-        code: ErrorCode::NotOpen,
-        message: "The profile is not open yet.".into(),
-    })?;
-    Ok(work(messenger)?)
+    let (outcome, events) = {
+        let mut slot = state.messenger.lock().expect("messenger lock");
+        let messenger = slot.as_mut().ok_or_else(|| AppError {
+            code: ErrorCode::NotOpen,
+            message: "The profile is not open yet.".into(),
+        })?;
+        let outcome = work(messenger);
+        let events: Vec<_> = messenger
+            .take_events()
+            .into_iter()
+            .flat_map(|event| crate::events::for_ui(messenger, state.network.get(), event))
+            .collect();
+        (outcome, events)
+    };
+    if let Some(app) = state.app.get() {
+        for event in &events {
+            event.emit(app);
+        }
+    }
+    Ok(outcome?)
 }
 
 /// A contact as the UI lists it.
@@ -447,6 +466,21 @@ fn settings_of(m: &Messenger) -> Result<Settings, CoreError> {
     })
 }
 
+/// A contact with its presence (from the courier, when the network runs).
+pub(crate) fn contact_item(
+    m: &Messenger,
+    courier: Option<&cairn_core::Courier>,
+    account_id: &str,
+) -> Result<ContactItem, CoreError> {
+    let contact = m.contact(account_id)?;
+    let keys: Vec<[u8; 32]> = m.device_keys_of(account_id)?.into_iter().map(|(_, key)| key).collect();
+    Ok(ContactItem {
+        online: courier.is_some_and(|courier| courier.any_online(&keys)),
+        direct: courier.is_some_and(|courier| courier.any_direct(&keys)),
+        ..ContactItem::from(contact)
+    })
+}
+
 /// All contacts, by name.
 #[tauri::command]
 #[specta::specta]
@@ -454,19 +488,7 @@ pub async fn contacts(state: tauri::State<'_, AppState>) -> Result<Vec<ContactIt
     with_messenger(&state, |m| {
         m.contacts()?
             .into_iter()
-            .map(|c| {
-                let keys: Vec<[u8; 32]> = m
-                    .device_keys_of(&c.account_id)?
-                    .into_iter()
-                    .map(|(_, key)| key)
-                    .collect();
-                let courier = state.network.get();
-                Ok(ContactItem {
-                    online: courier.is_some_and(|courier| courier.any_online(&keys)),
-                    direct: courier.is_some_and(|courier| courier.any_direct(&keys)),
-                    ..ContactItem::from(c)
-                })
-            })
+            .map(|c| contact_item(m, state.network.get(), &c.account_id))
             .collect()
     })
 }
@@ -508,6 +530,15 @@ pub async fn conversation(state: tauri::State<'_, AppState>, peer: String) -> Re
         Ok(m.conversation(&peer, 500)?.into_iter().map(MessageItem::from).collect())
     })
     .inspect(|_| wake_network(&state))
+}
+
+/// The person sees a conversation: its received messages are read (and, if read
+/// receipts are on, the sender is told). For a conversation that is open when a
+/// message arrives in it.
+#[tauri::command]
+#[specta::specta]
+pub async fn mark_read(state: tauri::State<'_, AppState>, peer: String) -> Result<(), AppError> {
+    with_messenger(&state, |m| m.mark_read(&peer).map(drop)).inspect(|_| wake_network(&state))
 }
 
 /// Sends a text to a contact.
@@ -792,21 +823,6 @@ pub async fn send_group_text(
     with_messenger(&state, |m| Ok(m.send_group_text(&group_id, &body)?.0.into())).inspect(|_| wake_network(&state))
 }
 
-/// The event that tells a new device's UI the code to compare while it links.
-pub const LINK_CODE_EVENT: &str = "cairn-link-code";
-/// The event that tells a new device's UI how far the history has come.
-pub const LINK_HISTORY_EVENT: &str = "cairn-link-history";
-
-/// The payload of [`LINK_HISTORY_EVENT`].
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HistoryProgressView {
-    received: u64,
-    total: u64,
-    /// Set when the history could not be passed on (the link itself stands).
-    failed: Option<String>,
-}
-
 /// An offer to link a new device: the link to paste and the same text as a QR code.
 #[derive(Debug, Clone, Serialize, Type)]
 #[serde(rename_all = "camelCase")]
@@ -847,20 +863,23 @@ pub enum ServedLinkView {
     History { sent: u32, total: u32 },
 }
 
+/// Where the link this device serves stands (`None` once it is done).
+pub(crate) fn served_link_view(m: &Messenger) -> Option<ServedLinkView> {
+    m.served_link_state().map(|s| match s {
+        ServedLinkState::WaitingForConfirmation(code) => ServedLinkView::Confirm { code },
+        ServedLinkState::Linking => ServedLinkView::Linking,
+        ServedLinkState::PassingHistory { sent, total } => ServedLinkView::History {
+            sent: sent.min(u32::MAX.into()) as u32,
+            total: total.min(u32::MAX.into()) as u32,
+        },
+    })
+}
+
 /// The link this device serves, if one is under way (`None` once it is done).
 #[tauri::command]
 #[specta::specta]
 pub async fn served_link(state: tauri::State<'_, AppState>) -> Result<Option<ServedLinkView>, AppError> {
-    with_messenger(&state, |m| {
-        Ok(m.served_link_state().map(|s| match s {
-            ServedLinkState::WaitingForConfirmation(code) => ServedLinkView::Confirm { code },
-            ServedLinkState::Linking => ServedLinkView::Linking,
-            ServedLinkState::PassingHistory { sent, total } => ServedLinkView::History {
-                sent: sent.min(u32::MAX.into()) as u32,
-                total: total.min(u32::MAX.into()) as u32,
-            },
-        }))
-    })
+    with_messenger(&state, |m| Ok(served_link_view(m)))
 }
 
 /// The person compared the codes on both screens: link (`true`), passing the message
@@ -887,20 +906,23 @@ pub struct DeviceItem {
     this_device: bool,
 }
 
+/// The account's devices as Settings lists them.
+pub(crate) fn device_items(m: &Messenger) -> Result<Vec<DeviceItem>, CoreError> {
+    Ok(m.devices()?
+        .into_iter()
+        .map(|d| DeviceItem {
+            device_id: d.device_id,
+            name: d.name,
+            this_device: d.this_device,
+        })
+        .collect())
+}
+
 /// The account's devices, from its signed device list.
 #[tauri::command]
 #[specta::specta]
 pub async fn devices(state: tauri::State<'_, AppState>) -> Result<Vec<DeviceItem>, AppError> {
-    with_messenger(&state, |m| {
-        Ok(m.devices()?
-            .into_iter()
-            .map(|d| DeviceItem {
-                device_id: d.device_id,
-                name: d.name,
-                this_device: d.this_device,
-            })
-            .collect())
-    })
+    with_messenger(&state, |m| device_items(m))
 }
 
 /// Names one of the account's devices (on this device).
@@ -958,25 +980,18 @@ pub async fn join_by_link(
         &offer,
         crate::network::config_from_env(),
         move |step| {
+            use crate::events::{JoinCode, JoinHistory};
+            use tauri_specta::Event as _;
+            let history = |received: u64, total: u64, failed| JoinHistory {
+                received: received as f64,
+                total: total as f64,
+                failed,
+            };
             let _ = match step {
-                LinkStep::Code(code) => emitter.emit(LINK_CODE_EVENT, code),
+                LinkStep::Code(code) => JoinCode { code }.emit(&emitter),
                 LinkStep::Linked => Ok(()),
-                LinkStep::History { received, total } => emitter.emit(
-                    LINK_HISTORY_EVENT,
-                    HistoryProgressView {
-                        received,
-                        total,
-                        failed: None,
-                    },
-                ),
-                LinkStep::HistoryFailed(why) => emitter.emit(
-                    LINK_HISTORY_EVENT,
-                    HistoryProgressView {
-                        received: 0,
-                        total: 0,
-                        failed: Some(why),
-                    },
-                ),
+                LinkStep::History { received, total } => history(received, total, None).emit(&emitter),
+                LinkStep::HistoryFailed(why) => history(0, 0, Some(why)).emit(&emitter),
             };
         },
     )

@@ -3,6 +3,7 @@
 //! lives here.
 
 mod commands;
+mod events;
 mod network;
 
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use tauri::webview::{PermissionKind, PermissionResponse};
-use tauri::{RunEvent, WebviewUrl, WebviewWindowBuilder};
+use tauri::{Manager, RunEvent, WebviewUrl, WebviewWindowBuilder};
 
 pub use commands::AppState;
 
@@ -28,45 +29,48 @@ struct Options {
 
 /// The typed command list, shared by the app and the TypeScript bindings generator.
 pub fn specta_builder() -> tauri_specta::Builder<tauri::Wry> {
-    tauri_specta::Builder::<tauri::Wry>::new().commands(tauri_specta::collect_commands![
-        commands::profile_status,
-        commands::create_account,
-        commands::unlock,
-        commands::account,
-        commands::contacts,
-        commands::accept_invite,
-        commands::read_qr_image,
-        commands::read_qr_frame,
-        commands::conversation,
-        commands::send_text,
-        commands::retry_message,
-        commands::safety_number,
-        commands::set_verified,
-        commands::accept_identity_change,
-        commands::reject_identity_change,
-        commands::search,
-        commands::settings,
-        commands::set_read_receipts,
-        commands::set_ice_servers,
-        commands::set_cache_quota,
-        commands::set_message_ttl,
-        commands::set_always_on_nodes,
-        commands::groups,
-        commands::create_group,
-        commands::add_group_members,
-        commands::remove_group_members,
-        commands::rename_group,
-        commands::set_group_admin,
-        commands::leave_group,
-        commands::send_group_text,
-        commands::offer_link,
-        commands::served_link,
-        commands::confirm_link,
-        commands::join_by_link,
-        commands::devices,
-        commands::rename_device,
-        commands::remove_device,
-    ])
+    tauri_specta::Builder::<tauri::Wry>::new()
+        .commands(tauri_specta::collect_commands![
+            commands::profile_status,
+            commands::create_account,
+            commands::unlock,
+            commands::account,
+            commands::contacts,
+            commands::accept_invite,
+            commands::read_qr_image,
+            commands::read_qr_frame,
+            commands::conversation,
+            commands::mark_read,
+            commands::send_text,
+            commands::retry_message,
+            commands::safety_number,
+            commands::set_verified,
+            commands::accept_identity_change,
+            commands::reject_identity_change,
+            commands::search,
+            commands::settings,
+            commands::set_read_receipts,
+            commands::set_ice_servers,
+            commands::set_cache_quota,
+            commands::set_message_ttl,
+            commands::set_always_on_nodes,
+            commands::groups,
+            commands::create_group,
+            commands::add_group_members,
+            commands::remove_group_members,
+            commands::rename_group,
+            commands::set_group_admin,
+            commands::leave_group,
+            commands::send_group_text,
+            commands::offer_link,
+            commands::served_link,
+            commands::confirm_link,
+            commands::join_by_link,
+            commands::devices,
+            commands::rename_device,
+            commands::remove_device,
+        ])
+        .events(events::collect())
 }
 
 /// The TypeScript exporter settings the checked-in bindings were made with.
@@ -97,6 +101,7 @@ pub fn run() -> anyhow::Result<()> {
         .invoke_handler(specta.invoke_handler())
         .setup(move |app| {
             specta.mount_events(app);
+            let _ = app.state::<AppState>().app.set(app.handle().clone());
             // Each profile gets its own webview data, so two instances never share it.
             let window = WebviewWindowBuilder::new(app, "main", WebviewUrl::App("index.html".into()))
                 .title(&title)

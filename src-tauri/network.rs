@@ -1,5 +1,5 @@
 //! Starts the courier (this device's network node and delivery loop) once the profile
-//! is open, and forwards its "something changed" to the UI as an event.
+//! is open, and forwards what it reports to the UI as typed events.
 //!
 //! Settings come from the environment for now: `CAIRN_LISTEN` (comma-separated
 //! multiaddrs; default all interfaces, QUIC and TCP), `CAIRN_BOOTSTRAP` (multiaddrs to
@@ -11,12 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cairn_core::{Courier, IceServer, NodeConfig};
-use tauri::{AppHandle, Emitter, Manager};
+use tauri::{AppHandle, Manager};
 
 use crate::AppState;
-
-/// The event the UI listens for to reload what it shows.
-pub const CHANGED_EVENT: &str = "cairn-changed";
 
 /// The node's settings from the environment.
 pub fn config_from_env() -> NodeConfig {
@@ -54,7 +51,7 @@ pub fn ensure_started(app: &AppHandle) {
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
         let state = app.state::<AppState>();
-        let emitter = app.clone();
+        let forwarder = app.clone();
         let mut config = config_from_env();
         let (ice_servers, cache_limits) = {
             let slot = state.messenger.lock().expect("messenger lock");
@@ -75,8 +72,8 @@ pub fn ensure_started(app: &AppHandle) {
                 ..IceServer::default()
             })
             .collect();
-        match Courier::start(state.messenger.clone(), config, move || {
-            let _ = emitter.emit(CHANGED_EVENT, ());
+        match Courier::start(state.messenger.clone(), config, move |event| {
+            crate::events::forward(&forwarder, event)
         }) {
             Ok(courier) => {
                 let _ = state.network.set(courier);

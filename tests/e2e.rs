@@ -415,8 +415,12 @@ async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network
         // Their devices open a direct WebRTC session, and the UI says so.
         wait_attr(&alice, "contact", "data-direct", "true").await?;
 
-        // Alice writes; Bob reads; Alice sees it delivered, then read.
+        // Alice writes; Bob reads; Alice sees it delivered, then read. From here on,
+        // what Alice's window shows changes by events: no list or conversation is
+        // fetched again for a message or a receipt.
         bob_in_alices_list.click().await?;
+        wait_text(&alice, "conversation-title", |t| t == "Bob").await?;
+        count_commands(&alice).await?;
         paste(&alice, "message-input", "hello over the network").await?;
         click(&alice, "send").await?;
         wait_text(&bob, "message-body", |t| t == "hello over the network").await?;
@@ -443,6 +447,15 @@ async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let calls = commands_called(&alice).await?;
+        assert_eq!(calls.get("send_text"), Some(&1), "{calls:?}");
+        for fetch_all in ["conversation", "contacts", "groups", "account"] {
+            assert_eq!(calls.get(fetch_all), None, "{fetch_all} was called again: {calls:?}");
+        }
+        assert!(
+            calls.contains_key("mark_read"),
+            "Bob's reply was read where it arrived: {calls:?}"
+        );
         // Alice also pastes Bob's invite: both have pasted, and both show the same
         // safety number.
         click(&bob, "my-invite").await?;
@@ -467,6 +480,35 @@ async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network
         Ok(())
     })
     .await
+}
+
+/// Counts, from now on, the commands the page calls, by name: every call goes to the
+/// app as a request to `ipc://localhost/COMMAND`, which the page makes with `fetch`.
+async fn count_commands(client: &Client) -> Result<()> {
+    client
+        .execute(
+            r#"
+            window.__cairnCalls = {};
+            const fetch = window.fetch.bind(window);
+            window.fetch = (resource, options) => {
+                const url = String(resource instanceof Request ? resource.url : resource);
+                if (url.startsWith("ipc:")) {
+                    const command = decodeURIComponent(url.split("/").pop());
+                    window.__cairnCalls[command] = (window.__cairnCalls[command] || 0) + 1;
+                }
+                return fetch(resource, options);
+            };
+            "#,
+            vec![],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The commands called since [`count_commands`], by name.
+async fn commands_called(client: &Client) -> Result<std::collections::BTreeMap<String, u64>> {
+    let calls = client.execute("return window.__cairnCalls", vec![]).await?;
+    Ok(serde_json::from_value(calls)?)
 }
 
 /// Waits until `test_id`'s attribute `name` reads `value`.

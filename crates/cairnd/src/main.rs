@@ -15,11 +15,12 @@
 
 mod config;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use cairn_core::{Courier, KeyVault, Messenger, Multiaddr, SharedMessenger, Unlock};
+use cairn_core::{Courier, Event, KeyVault, Messenger, Multiaddr, SharedMessenger, Unlock};
 use cairn_store::ProfileDir;
 use clap::{Parser, Subcommand};
 
@@ -250,40 +251,25 @@ fn read_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
 /// How long a stopping node may spend handing its cache to other holders.
 const HAND_OVER_FOR: Duration = Duration::from_secs(10);
 
-/// Runs the courier and prints what arrives until told to stop; with `stdin`, also
-/// answers the commands that arrive there.
+/// Runs the courier and prints what happens (from its events: this node's addresses,
+/// new contacts, texts that arrive, direct sessions opening and closing) until told to
+/// stop; with `stdin`, also answers the commands that arrive there.
 async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin: bool) -> Result<()> {
     let config = config::node_config(options)?;
     let messenger: SharedMessenger = std::sync::Arc::new(std::sync::Mutex::new(Some(open(dir)?)));
-    let (changes, mut changed) = tokio::sync::mpsc::unbounded_channel();
-    let courier = Courier::start(messenger.clone(), config, move || {
-        let _ = changes.send(());
+    let (events, mut happened) = tokio::sync::mpsc::unbounded_channel();
+    let courier = Courier::start(messenger.clone(), config, move |event| {
+        let _ = events.send(event);
     })?;
     println!("peer {}", courier.node().peer_id());
     let mut printed_invite = false;
-    let mut printed_addresses = std::collections::HashSet::new();
-    // Only what arrives from now on is printed.
-    let mut printed: std::collections::HashSet<_> = {
+    let mut printed_addresses = HashSet::new();
+    let mut known: HashSet<String> = {
         let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
         let m = guard.as_ref().expect("opened above");
-        m.contacts()?
-            .iter()
-            .flat_map(|c| m.conversation(&c.account_id, 1000).unwrap_or_default())
-            .map(|message| message.id)
-            .collect()
+        m.contacts()?.into_iter().map(|c| c.account_id).collect()
     };
-    let mut known: std::collections::HashSet<String> = {
-        let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
-        guard
-            .as_ref()
-            .map(|m| m.contacts())
-            .transpose()?
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.account_id)
-            .collect()
-    };
-    let mut direct = std::collections::HashSet::new();
+    let mut direct = HashSet::new();
     let deadline = async {
         match limit {
             Some(limit) => tokio::time::sleep(limit).await,
@@ -303,45 +289,46 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             Some(line) = commands.recv() => print_lines(answer(&messenger, &courier, &line)),
-            Some(()) = changed.recv() => {
-                // One scan for however many changes piled up.
-                while changed.try_recv().is_ok() {}
+            Some(event) = happened.recv() => {
                 let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(m) = guard.as_ref() else { bail!("the profile closed") };
-                let info = m.account_info()?;
-                let addresses = m.invite()?.addresses;
-                if !printed_invite && !addresses.is_empty() {
-                    println!("invite {}", info.invite_link);
-                    printed_invite = true;
-                }
-                // Where it listens: what people name as their always-on node.
-                for address in addresses {
-                    if printed_addresses.insert(address.clone()) {
-                        println!("address {address}");
-                    }
-                }
-                // Print each new contact and each received message once, and when a
-                // direct session to a contact opens or closes.
-                for contact in m.contacts()? {
-                    if known.insert(contact.account_id.clone()) {
-                        println!("contact {} {}", contact.account_id, contact.display_name);
-                    }
-                    let keys: Vec<_> = m.device_keys_of(&contact.account_id)?.into_iter().map(|(_, k)| k).collect();
-                    let now_direct = courier.any_direct(&keys);
-                    if now_direct != direct.contains(&contact.account_id) {
-                        let word = if now_direct { "open" } else { "closed" };
-                        println!("direct {} {word}", contact.account_id);
-                        if now_direct {
-                            direct.insert(contact.account_id.clone());
-                        } else {
-                            direct.remove(&contact.account_id);
+                match event {
+                    // Where it listens: what people name as their always-on node.
+                    Event::AccountChanged => {
+                        let addresses = m.invite()?.addresses;
+                        if !printed_invite && !addresses.is_empty() {
+                            println!("invite {}", m.account_info()?.invite_link);
+                            printed_invite = true;
+                        }
+                        for address in addresses {
+                            if printed_addresses.insert(address.clone()) {
+                                println!("address {address}");
+                            }
                         }
                     }
-                    for message in m.conversation(&contact.account_id, 1000)? {
-                        if !message.outgoing && printed.insert(message.id) {
-                            println!("message {} {}", message.sender, message.body);
+                    Event::ContactChanged(account) if !known.contains(&account) => {
+                        if let Ok(contact) = m.contact(&account) {
+                            println!("contact {account} {}", contact.display_name);
+                            known.insert(account);
                         }
                     }
+                    // Texts from contacts (not copies of this account's own, nor groups').
+                    Event::Message(message) if !message.outgoing && message.conversation == message.sender => {
+                        println!("message {} {}", message.sender, message.body);
+                    }
+                    Event::PresenceChanged(account) if known.contains(&account) => {
+                        let keys: Vec<_> = m.device_keys_of(&account)?.into_iter().map(|(_, k)| k).collect();
+                        let now_direct = courier.any_direct(&keys);
+                        if now_direct != direct.contains(&account) {
+                            println!("direct {account} {}", if now_direct { "open" } else { "closed" });
+                            if now_direct {
+                                direct.insert(account);
+                            } else {
+                                direct.remove(&account);
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
         }

@@ -47,6 +47,7 @@ impl Messenger {
             let own = self.account()?.account_id.clone();
             queued.extend(self.queue_to(&own, None, &Content::ContactSync(invite.card), None)?);
         }
+        self.emit([Event::ContactChanged(account_id.clone())]);
         Ok((self.contact(&account_id)?, queued))
     }
 
@@ -248,9 +249,11 @@ impl Messenger {
     }
 
     /// Marks a contact verified (after comparing safety numbers) or not.
-    pub fn set_verified(&self, account_id: &str, verified: bool) -> Result<()> {
+    pub fn set_verified(&mut self, account_id: &str, verified: bool) -> Result<()> {
         self.contact(account_id)?;
-        Ok(self.db.set_verified(account_id, verified)?)
+        self.db.set_verified(account_id, verified)?;
+        self.emit([Event::ContactChanged(account_id.to_owned())]);
+        Ok(())
     }
 
     /// The person accepts a contact's changed identity key: it is pinned, old
@@ -264,6 +267,7 @@ impl Messenger {
         }
         let mut received = self.drain_held(account_id)?;
         received.events.push(Event::ContactChanged(account_id.to_owned()));
+        self.emit(received.events.clone());
         Ok(received)
     }
 
@@ -271,6 +275,7 @@ impl Messenger {
     /// came with the new one is dropped.
     pub fn reject_identity_change(&mut self, account_id: &str) -> Result<()> {
         if self.db.reject_pending_identity(account_id)? {
+            self.emit([Event::ContactChanged(account_id.to_owned())]);
             Ok(())
         } else {
             Err(CoreError::NoIdentityChange(account_id.into()))

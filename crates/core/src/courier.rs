@@ -151,7 +151,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// Envelopes taken per pass over the outbox.
 const BATCH: usize = 64;
 
-type OnChange = Arc<dyn Fn() + Send + Sync>;
+type OnEvent = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// A running courier.
 #[derive(Clone)]
@@ -176,13 +176,13 @@ struct Arrivals {
 
 impl Courier {
     /// Starts the node for the open messenger's device and the delivery loop; must be
-    /// called inside a Tokio runtime. `on_change` runs whenever stored state changed
-    /// (a message or receipt arrived, the outbox moved, the node's addresses or a
-    /// peer's presence changed).
+    /// called inside a Tokio runtime. `on_event` hears of everything that happened: what
+    /// the messenger reports (messages, states, contacts, groups) and what only the
+    /// network knows (presence, this device's addresses).
     pub fn start(
         messenger: SharedMessenger,
         mut config: NodeConfig,
-        on_change: impl Fn() + Send + Sync + 'static,
+        on_event: impl Fn(Event) + Send + Sync + 'static,
     ) -> Result<Self> {
         let seed = with(&messenger, |m| m.transport_seed()).ok_or(CoreError::NoAccount)??;
         let known = with(&messenger, |m| m.peer_addresses())
@@ -218,7 +218,7 @@ impl Courier {
                 let _ = node.add_address(peer, address).await;
             }
         });
-        tokio::spawn(courier.clone().run(messenger, events, Arc::new(on_change)));
+        tokio::spawn(courier.clone().run(messenger, events, Arc::new(on_event)));
         Ok(courier)
     }
 
@@ -276,7 +276,7 @@ impl Courier {
         &self.handle
     }
 
-    async fn run(self, messenger: SharedMessenger, mut events: mpsc::Receiver<NetEvent>, on_change: OnChange) {
+    async fn run(self, messenger: SharedMessenger, mut events: mpsc::Receiver<NetEvent>, on_event: OnEvent) {
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut addresses: Vec<String> = Vec::new();
@@ -287,13 +287,13 @@ impl Courier {
                     Some(NetEvent::Listening(address)) => {
                         addresses.push(format!("{address}/p2p/{}", self.handle.peer_id()));
                         with(&messenger, |m| m.set_addresses(addresses.clone()));
-                        on_change();
+                        on_event(Event::AccountChanged);
                     }
                     Some(NetEvent::ListenerGone(address)) => {
                         let gone = format!("{address}/p2p/{}", self.handle.peer_id());
                         addresses.retain(|a| *a != gone);
                         with(&messenger, |m| m.set_addresses(addresses.clone()));
-                        on_change();
+                        on_event(Event::AccountChanged);
                     }
                     Some(NetEvent::Envelope { bytes, inbound, from }) => {
                         let path = if inbound.is_direct() {
@@ -305,28 +305,23 @@ impl Courier {
                         };
                         path.fetch_add(1, Ordering::SeqCst);
                         let delivery = match with(&messenger, |m| m.receive(&bytes)) {
-                            Some(Ok(received)) => {
-                                for event in received.events {
+                            Some(outcome) => {
+                                if let Err(e) = &outcome {
+                                    tracing::debug!(%from, %e, "an envelope was not taken");
+                                }
+                                let answer = answer_for(&outcome);
+                                for event in outcome.map(|r| r.events).unwrap_or_default() {
                                     if let Event::DirectSignal { account, device, signal } = event {
                                         tokio::spawn(self.clone().signaled(messenger.clone(), account, device, signal));
                                     }
                                 }
-                                Delivery::Accepted
-                            }
-                            Some(Err(CoreError::Duplicate)) => Delivery::Accepted,
-                            Some(Err(e)) if is_temporary(&e) => {
-                                tracing::debug!(%from, %e, "cannot take an envelope now");
-                                Delivery::Later
-                            }
-                            Some(Err(e)) => {
-                                tracing::debug!(%from, %e, "refused an envelope");
-                                Delivery::Refused
+                                answer
                             }
                             None => Delivery::Later,
                         };
                         let _ = self.handle.answer(inbound, delivery).await;
-                        on_change();
-                        self.kick(&messenger, &on_change);
+                        forward(&messenger, &on_event);
+                        self.kick(&messenger, &on_event);
                     }
                     Some(NetEvent::Connected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
@@ -336,43 +331,46 @@ impl Courier {
                         if self.handle.peer_id() < peer {
                             tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
                         }
-                        on_change();
-                        self.kick(&messenger, &on_change);
+                        presence_changed(&messenger, peer, &on_event);
+                        self.kick(&messenger, &on_event);
                     }
-                    Some(NetEvent::DirectOpened(_) | NetEvent::DirectClosed(_)) => on_change(),
+                    Some(NetEvent::DirectOpened(peer) | NetEvent::DirectClosed(peer)) => {
+                        presence_changed(&messenger, peer, &on_event)
+                    }
                     Some(NetEvent::Disconnected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
-                        on_change();
+                        presence_changed(&messenger, peer, &on_event);
                     }
                     Some(NetEvent::LinkRequest { from, request, reply }) => {
                         tracing::info!(%from, "a device asks to be linked");
                         let response = with(&messenger, |m| m.serve_link(&from.to_string(), &request)).unwrap_or_default();
                         let _ = self.handle.answer_link(reply, response).await;
-                        on_change();
-                        self.kick(&messenger, &on_change);
+                        on_event(Event::LinkChanged);
+                        forward(&messenger, &on_event);
+                        self.kick(&messenger, &on_event);
                     }
                     Some(NetEvent::Discovered(peer)) => {
                         // Now there is a way to it: what waits for it can go.
                         with(&messenger, |m| retry_for_peer(m, peer));
-                        self.kick(&messenger, &on_change);
+                        self.kick(&messenger, &on_event);
                     }
                 },
-                _ = retry.tick() => self.kick(&messenger, &on_change),
-                _ = self.wake.notified() => self.kick(&messenger, &on_change),
+                _ = retry.tick() => self.kick(&messenger, &on_event),
+                _ = self.wake.notified() => self.kick(&messenger, &on_event),
             }
         }
     }
 
     /// Starts a delivery pass on its own task, or asks the running one for another.
-    fn kick(&self, messenger: &SharedMessenger, on_change: &OnChange) {
+    fn kick(&self, messenger: &SharedMessenger, on_event: &OnEvent) {
         if self.delivering.swap(true, Ordering::SeqCst) {
             self.again.store(true, Ordering::SeqCst);
             return;
         }
-        let (courier, messenger, on_change) = (self.clone(), messenger.clone(), on_change.clone());
+        let (courier, messenger, on_event) = (self.clone(), messenger.clone(), on_event.clone());
         tokio::spawn(async move {
             loop {
-                courier.deliver(&messenger, &on_change).await;
+                courier.deliver(&messenger, &on_event).await;
                 if !courier.again.swap(false, Ordering::SeqCst) {
                     break;
                 }
@@ -387,7 +385,7 @@ impl Courier {
     /// envelope whose device cannot be reached goes to the peer cache; after one
     /// failure for a peer, its other envelopes go there without trying the device
     /// again, and if no cache takes them they wait for the next pass.
-    async fn deliver(&self, messenger: &SharedMessenger, on_change: &OnChange) {
+    async fn deliver(&self, messenger: &SharedMessenger, on_event: &OnEvent) {
         // Sealing a batch is a transaction of up to BATCH ratchet steps: off the
         // async threads, which keep the network (and DTLS handshakes) moving.
         let shared = messenger.clone();
@@ -402,7 +400,6 @@ impl Courier {
         let mut unreachable = HashSet::new();
         // Peers a direct session was asked for in this pass (once each, not per envelope).
         let mut asked_direct = HashSet::new();
-        let mut progressed = false;
         for queued in batch {
             let (account, device) = (&queued.outgoing.account_id, queued.outgoing.device_id);
             let route = with(messenger, |m| m.transport_key_of(account, device)).and_then(|r| r.ok().flatten());
@@ -414,14 +411,11 @@ impl Courier {
                         .await
                 }
             };
-            match with(messenger, |m| m.handed(&queued, how)) {
-                Some(Err(e)) => tracing::error!(%e, "could not update the outbox"),
-                _ => progressed |= how != Handed::NotNow,
+            if let Some(Err(e)) = with(messenger, |m| m.handed(&queued, how)) {
+                tracing::error!(%e, "could not update the outbox");
             }
         }
-        if progressed {
-            on_change();
-        }
+        forward(messenger, on_event);
     }
 
     /// Carries one envelope to the device behind `peer`, or to the peer cache when the
@@ -448,12 +442,12 @@ impl Courier {
             self.handle.send(peer, queued.outgoing.envelope.to_bytes()).await
         };
         match outcome {
-            Ok(Delivery::Accepted) => Handed::ToDevice,
-            Ok(Delivery::Refused) => {
-                tracing::warn!(%peer, "an envelope was refused for good");
-                Handed::Refused
+            Ok(answer) => {
+                if answer == Delivery::Refused {
+                    tracing::warn!(%peer, "an envelope was refused for good");
+                }
+                Handed::from(answer)
             }
-            Ok(Delivery::Later) => Handed::NotNow,
             Err(e) => {
                 tracing::debug!(%peer, %e, "device unreachable; trying the peer cache");
                 unreachable.insert(peer);
@@ -546,6 +540,28 @@ impl Courier {
     }
 }
 
+/// What a device answers the sender of an envelope it processed: taken (also a copy it
+/// has already), not now (this device's own trouble, or a decision the person has
+/// still to make), or refused for good. Transports in tests answer the same way.
+pub fn answer_for(outcome: &Result<crate::Received>) -> Delivery {
+    match outcome {
+        Ok(_) | Err(CoreError::Duplicate) => Delivery::Accepted,
+        Err(e) if is_temporary(e) => Delivery::Later,
+        Err(_) => Delivery::Refused,
+    }
+}
+
+impl From<Delivery> for Handed {
+    /// What a device's answer means for the envelope in the sender's outbox.
+    fn from(answer: Delivery) -> Self {
+        match answer {
+            Delivery::Accepted => Handed::ToDevice,
+            Delivery::Refused => Handed::Refused,
+            Delivery::Later => Handed::NotNow,
+        }
+    }
+}
+
 /// Errors after which the same envelope may well go through later (so the sender
 /// should keep it), as opposed to ones it never will.
 fn is_temporary(error: &CoreError) -> bool {
@@ -558,6 +574,25 @@ fn is_temporary(error: &CoreError) -> bool {
             | CoreError::NoAccount
             | CoreError::Net(_)
     )
+}
+
+/// Passes on what the messenger reports happened since it was last asked.
+fn forward(messenger: &SharedMessenger, on_event: &OnEvent) {
+    for event in with(messenger, Messenger::take_events).unwrap_or_default() {
+        on_event(event);
+    }
+}
+
+/// Tells of a change in `peer`'s presence (connected, gone, a direct session opened
+/// or closed) to the accounts whose devices it is.
+fn presence_changed(messenger: &SharedMessenger, peer: PeerId, on_event: &OnEvent) {
+    let accounts = with(messenger, |m| devices_behind(m, peer)).unwrap_or_default();
+    let mut told = HashSet::new();
+    for (account, _) in accounts {
+        if told.insert(account.clone()) {
+            on_event(Event::PresenceChanged(account));
+        }
+    }
 }
 
 /// Makes what is queued for the devices behind `peer` due now.

@@ -17,7 +17,7 @@ use data_encoding::HEXLOWER;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::messenger::{Messenger, MAX_STORED_RECORD};
-use crate::{CoreError, OutboxId, Result};
+use crate::{CoreError, Event, OutboxId, Result};
 
 /// How long a replaced signed prekey is kept (as Signal does: 30 days).
 const SIGNED_PREKEY_GRACE_MILLIS: i64 = 30 * 24 * 3600 * 1000;
@@ -145,6 +145,7 @@ impl Messenger {
             Ok(queued)
         })?;
         queued.extend(self.remove_unlisted_leaves(&own)?);
+        self.emit([Event::DevicesChanged]);
         Ok(queued)
     }
 
@@ -260,7 +261,9 @@ impl Messenger {
             }
         }
         self.save_key_packages(&own, &card.key_packages)?;
-        self.announce_card()
+        let queued = self.announce_card()?;
+        self.emit([Event::DevicesChanged]);
+        Ok(queued)
     }
 
     /// Replaces this device's signed prekey if it is older than the rotation period.

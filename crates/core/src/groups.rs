@@ -138,7 +138,7 @@ impl Messenger {
     pub fn create_group(&mut self, name: &str, members: &[String]) -> Result<(GroupView, Vec<OutboxId>)> {
         let name = name.trim();
         check_group_name(name)?;
-        self.atomically(|this| {
+        let created = self.atomically(|this| {
             this.ensure_listed()?;
             let own = this.account()?.account_id.clone();
             let mut random = [0u8; 16];
@@ -169,7 +169,9 @@ impl Messenger {
             let queued = this.add_now(&mut open, &accounts)?;
             this.keep_open(open);
             Ok((this.group(&group_id)?, queued))
-        })
+        })?;
+        self.emit([Event::GroupChanged(created.0.group_id.clone())]);
+        Ok(created)
     }
 
     /// Adds contacts to a group (admins only): every device of theirs with a key
@@ -218,7 +220,7 @@ impl Messenger {
     /// Leaves a group: proposes the removal of this account's devices, which an
     /// admin's device commits. The last admin first hands the role to another member.
     pub fn leave_group(&mut self, group_id: &str) -> Result<Vec<OutboxId>> {
-        self.atomically(|this| {
+        let left = self.atomically(|this| {
             this.ensure_listed()?;
             let mut open = this.open_group(group_id)?;
             let own = this.account()?.account_id.clone();
@@ -240,7 +242,9 @@ impl Messenger {
             this.store_group(&mut open)?;
             this.keep_open(open);
             Ok(out)
-        })
+        })?;
+        self.emit([Event::GroupChanged(group_id.to_owned())]);
+        Ok(left)
     }
 
     /// Sends a text to a group: stores the message and queues it for every other
@@ -249,7 +253,7 @@ impl Messenger {
         if body.trim().is_empty() || body.len() > MAX_TEXT_BYTES {
             return Err(CoreError::InvalidText);
         }
-        self.atomically(|this| {
+        let sent = self.atomically(|this| {
             this.ensure_listed()?;
             let mut open = this.open_group(group_id)?;
             if !open.record.active {
@@ -268,7 +272,9 @@ impl Messenger {
             let queued = this.send_app_to(&mut open, &members, &text, Some(id))?;
             this.keep_open(open);
             Ok((this.keep_outgoing(group_id, id, sent_at, body)?, queued))
-        })
+        })?;
+        self.emit([Event::Message(sent.0.clone())]);
+        Ok(sent)
     }
 
     /// Queues a failed group text again, as a new MLS message of the group's current
@@ -462,7 +468,7 @@ impl Messenger {
         group_id: &str,
         change: impl FnOnce(&mut Self, &mut OpenGroup) -> Result<Vec<OutboxId>>,
     ) -> Result<Vec<OutboxId>> {
-        self.atomically(|this| {
+        let queued = self.atomically(|this| {
             this.ensure_listed()?;
             let mut open = this.open_group(group_id)?;
             if !open.record.active || !open.record.admins.contains(&this.account()?.account_id) {
@@ -471,7 +477,9 @@ impl Messenger {
             let queued = change(this, &mut open)?;
             this.keep_open(open);
             Ok(queued)
-        })
+        })?;
+        self.emit([Event::GroupChanged(group_id.to_owned())]);
+        Ok(queued)
     }
 
     /// Adds the devices of `accounts` that are not in the group yet and have key

@@ -20,10 +20,11 @@ mod qr;
 mod views;
 
 pub use cairn_crypto::SafetyNumber;
+pub use cairn_net::Delivery;
 pub use cairn_net::{CacheConfig, CacheLimits, Clock, DirectConfig, IceServer, ManualClock, Multiaddr, NodeConfig};
 pub use cairn_proto::LinkOffer;
 pub use cairn_store::KeyVault;
-pub use courier::{join_by_link, Courier, LinkStep, SharedMessenger};
+pub use courier::{answer_for, join_by_link, Courier, LinkStep, SharedMessenger};
 pub use devices::{always_on_peer, DeviceView, LinkGrant};
 pub use groups::{GroupMemberView, GroupView};
 pub use linking::{ExistingDeviceLink, HistoryProgress, NewDeviceLink, ServedLinkState, LINK_OFFER_VALIDITY};

@@ -52,7 +52,9 @@ impl Messenger {
     /// the contact and each other device of this account; returns the message and the
     /// rows queued. Refused while the contact's changed identity key is not accepted.
     pub fn send_text(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<OutboxId>)> {
-        self.atomically(|this| this.send_text_now(peer, body))
+        let sent = self.atomically(|this| this.send_text_now(peer, body))?;
+        self.emit([Event::Message(sent.0.clone())]);
+        Ok(sent)
     }
 
     fn send_text_now(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<OutboxId>)> {
@@ -180,6 +182,13 @@ impl Messenger {
                 tracing::warn!(account, %e, "could not take removed devices out of groups");
             }
         }
+        let shown = received
+            .events
+            .iter()
+            .filter(|e| !matches!(e, Event::DirectSignal { .. }))
+            .cloned();
+        let shown: Vec<Event> = shown.collect();
+        self.emit(shown);
         Ok(received)
     }
 

@@ -12,7 +12,7 @@ use cairn_proto::{
 };
 use cairn_store::{AccountRecord, DeviceRecord, KdfParams, KeyVault, ProfileDb, ProfileDir};
 
-use crate::{Clock, CoreError, Outgoing, Result};
+use crate::{Clock, CoreError, Event, Outgoing, Result};
 
 /// Setting key of the invite secret.
 const INVITE_SECRET: &str = "invite_secret";
@@ -68,6 +68,8 @@ pub struct Messenger {
     pub(crate) group_part_bytes: usize,
     /// The time, for everything this messenger dates or lets expire.
     clock: Clock,
+    /// What happened since the driver last asked ([`Messenger::take_events`]).
+    events: Vec<Event>,
 }
 
 impl Messenger {
@@ -86,6 +88,7 @@ impl Messenger {
             served_link: None,
             group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
             clock: Clock::system(),
+            events: Vec::new(),
         })
     }
 
@@ -105,11 +108,24 @@ impl Messenger {
             served_link: None,
             group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
             clock: Clock::system(),
+            events: Vec::new(),
         };
         if messenger.account.is_some() {
             messenger.ensure_device_material()?;
         }
         Ok(messenger)
+    }
+
+    /// What happened since the last call, oldest first: messages, state changes,
+    /// contacts, groups, devices. The courier (or whoever drives this messenger)
+    /// forwards them; every change that was stored is here once.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Queues what happened (once it is stored).
+    pub(crate) fn emit(&mut self, events: impl IntoIterator<Item = Event>) {
+        self.events.extend(events);
     }
 
     /// Reads the time from `clock` from now on (the system clock unless set; tests

@@ -143,26 +143,31 @@ impl Messenger {
     /// queue, and its message fails if nothing else carries it.
     pub fn due_envelopes(&mut self, limit: usize) -> Result<Vec<QueuedEnvelope>> {
         self.atomically(|this| {
-            this.expire_sent_log()?;
+            let mut failed = this.expire_sent_log()?;
             let mut due = Vec::new();
             for row in this.db.queued_envelopes(limit, this.now_millis())? {
+                let message = row.message_id.as_deref();
                 match this.seal_row(&row) {
                     Ok(Some(outgoing)) => due.push(QueuedEnvelope {
                         id: OutboxId(row.seq),
                         outgoing,
                     }),
-                    Ok(None) => this.give_up(row.seq, row.message_id.as_deref())?,
+                    Ok(None) => failed.extend(this.give_up(row.seq, message)?),
                     // The store failing is this device's trouble: the pass ends, and
                     // every row waits for the next.
                     Err(e @ (CoreError::Store(_) | CoreError::Crypto(CryptoError::Store(_)))) => return Err(e),
                     // Anything else is this row's: it must not hold up the queue.
                     Err(e) => {
                         tracing::warn!(seq = row.seq, %e, "an outbox row cannot be sealed; giving it up");
-                        this.give_up(row.seq, row.message_id.as_deref())?;
+                        failed.extend(this.give_up(row.seq, message)?);
                     }
                 }
             }
-            Ok(due)
+            Ok((due, failed))
+        })
+        .map(|(due, failed)| {
+            self.emit(failed);
+            due
         })
     }
 
@@ -220,25 +225,26 @@ impl Messenger {
 
     /// A row leaves the outbox undelivered; its message fails unless another copy of
     /// it is still queued or a device has it.
-    fn give_up(&self, seq: i64, message: Option<&[u8]>) -> Result<()> {
+    fn give_up(&self, seq: i64, message: Option<&[u8]>) -> Result<Option<Event>> {
         self.db.dequeue_envelope(seq)?;
-        if let Some(id) = message {
-            self.fail_unless_carried(id)?;
+        match message {
+            Some(id) => self.fail_unless_carried(id),
+            None => Ok(None),
         }
-        Ok(())
     }
 
     /// Marks a message failed if no copy of it is on its way any more (queued, or sent
-    /// to a device that may still open it) and no device confirmed it.
-    fn fail_unless_carried(&self, id: &[u8]) -> Result<bool> {
-        if self.db.copies_in_flight(id)? > 0 {
-            return Ok(false);
+    /// to a device that may still open it) and no device confirmed it; the state change
+    /// if it did.
+    fn fail_unless_carried(&self, id: &[u8]) -> Result<Option<Event>> {
+        if self.db.copies_in_flight(id)? > 0 || !self.db.fail_message(id)? {
+            return Ok(None);
         }
-        let failed = self.db.fail_message(id)?;
-        if failed {
-            tracing::warn!("a message could not be delivered and is marked failed");
-        }
-        Ok(failed)
+        tracing::warn!("a message could not be delivered and is marked failed");
+        Ok(id.try_into().ok().map(|id| Event::StateChanged {
+            id,
+            state: DeliveryState::Failed,
+        }))
     }
 
     /// Records what became of an envelope taken with [`Self::due_envelopes`]: taken
@@ -246,7 +252,7 @@ impl Messenger {
     /// *sent*); refused, it leaves the queue and its message fails unless another
     /// copy carries it; not taken, it waits, backing off. Returns the state change.
     pub fn handed(&mut self, queued: &QueuedEnvelope, how: Handed) -> Result<Option<Event>> {
-        self.atomically(|this| {
+        let changed = self.atomically(|this| {
             let seq = queued.id.0;
             if this.db.queued_entry(seq)?.is_none() {
                 // Reported twice, or its device was removed meanwhile.
@@ -259,17 +265,7 @@ impl Messenger {
                     this.db.defer_envelope(seq, now)?;
                     Ok(None)
                 }
-                Handed::Refused => {
-                    this.db.dequeue_envelope(seq)?;
-                    let failed = match &message {
-                        Some(id) => this.fail_unless_carried(id)?,
-                        None => false,
-                    };
-                    Ok(message.filter(|_| failed).map(|id| Event::StateChanged {
-                        id,
-                        state: DeliveryState::Failed,
-                    }))
-                }
+                Handed::Refused => this.give_up(seq, message.as_ref().map(|id| &id[..])),
                 Handed::ToDevice | Handed::ToCaches(_) => {
                     let envelope = &queued.outgoing.envelope;
                     let expires = (envelope.created as i64 + i64::from(envelope.ttl)) * 1000;
@@ -281,19 +277,22 @@ impl Messenger {
                     }
                 }
             }
-        })
+        })?;
+        self.emit(changed.clone());
+        Ok(changed)
     }
 
     /// Forgets sent envelopes that have expired: no cache holds them any more, so
     /// nobody can ask for them again. A message that went only into those and that no
     /// device confirmed has failed.
-    fn expire_sent_log(&self) -> Result<()> {
+    fn expire_sent_log(&self) -> Result<Vec<Event>> {
+        let mut failed = Vec::new();
         for id in self.db.expire_sent(self.now_millis())? {
             if self.db.message(&id)?.is_some_and(|m| m.state == "sent") {
-                self.fail_unless_carried(&id)?;
+                failed.extend(self.fail_unless_carried(&id)?);
             }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Every row of the outbox, due or not, oldest first.
@@ -393,14 +392,7 @@ impl Messenger {
             }
             self.db.forget_sent(&failed.envelope_id)?;
             if let Some(id) = entry.message_id.as_deref() {
-                if self.fail_unless_carried(id)? {
-                    if let Ok(id) = id.try_into() {
-                        events.push(Event::StateChanged {
-                            id,
-                            state: DeliveryState::Failed,
-                        });
-                    }
-                }
+                events.extend(self.fail_unless_carried(id)?);
             }
         }
         Ok(events)
@@ -409,7 +401,7 @@ impl Messenger {
     /// The person asks to send a failed message again: it is queued anew for every
     /// device of the conversation's other members, and is *sending* again.
     pub fn retry_message(&mut self, id: &MessageId) -> Result<MessageView> {
-        self.atomically(|this| {
+        let retried = self.atomically(|this| {
             let message = this.message(id)?;
             if message.state != DeliveryState::Failed {
                 return Err(CoreError::NotFailed);
@@ -430,6 +422,11 @@ impl Messenger {
             }
             this.db.unfail_message(id)?;
             this.message(id)
-        })
+        })?;
+        self.emit([Event::StateChanged {
+            id: *id,
+            state: retried.state,
+        }]);
+        Ok(retried)
     }
 }

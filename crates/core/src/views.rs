@@ -112,10 +112,12 @@ pub struct ContactView {
     pub devices: usize,
 }
 
-/// Something that happened, for the UI.
+/// Something that happened, for the UI and `cairnd`: the messenger queues them as they
+/// happen ([`crate::Messenger::take_events`]), the courier adds what only the network
+/// knows (presence, addresses).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A new message arrived (or a copy of one sent from another own device).
+    /// A new message: arrived, a copy of one sent from another own device, or sent here.
     Message(MessageView),
     /// An outgoing message moved to a new delivery state.
     StateChanged {
@@ -133,6 +135,14 @@ pub enum Event {
     GroupChanged(String),
     /// A contact's identity key changed; sending to them is blocked until accepted.
     IdentityChanged(String),
+    /// A device of this contact (or of this account) came online or went away, or a
+    /// direct session with it opened or closed.
+    PresenceChanged(String),
+    /// Where this device can be reached changed (its invite with it).
+    AccountChanged,
+    /// A device link this device serves moved on (a code to confirm, the hand-over,
+    /// history passed on).
+    LinkChanged,
     /// A device (of a contact, or this account's own) signals about a direct session;
     /// for the courier, not for display.
     DirectSignal {

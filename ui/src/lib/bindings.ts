@@ -109,6 +109,19 @@ async conversation(peer: string) : Promise<Result<MessageItem[], AppError>> {
 }
 },
 /**
+ * The person sees a conversation: its received messages are read (and, if read
+ * receipts are on, the sender is told). For a conversation that is open when a
+ * message arrives in it.
+ */
+async markRead(peer: string) : Promise<Result<null, AppError>> {
+    try {
+    return { status: "ok", data: await TAURI_INVOKE("mark_read", { peer }) };
+} catch (e) {
+    if(e instanceof Error) throw e;
+    else return { status: "error", error: e  as any };
+}
+},
+/**
  * Sends a text to a contact.
  */
 async sendText(peer: string, body: string) : Promise<Result<MessageItem, AppError>> {
@@ -426,6 +439,27 @@ async removeDevice(deviceId: number) : Promise<Result<DeviceItem[], AppError>> {
 /** user-defined events **/
 
 
+export const events = __makeEvents__<{
+accountUpdated: AccountUpdated,
+contactUpdated: ContactUpdated,
+devicesUpdated: DevicesUpdated,
+groupUpdated: GroupUpdated,
+joinCode: JoinCode,
+joinHistory: JoinHistory,
+linkUpdated: LinkUpdated,
+messageAdded: MessageAdded,
+messageUpdated: MessageUpdated
+}>({
+accountUpdated: "account-updated",
+contactUpdated: "contact-updated",
+devicesUpdated: "devices-updated",
+groupUpdated: "group-updated",
+joinCode: "join-code",
+joinHistory: "join-history",
+linkUpdated: "link-updated",
+messageAdded: "message-added",
+messageUpdated: "message-updated"
+})
 
 /** user-defined constants **/
 
@@ -433,6 +467,10 @@ async removeDevice(deviceId: number) : Promise<Result<DeviceItem[], AppError>> {
 
 /** user-defined types **/
 
+/**
+ * The account as shown changed: the invite's addresses, or this device was removed.
+ */
+export type AccountUpdated = { account: AccountView }
 /**
  * The account as the UI shows it.
  */
@@ -470,9 +508,17 @@ online: boolean;
  */
 direct: boolean }
 /**
+ * A contact is new or changed: name, devices, verification, a changed key, presence.
+ */
+export type ContactUpdated = { contact: ContactItem }
+/**
  * One of the account's devices, as Settings lists them.
  */
 export type DeviceItem = { deviceId: number; name: string; thisDevice: boolean }
+/**
+ * The account's devices changed (one linked, renamed or removed).
+ */
+export type DevicesUpdated = { devices: DeviceItem[] }
 /**
  * Error kinds the UI can react to.
  */
@@ -494,6 +540,22 @@ active: boolean }
  */
 export type GroupMemberItem = { accountId: string; displayName: string; admin: boolean; devices: number }
 /**
+ * A group is new or changed: members, admins, name, epoch, or this device left it.
+ */
+export type GroupUpdated = { group: GroupItem }
+/**
+ * While this device links to an account: the code to compare with the other screen.
+ */
+export type JoinCode = { code: string }
+/**
+ * While this device links to an account: how far the history has come.
+ */
+export type JoinHistory = { received: number; total: number; 
+/**
+ * Set when the history could not be passed on (the link itself stands).
+ */
+failed: string | null }
+/**
  * An offer to link a new device: the link to paste and the same text as a QR code.
  */
 export type LinkOfferView = { link: string; 
@@ -505,6 +567,14 @@ qrSvg: string;
  * Unix seconds.
  */
 expiresAt: number }
+/**
+ * A link this device serves moved on (`None` once it is done).
+ */
+export type LinkUpdated = { link: ServedLinkView | null }
+/**
+ * A message is new here: it arrived, an own device sent it, or this one did.
+ */
+export type MessageAdded = { message: MessageItem }
 /**
  * A message as the UI shows it.
  */
@@ -534,6 +604,10 @@ export type MessageState = "Sending" | "Sent" | "Delivered" | "Read" | "Received
  * Nothing will deliver it any more; the person may retry.
  */
 "Failed"
+/**
+ * A message's delivery state moved on (sent, delivered, read, failed, sending again).
+ */
+export type MessageUpdated = { message: MessageItem }
 /**
  * Where the profile stands, which decides the screen the UI shows.
  */

@@ -120,7 +120,7 @@ fn start_courier(
     let (changes, changed) = std::sync::mpsc::channel();
     let changes = Mutex::new(changes);
     let _inside = runtime.enter();
-    let courier = Courier::start(messenger.clone(), config, move || {
+    let courier = Courier::start(messenger.clone(), config, move |_event| {
         let _ = changes.lock().unwrap().send(());
     })
     .unwrap();

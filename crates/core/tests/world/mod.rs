@@ -154,11 +154,8 @@ impl World {
         }
         self.delivered.push(flight.clone());
         let received = self.m(flight.to).receive(&flight.bytes());
-        let how = match &received {
-            Ok(_) | Err(CoreError::Duplicate) => Handed::ToDevice,
-            Err(CoreError::Store(_) | CoreError::IdentityChanged(_)) => Handed::NotNow,
-            Err(_) => Handed::Refused,
-        };
+        // The device answers as it would over the network.
+        let how = Handed::from(cairn_core::answer_for(&received));
         self.m(flight.from).handed(&flight.queued, how).unwrap();
         received.map(|r| r.events)
     }

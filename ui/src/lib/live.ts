@@ -1,0 +1,22 @@
+// Listening to the backend's typed events (see `events` in bindings.ts) for as long
+// as a component lives, so it applies each change where it is instead of fetching
+// everything again.
+import { onDestroy } from "svelte";
+
+type Listenable<T> = { listen: (handler: (event: { payload: T }) => void) => Promise<() => void> };
+
+/** Calls `handle` with each event's payload until the component is destroyed; the
+ *  promise resolves once the listener is in place (load after it, and nothing
+ *  reported meanwhile is missed). Call it while the component initialises. */
+export function whileMounted<T>(source: Listenable<T>, handle: (payload: T) => void): Promise<void> {
+  const stop = source.listen((event) => handle(event.payload));
+  onDestroy(() => void stop.then((unlisten) => unlisten()));
+  return stop.then(() => undefined);
+}
+
+/** `items` with `item` in place of the one with the same key, or added. */
+export function upsert<T>(items: T[], item: T, key: (item: T) => string): T[] {
+  const at = items.findIndex((existing) => key(existing) === key(item));
+  if (at < 0) return [...items, item];
+  return items.map((existing, i) => (i === at ? item : existing));
+}
