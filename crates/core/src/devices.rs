@@ -10,13 +10,12 @@ use cairn_crypto::{
     AccountIdentity,
 };
 use cairn_proto::{
-    decode_versioned, encode_versioned, ContactCard, Content, DeviceList, LinkHandOver, MAX_ALWAYS_ON,
-    MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
+    encode_versioned, ContactCard, Content, DeviceList, LinkHandOver, MAX_ALWAYS_ON, MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
 };
 use data_encoding::HEXLOWER;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::messenger::{Messenger, MAX_STORED_RECORD};
+use crate::messenger::Messenger;
 use crate::{CoreError, Event, OutboxId, Result};
 
 /// How long a replaced signed prekey is kept (as Signal does: 30 days).
@@ -314,16 +313,14 @@ impl Messenger {
     /// The always-on nodes `account_id` (a contact, or this account) names in its
     /// signed device list: senders place envelopes for its devices there too.
     pub fn always_on_of(&self, account_id: &str) -> Result<Vec<String>> {
-        let signed = if account_id == self.account()?.account_id {
-            self.own_device_list()?
-        } else {
-            let contact = self
-                .db
-                .contact(account_id)?
-                .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
-            decode_versioned(&contact.device_list, MAX_STORED_RECORD)?
-        };
-        Ok(verify_device_list(&signed)?.0.always_on)
+        if account_id == self.account()?.account_id {
+            return Ok(self.own_list()?.always_on);
+        }
+        let contact = self
+            .db
+            .contact(account_id)?
+            .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
+        Ok(self.stored_list(&contact.device_list)?.0.always_on)
     }
 
     /// Names this account's always-on nodes (multiaddrs ending in `/p2p/<peer id>`, at

@@ -70,7 +70,18 @@ pub struct Messenger {
     clock: Clock,
     /// What happened since the driver last asked ([`Messenger::take_events`]).
     events: Vec<Event>,
+    /// Stored signed device lists already checked, by their encoding.
+    verified_lists: VerifiedLists,
 }
+
+/// Signed device lists whose signature was checked, by their encoding: a list read
+/// from the store is checked once per run, not once per envelope (it was checked when
+/// it arrived; the key is the list itself, so nothing can go stale).
+#[derive(Default)]
+struct VerifiedLists(std::cell::RefCell<std::collections::HashMap<Vec<u8>, (DeviceList, IdentityKey)>>);
+
+/// Most lists kept checked (far more than contacts × versions in use).
+const MAX_VERIFIED_LISTS: usize = 4096;
 
 impl Messenger {
     /// Creates a new profile in `dir`, protected as `unlock` says.
@@ -89,6 +100,7 @@ impl Messenger {
             group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
             clock: Clock::system(),
             events: Vec::new(),
+            verified_lists: VerifiedLists::default(),
         })
     }
 
@@ -109,6 +121,7 @@ impl Messenger {
             group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
             clock: Clock::system(),
             events: Vec::new(),
+            verified_lists: VerifiedLists::default(),
         };
         if messenger.account.is_some() {
             messenger.ensure_device_material()?;
@@ -426,7 +439,24 @@ impl Messenger {
 
     /// This account's device list, as stored (and checked).
     pub(crate) fn own_list(&self) -> Result<DeviceList> {
-        Ok(verify_device_list(&self.own_device_list()?)?.0)
+        let bytes = self.db.own_device_list()?.ok_or(CoreError::NoAccount)?;
+        Ok(self.stored_list(&bytes)?.0)
+    }
+
+    /// A signed device list as the store keeps it (encoded), decoded and checked, and
+    /// the key that signed it; checked once per distinct list.
+    pub(crate) fn stored_list(&self, encoded: &[u8]) -> Result<(DeviceList, IdentityKey)> {
+        if let Some(verified) = self.verified_lists.0.borrow().get(encoded) {
+            return Ok(verified.clone());
+        }
+        let signed: SignedDeviceList = decode_versioned(encoded, MAX_STORED_RECORD)?;
+        let verified = verify_device_list(&signed)?;
+        let mut lists = self.verified_lists.0.borrow_mut();
+        if lists.len() >= MAX_VERIFIED_LISTS {
+            lists.clear();
+        }
+        lists.insert(encoded.to_vec(), verified.clone());
+        Ok(verified)
     }
 
     /// Adopts a signed list for this account if it is ours and newer.
@@ -505,8 +535,7 @@ impl Messenger {
             .db
             .contact(account_id)?
             .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
-        let signed: SignedDeviceList = decode_versioned(&contact.device_list, MAX_STORED_RECORD)?;
-        let (list, identity) = verify_device_list(&signed)?;
+        let (list, identity) = self.stored_list(&contact.device_list)?;
         // A list signed by a key other than the pinned one (left from before an
         // accepted identity change) names no device we may seal to.
         let pinned = self.db.pinned_identity(account_id)?.map(|p| p.identity_key);
