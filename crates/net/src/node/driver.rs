@@ -1,18 +1,7 @@
-//! A running node: the libp2p swarm (TCP, QUIC and in-process memory transports with
-//! Noise and Yamux, identify, ping, Kademlia, mDNS, circuit relay client and optionally
-//! server, DCUtR hole punching, AutoNAT, the envelope protocol and the peer cache
-//! protocol) driven on a Tokio task, and the handle the rest of the app talks to it
-//! through.
-//!
-//! Peer cache: the driver answers cache requests from its [`CacheService`] (when this
-//! node holds for others), runs DHT lookups and cache requests for the handle, turns
-//! envelopes pushed by holders into [`NetEvent::Envelope`]s, and signs and sends the
-//! acknowledgement once an envelope from a holder is answered.
-//!
-//! Relays: when a peer this node dialed says (through identify) that it relays, the
-//! node also listens through it (`…/p2p/<relay>/p2p-circuit`), so peers that cannot
-//! reach it directly reach it there; DCUtR then tries to turn relayed connections into
-//! direct ones.
+//! The task that runs a node's swarm: it carries out the handle's commands, turns
+//! swarm events into [`NetEvent`]s, answers the peer cache's requests from this node's
+//! cache service, batches stores into shared commits, acknowledges what holders
+//! pushed, and listens through relays it learns of.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,127 +10,18 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{autonat, dcutr, identify, identity, kad, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent};
+use libp2p::{autonat, dcutr, identify, identity, kad, mdns, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use cairn_proto::{CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox, MAX_ACK_IDS};
 
-use crate::cache::{sign_ack, CacheConfig, CacheService, Clock, Effect};
-use crate::codec::{CacheCodec, Delivery, EnvelopeCodec, LinkCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL, LINK_PROTOCOL};
-use crate::direct::{Direct, DirectConfig};
+use super::handle::Command;
+use super::{Behaviour, BehaviourEvent, Inbound, InboundId, LinkReply, NetEvent, NodeConfig};
+use crate::cache::{sign_ack, CacheService, Clock, Effect};
+use crate::codec::Delivery;
 use crate::NetError;
-
-/// How a node starts.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Addresses to listen on (`/ip4/0.0.0.0/udp/0/quic-v1`, `/ip4/127.0.0.1/tcp/0`, …).
-    pub listen: Vec<Multiaddr>,
-    /// Peers to dial at start (bootstrap nodes, addresses from invites).
-    pub bootstrap: Vec<Multiaddr>,
-    /// Find peers on the local network with mDNS.
-    pub mdns: bool,
-    /// Relay connections for other peers (always-on nodes such as `cairnd node`).
-    pub relay_server: bool,
-    /// How long a request may wait for its answer.
-    pub request_timeout: Duration,
-    /// Direct WebRTC sessions.
-    pub direct: DirectConfig,
-    /// The peer cache: holding for others, placing and fetching this device's envelopes.
-    pub cache: CacheConfig,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        Self {
-            listen: vec![
-                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid multiaddr"),
-                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
-            ],
-            bootstrap: Vec::new(),
-            mdns: true,
-            relay_server: false,
-            request_timeout: Duration::from_secs(20),
-            direct: DirectConfig::default(),
-            cache: CacheConfig::default(),
-        }
-    }
-}
-
-/// Something the node saw.
-#[derive(Debug)]
-pub enum NetEvent {
-    /// The node listens on a new address.
-    Listening(Multiaddr),
-    /// The node no longer listens on this address.
-    ListenerGone(Multiaddr),
-    /// An envelope arrived (over libp2p, a direct session, or from a holder of this
-    /// device's mailbox); answer it with [`NodeHandle::answer`] once it is stored.
-    Envelope {
-        /// The sending peer (a device, or a cache node holding it).
-        from: PeerId,
-        /// The encoded envelope.
-        bytes: Vec<u8>,
-        /// What to pass to [`NodeHandle::answer`].
-        inbound: InboundId,
-    },
-    /// A peer's addresses were found (on the local network, or through the DHT).
-    Discovered(PeerId),
-    /// A connection to a peer is up.
-    Connected(PeerId),
-    /// The last connection to a peer closed.
-    Disconnected(PeerId),
-    /// A direct (WebRTC) session to a peer opened: envelopes to it take that path now.
-    DirectOpened(PeerId),
-    /// The direct session to a peer closed.
-    DirectClosed(PeerId),
-    /// A new device asks to be linked (`/cairn/link/1`); answer with
-    /// [`NodeHandle::answer_link`].
-    LinkRequest {
-        /// The asking peer.
-        from: PeerId,
-        /// The encoded request.
-        request: Vec<u8>,
-        /// What to pass to [`NodeHandle::answer_link`].
-        reply: LinkReply,
-    },
-}
-
-/// Identifies an inbound link request until it is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LinkReply(u64);
-
-/// Identifies an inbound envelope until it is answered, and the path it came by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct InboundId(Inbound);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Inbound {
-    Swarm(u64),
-    Direct { peer: PeerId, request: u64 },
-    Cached { holder: PeerId, id: EnvelopeId },
-}
-
-impl InboundId {
-    pub(crate) fn direct(peer: PeerId, request: u64) -> Self {
-        Self(Inbound::Direct { peer, request })
-    }
-
-    pub(crate) fn cached(holder: PeerId, id: EnvelopeId) -> Self {
-        Self(Inbound::Cached { holder, id })
-    }
-
-    /// Whether the envelope came over a direct WebRTC session (not a libp2p stream).
-    pub fn is_direct(&self) -> bool {
-        matches!(self.0, Inbound::Direct { .. })
-    }
-
-    /// Whether the envelope came from a peer cache holding it for this device.
-    pub fn is_cached(&self) -> bool {
-        matches!(self.0, Inbound::Cached { .. })
-    }
-}
 
 /// Most stores that share one commit.
 const STORE_BATCH: usize = 64;
@@ -159,423 +39,7 @@ fn answer<T>(
     }
 }
 
-/// Work run on the driver's cache service, given the time.
-type HoldingWork = Box<dyn FnOnce(Option<&mut CacheService>, u64) + Send>;
-
-enum Command {
-    Send {
-        to: PeerId,
-        bytes: Vec<u8>,
-        done: oneshot::Sender<Result<Delivery, NetError>>,
-    },
-    Answer {
-        inbound: InboundId,
-        delivery: Delivery,
-    },
-    Dial {
-        address: Multiaddr,
-        done: oneshot::Sender<Result<(), NetError>>,
-    },
-    AddAddress {
-        peer: PeerId,
-        address: Multiaddr,
-    },
-    Listeners {
-        done: oneshot::Sender<Vec<Multiaddr>>,
-    },
-    /// Finds the peers closest to `key` in the DHT (reachable ones, nearest first).
-    ClosestPeers {
-        key: Vec<u8>,
-        count: std::num::NonZeroUsize,
-        done: oneshot::Sender<Vec<PeerId>>,
-    },
-    /// Sends a cache request and passes the answer back.
-    Cache {
-        to: PeerId,
-        request: CacheRequest,
-        done: oneshot::Sender<Result<CacheResponse, NetError>>,
-    },
-    /// Runs work on this node's cache service (`None` when it holds for no one).
-    Holding(HoldingWork),
-    /// Sends a link request and passes the answer back.
-    Link {
-        to: PeerId,
-        request: Vec<u8>,
-        done: oneshot::Sender<Result<Vec<u8>, NetError>>,
-    },
-    /// Answers an inbound link request.
-    LinkAnswer {
-        reply: LinkReply,
-        response: Vec<u8>,
-    },
-}
-
-/// Talks to a running node; cheap to clone. The node stops when every handle is gone.
-#[derive(Clone)]
-pub struct NodeHandle {
-    peer_id: PeerId,
-    commands: mpsc::Sender<Command>,
-    direct: Arc<Direct>,
-    pub(crate) cache: Arc<CacheConfig>,
-    /// This device's transport public key (its mailbox derives from it).
-    pub(crate) transport_key: [u8; 32],
-    /// Poked when a peer connects: the mailbox is worth fetching then.
-    pub(crate) connected: Arc<tokio::sync::Notify>,
-    /// Holders found lately for mailboxes, so a burst of envelopes needs one lookup.
-    pub(crate) recent_holders: Arc<crate::mailbox::RecentHolders>,
-}
-
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    envelopes: request_response::Behaviour<EnvelopeCodec>,
-    cache: request_response::Behaviour<CacheCodec>,
-    link: request_response::Behaviour<LinkCodec>,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    mdns: Toggle<mdns::tokio::Behaviour>,
-    relay_client: relay::client::Behaviour,
-    relay: Toggle<relay::Behaviour>,
-    dcutr: dcutr::Behaviour,
-    autonat: autonat::Behaviour,
-}
-
-/// Lookups give up after 10 s (not libp2p's 60): a lookup that waits on unreachable
-/// peers must not keep the next one, which may find a new address, from starting.
-fn kad_config() -> kad::Config {
-    let mut config = kad::Config::new(kad::PROTOCOL_NAME);
-    config.set_query_timeout(Duration::from_secs(10));
-    config
-}
-
-/// What one relayed circuit may carry: envelopes, not only introductions (libp2p's
-/// defaults, 128 KiB and 2 minutes, are meant for hole-punching handshakes).
-fn relay_config() -> relay::Config {
-    relay::Config {
-        max_circuit_duration: Duration::from_secs(60 * 60),
-        max_circuit_bytes: 64 << 20,
-        ..relay::Config::default()
-    }
-}
-
-/// The libp2p identity of a device, from its 32-byte ed25519 transport seed.
-pub fn keypair_from_seed(seed: [u8; 32]) -> identity::Keypair {
-    identity::Keypair::ed25519_from_bytes(seed).expect("any 32 bytes are an ed25519 secret key")
-}
-
-/// The peer id of a device, from its ed25519 transport public key (as device lists carry it).
-pub fn peer_id_of(transport_key: &[u8; 32]) -> Result<PeerId, NetError> {
-    let key = identity::ed25519::PublicKey::try_from_bytes(transport_key).map_err(|_| NetError::InvalidKey)?;
-    Ok(identity::PublicKey::from(key).to_peer_id())
-}
-
-/// Starts a node with the device's transport seed; returns its handle and events.
-pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Receiver<NetEvent>), NetError> {
-    let keypair = keypair_from_seed(seed);
-    let peer_id = keypair.public().to_peer_id();
-    let transport_key = keypair
-        .public()
-        .try_into_ed25519()
-        .map_err(|_| NetError::InvalidKey)?
-        .to_bytes();
-    let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
-    let holding = match &config.cache.store {
-        Some((path, limits)) => Some(CacheService::open(path, *limits, config.cache.pow_bits)?),
-        None => None,
-    };
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .map_err(|e| transport(&e))?
-        .with_quic()
-        // `/memory/N` addresses: many nodes in one process (simulations, tests).
-        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            use libp2p::core::{transport::MemoryTransport, upgrade::Version, Transport};
-            Ok(MemoryTransport::default()
-                .upgrade(Version::V1)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default()))
-        })
-        .map_err(|e| transport(&e))?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| transport(&e))?
-        .with_behaviour(|key, relay_client| {
-            let peer_id = key.public().to_peer_id();
-            let mdns = if config.mdns {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
-            } else {
-                None
-            };
-            Ok(Behaviour {
-                envelopes: request_response::Behaviour::new(
-                    [(ENVELOPE_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(config.request_timeout)
-                        // Bounds what one connection can make us buffer at once.
-                        .with_max_concurrent_streams(16),
-                ),
-                cache: request_response::Behaviour::new(
-                    [(CACHE_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(config.request_timeout)
-                        .with_max_concurrent_streams(16),
-                ),
-                link: request_response::Behaviour::new(
-                    [(LINK_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(60))
-                        .with_max_concurrent_streams(2),
-                ),
-                // Pushing new listen addresses tells peers (and so the DHT) about addresses
-                // through relays, which come up after the first exchange.
-                identify: identify::Behaviour::new(
-                    identify::Config::new("/cairn/id/1".into(), key.public()).with_push_listen_addr_updates(true),
-                ),
-                ping: ping::Behaviour::default(),
-                kad: kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config()),
-                mdns: mdns.into(),
-                relay_client,
-                relay: config
-                    .relay_server
-                    .then(|| relay::Behaviour::new(peer_id, relay_config()))
-                    .into(),
-                dcutr: dcutr::Behaviour::new(peer_id),
-                autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
-            })
-        })
-        .map_err(|e| transport(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
-    // Every node answers DHT queries: peers find each other through any node they share.
-    swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
-    for address in &config.listen {
-        swarm.listen_on(address.clone()).map_err(|e| transport(&e))?;
-    }
-    for address in &config.bootstrap {
-        if let Err(e) = swarm.dial(address.clone()) {
-            tracing::warn!(%address, %e, "bootstrap dial failed");
-        }
-    }
-    let (commands, command_rx) = mpsc::channel(256);
-    let (events, event_rx) = mpsc::channel(256);
-    let direct = Direct::new(peer_id, config.direct.clone(), events.clone())?;
-    let connected = Arc::new(tokio::sync::Notify::new());
-    let handle = NodeHandle {
-        peer_id,
-        commands,
-        direct,
-        cache: Arc::new(config.cache.clone()),
-        transport_key,
-        connected: connected.clone(),
-        recent_holders: Arc::default(),
-    };
-    tokio::spawn(
-        Driver {
-            swarm,
-            commands: command_rx,
-            events: events.clone(),
-            keypair,
-            holding,
-            clock: config.cache.clock.clone(),
-            replicas: config.cache.replicas,
-            closest: HashMap::new(),
-            cache_pending: HashMap::new(),
-            link_pending: HashMap::new(),
-            link_inbound: HashMap::new(),
-            acks_due: HashMap::new(),
-            subscribed_at: HashSet::new(),
-            mailbox: cairn_proto::mailbox_of(&transport_key),
-            stores_due: Vec::new(),
-            flush_stores_at: tokio::time::Instant::now(),
-            connected,
-            pending: HashMap::new(),
-            inbound: HashMap::new(),
-            next_inbound: 0,
-            dials: HashMap::new(),
-            lookups: HashMap::new(),
-            dialed: HashMap::new(),
-            relays: HashSet::new(),
-            circuits_offered: HashSet::new(),
-            relay_server: config.relay_server,
-        }
-        .run(),
-    );
-    tokio::spawn(crate::mailbox::upkeep(handle.downgrade(), events));
-    Ok((handle, event_rx))
-}
-
-/// A [`NodeHandle`] that does not keep the node running.
-pub(crate) struct WeakNodeHandle {
-    peer_id: PeerId,
-    commands: mpsc::WeakSender<Command>,
-    direct: Arc<Direct>,
-    cache: Arc<CacheConfig>,
-    transport_key: [u8; 32],
-    connected: Arc<tokio::sync::Notify>,
-    recent_holders: Arc<crate::mailbox::RecentHolders>,
-}
-
-impl WeakNodeHandle {
-    /// The handle, while the node runs.
-    pub(crate) fn upgrade(&self) -> Option<NodeHandle> {
-        Some(NodeHandle {
-            peer_id: self.peer_id,
-            commands: self.commands.upgrade()?,
-            direct: self.direct.clone(),
-            cache: self.cache.clone(),
-            transport_key: self.transport_key,
-            connected: self.connected.clone(),
-            recent_holders: self.recent_holders.clone(),
-        })
-    }
-}
-
-impl NodeHandle {
-    fn downgrade(&self) -> WeakNodeHandle {
-        WeakNodeHandle {
-            peer_id: self.peer_id,
-            commands: self.commands.downgrade(),
-            direct: self.direct.clone(),
-            cache: self.cache.clone(),
-            transport_key: self.transport_key,
-            connected: self.connected.clone(),
-            recent_holders: self.recent_holders.clone(),
-        }
-    }
-
-    /// This node's peer id.
-    pub fn peer_id(&self) -> PeerId {
-        self.peer_id
-    }
-
-    /// Sends an encoded envelope to a peer and waits for its answer: over the direct
-    /// session if one is open, else (or if it fails) over a libp2p stream.
-    pub async fn send(&self, to: PeerId, bytes: Vec<u8>) -> Result<Delivery, NetError> {
-        match self.direct.send(to, &bytes).await {
-            Some(Ok(delivery)) => Ok(delivery),
-            Some(Err(e)) => {
-                tracing::info!(peer = %to, %e, "direct session failed; falling back to libp2p");
-                self.send_over_swarm(to, bytes).await
-            }
-            None => self.send_over_swarm(to, bytes).await,
-        }
-    }
-
-    /// Sends an encoded envelope over a libp2p stream (never a direct session), as
-    /// signaling for direct sessions must.
-    pub async fn send_over_swarm(&self, to: PeerId, bytes: Vec<u8>) -> Result<Delivery, NetError> {
-        self.ask(|done| Command::Send { to, bytes, done }).await?
-    }
-
-    /// Answers an inbound envelope, by the path it came.
-    pub async fn answer(&self, inbound: InboundId, delivery: Delivery) -> Result<(), NetError> {
-        match inbound.0 {
-            Inbound::Direct { peer, request } => {
-                self.direct.reply(peer, request, delivery).await;
-                Ok(())
-            }
-            Inbound::Swarm(_) | Inbound::Cached { .. } => self.tell(Command::Answer { inbound, delivery }).await,
-        }
-    }
-
-    /// Starts a direct session to `peer`: returns the SDP offer to send it (sealed, over
-    /// libp2p), or `None` when a session exists or is under way, direct sessions are
-    /// off, or a recent attempt failed.
-    pub async fn direct_offer(&self, peer: PeerId) -> Result<Option<String>, NetError> {
-        self.direct.offer(peer).await
-    }
-
-    /// Answers `peer`'s SDP offer with the SDP to send back; `None` when this side's
-    /// own concurrent offer wins or direct sessions are off.
-    pub async fn direct_answer(&self, peer: PeerId, offer: String) -> Result<Option<String>, NetError> {
-        self.direct.answer(peer, offer).await
-    }
-
-    /// Applies `peer`'s SDP answer to this side's offer; the session opens shortly after.
-    pub async fn direct_accept(&self, peer: PeerId, answer: String) -> Result<(), NetError> {
-        self.direct.accept(peer, answer).await
-    }
-
-    /// Whether a direct session to `peer` is open.
-    pub fn is_direct(&self, peer: &PeerId) -> bool {
-        self.direct.is_open(peer)
-    }
-
-    /// Closes the direct sessions; the libp2p node stops when the last handle goes.
-    pub async fn close_direct_sessions(&self) {
-        self.direct.close_all().await;
-    }
-
-    /// Dials an address and waits until the connection is up.
-    pub async fn dial(&self, address: Multiaddr) -> Result<(), NetError> {
-        self.ask(|done| Command::Dial { address, done }).await?
-    }
-
-    /// Tells the node where a peer can be reached (e.g. from an invite).
-    pub async fn add_address(&self, peer: PeerId, address: Multiaddr) -> Result<(), NetError> {
-        self.tell(Command::AddAddress { peer, address }).await
-    }
-
-    /// The addresses the node listens on now.
-    pub async fn listeners(&self) -> Result<Vec<Multiaddr>, NetError> {
-        self.ask(|done| Command::Listeners { done }).await
-    }
-
-    /// The `count` peers closest to `key` in the DHT that answered (at most 20),
-    /// nearest first.
-    pub async fn closest_peers(&self, key: Vec<u8>, count: usize) -> Result<Vec<PeerId>, NetError> {
-        let count = std::num::NonZeroUsize::new(count).unwrap_or(std::num::NonZeroUsize::MIN);
-        self.ask(|done| Command::ClosestPeers { key, count, done }).await
-    }
-
-    /// Sends one request to a cache node and waits for its answer.
-    pub async fn cache_request(&self, to: PeerId, request: CacheRequest) -> Result<CacheResponse, NetError> {
-        self.ask(|done| Command::Cache { to, request, done }).await?
-    }
-
-    /// Sends one request of the device-link protocol and waits for the answer.
-    pub async fn link_request(&self, to: PeerId, request: Vec<u8>) -> Result<Vec<u8>, NetError> {
-        self.ask(|done| Command::Link { to, request, done }).await?
-    }
-
-    /// Answers an inbound link request.
-    pub async fn answer_link(&self, reply: LinkReply, response: Vec<u8>) -> Result<(), NetError> {
-        self.tell(Command::LinkAnswer { reply, response }).await
-    }
-
-    /// Runs `work` on this node's cache service, with the time.
-    pub(crate) async fn holding<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(Option<&mut CacheService>, u64) -> T + Send + 'static,
-    ) -> Result<T, NetError> {
-        self.ask(|done| {
-            Command::Holding(Box::new(move |service, now| {
-                let _ = done.send(work(service, now));
-            }))
-        })
-        .await
-    }
-
-    /// Envelopes and bytes this node holds for others (zeros when it holds for no one).
-    pub async fn cache_usage(&self) -> Result<(u64, u64), NetError> {
-        self.holding(|service, _| service.map_or(Ok((0, 0)), |s| s.usage()))
-            .await?
-    }
-
-    /// Hands the driver a command.
-    async fn tell(&self, command: Command) -> Result<(), NetError> {
-        self.commands.send(command).await.map_err(|_| NetError::Stopped)
-    }
-
-    /// Hands the driver a command and waits for what it sends back.
-    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
-        let (done, answer) = oneshot::channel();
-        self.tell(command(done)).await?;
-        answer.await.map_err(|_| NetError::Stopped)
-    }
-}
-
-struct Driver {
+pub(super) struct Driver {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
@@ -670,7 +134,7 @@ impl Driver {
         Ok(())
     }
 
-    async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         // Acknowledgements go out in batches, a moment after their envelopes were answered.
         let mut ack_tick = tokio::time::interval(Duration::from_millis(100));
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1100,5 +564,53 @@ impl Driver {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl Driver {
+    /// The driver of a node built from `swarm`, taking `commands` from its handles
+    /// and telling `events`.
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        keypair: identity::Keypair,
+        holding: Option<CacheService>,
+        config: &NodeConfig,
+        connected: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        let transport_key = keypair
+            .public()
+            .try_into_ed25519()
+            .map(|key| key.to_bytes())
+            .unwrap_or_default();
+        Self {
+            swarm,
+            commands,
+            events,
+            keypair,
+            holding,
+            clock: config.cache.clock.clone(),
+            replicas: config.cache.replicas,
+            closest: HashMap::new(),
+            cache_pending: HashMap::new(),
+            link_pending: HashMap::new(),
+            link_inbound: HashMap::new(),
+            acks_due: HashMap::new(),
+            subscribed_at: HashSet::new(),
+            mailbox: cairn_proto::mailbox_of(&transport_key),
+            stores_due: Vec::new(),
+            flush_stores_at: tokio::time::Instant::now(),
+            connected,
+            pending: HashMap::new(),
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            dials: HashMap::new(),
+            lookups: HashMap::new(),
+            dialed: HashMap::new(),
+            relays: HashSet::new(),
+            circuits_offered: HashSet::new(),
+            relay_server: config.relay_server,
+        }
     }
 }
