@@ -11,28 +11,33 @@ mod contacts;
 mod courier;
 mod devices;
 mod groups;
+mod joining;
 mod linking;
+mod lists;
 mod messaging;
 mod messenger;
 mod outbox;
 mod paths;
 mod qr;
+mod settings;
 mod views;
 
 pub use cairn_crypto::SafetyNumber;
-pub use cairn_net::Delivery;
-pub use cairn_net::{CacheConfig, CacheLimits, Clock, DirectConfig, IceServer, ManualClock, Multiaddr, NodeConfig};
+pub use cairn_net::{
+    CacheConfig, CacheLimits, Clock, Delivery, DirectConfig, IceServer, ManualClock, Multiaddr, NodeConfig,
+};
 pub use cairn_proto::LinkOffer;
 pub use cairn_store::KeyVault;
-pub use courier::{answer_for, join_by_link, Courier, LinkStep, SharedMessenger};
+pub use courier::{answer_for, Courier, SharedMessenger};
 pub use devices::{always_on_peer, DeviceView, LinkGrant};
 pub use groups::{GroupMemberView, GroupView};
+pub use joining::{join_by_link, LinkStep};
 pub use linking::{ExistingDeviceLink, HistoryProgress, NewDeviceLink, ServedLinkState, LINK_OFFER_VALIDITY};
-pub use messaging::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE_QUOTA_MIB, MAX_MESSAGE_TTL_DAYS};
 pub use messenger::{invite_route, normalize_display_name, AccountInfo, Messenger, Unlock};
 pub use outbox::{Handed, OutboxEntry, OutboxId, QueuedEnvelope};
 pub use paths::{default_profile_dir, validate_profile_name, DEFAULT_PROFILE};
 pub use qr::{qr_svg, read_qr_frame, read_qr_image};
+pub use settings::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE_QUOTA_MIB, MAX_MESSAGE_TTL_DAYS};
 pub use views::{ContactView, DeliveryState, Event, MessageView, Outgoing, Received};
 
 /// Everything that can go wrong in the core.
