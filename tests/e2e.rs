@@ -220,8 +220,18 @@ async fn alice_creates_a_profile_and_relaunching_opens_it_without_asking() -> Re
         assert_account_id_shape(&account_id);
         let invite = full_text(&app, "invite-link").await?;
         assert!(invite.starts_with("cairn://invite/"), "{invite}");
-        let qr = app.find(Locator::Css("[data-testid='invite-qr'] svg")).await?;
-        assert!(qr.is_displayed().await?, "the invite QR code is visible");
+        // (The code is drawn again when the invite gains the node's addresses: look
+        // again if the one found is replaced meanwhile.)
+        let mut shown = false;
+        for _ in 0..20 {
+            let qr = app.find(Locator::Css("[data-testid='invite-qr'] svg")).await?;
+            if let Ok(displayed) = qr.is_displayed().await {
+                shown = displayed;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(shown, "the invite QR code is visible");
         app.close().await?;
 
         let app = driver.launch("alice").await?;
