@@ -318,8 +318,17 @@ fn open(profile: &ProfileDir, unlock: Unlock<'_>) -> Result<Messenger, CoreError
 
 /// Runs `work` on the open messenger.
 /// Runs `work` on the open messenger, then tells the UI what it changed (the events
-/// it queued, as the courier does for what arrives).
+/// it queued, as the courier does for what arrives). The work commits to the profile
+/// (an fsync) or seals: it runs as blocking work, so the runtime's other threads keep
+/// the network and its handshakes moving meanwhile.
 fn with_messenger<T>(
+    state: &AppState,
+    work: impl FnOnce(&mut Messenger) -> Result<T, CoreError>,
+) -> Result<T, AppError> {
+    tokio::task::block_in_place(|| with_messenger_now(state, work))
+}
+
+fn with_messenger_now<T>(
     state: &AppState,
     work: impl FnOnce(&mut Messenger) -> Result<T, CoreError>,
 ) -> Result<T, AppError> {

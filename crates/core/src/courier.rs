@@ -192,7 +192,7 @@ impl Courier {
                             &self.arrivals.stream
                         };
                         path.fetch_add(1, Ordering::SeqCst);
-                        let delivery = match with(&messenger, |m| m.receive(&bytes)) {
+                        let delivery = match off_thread(&messenger, move |m| m.receive(&bytes)).await {
                             Some(outcome) => {
                                 if let Err(e) = &outcome {
                                     tracing::debug!(%from, %e, "an envelope was not taken");
@@ -214,7 +214,7 @@ impl Courier {
                     Some(NetEvent::Connected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
                         // What waited for this peer is worth trying at once.
-                        with(&messenger, |m| retry_for_peer(m, peer));
+                        off_thread(&messenger, move |m| retry_for_peer(m, peer)).await;
                         // One side offers, so both do not at once.
                         if self.handle.peer_id() < peer {
                             tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
@@ -231,7 +231,8 @@ impl Courier {
                     }
                     Some(NetEvent::LinkRequest { from, request, reply }) => {
                         tracing::info!(%from, "a device asks to be linked");
-                        let response = with(&messenger, |m| m.serve_link(&from.to_string(), &request)).unwrap_or_default();
+                        let asker = from.to_string();
+                        let response = off_thread(&messenger, move |m| m.serve_link(&asker, &request)).await.unwrap_or_default();
                         let _ = self.handle.answer_link(reply, response).await;
                         on_event(Event::LinkChanged);
                         forward(&messenger, &on_event);
@@ -239,7 +240,7 @@ impl Courier {
                     }
                     Some(NetEvent::Discovered(peer)) => {
                         // Now there is a way to it: what waits for it can go.
-                        with(&messenger, |m| retry_for_peer(m, peer));
+                        off_thread(&messenger, move |m| retry_for_peer(m, peer)).await;
                         self.kick(&messenger, &on_event);
                     }
                 },
@@ -274,16 +275,13 @@ impl Courier {
     /// failure for a peer, its other envelopes go there without trying the device
     /// again, and if no cache takes them they wait for the next pass.
     async fn deliver(&self, messenger: &SharedMessenger, on_event: &OnEvent) {
-        // Sealing a batch is a transaction of up to BATCH ratchet steps: off the
-        // async threads, which keep the network (and DTLS handshakes) moving.
-        let shared = messenger.clone();
-        let batch = match tokio::task::spawn_blocking(move || with(&shared, |m| m.due_envelopes(BATCH))).await {
-            Ok(Some(Ok(batch))) => batch,
-            Ok(Some(Err(e))) => {
+        let batch = match off_thread(messenger, |m| m.due_envelopes(BATCH)).await {
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) => {
                 tracing::error!(%e, "cannot read the outbox");
                 return;
             }
-            _ => return,
+            None => return,
         };
         let mut unreachable = HashSet::new();
         // Peers a direct session was asked for in this pass (once each, not per envelope).
@@ -299,7 +297,8 @@ impl Courier {
                         .await
                 }
             };
-            if let Some(Err(e)) = with(messenger, |m| m.handed(&queued, how)) {
+            let reported = queued.clone();
+            if let Some(Err(e)) = off_thread(messenger, move |m| m.handed(&reported, how)).await {
                 tracing::error!(%e, "could not update the outbox");
             }
         }
@@ -411,7 +410,8 @@ impl Courier {
 
     /// Seals a signal for one device and sends it over libp2p.
     async fn signal(&self, messenger: &SharedMessenger, peer: PeerId, account: &str, device: u8, signal: DirectSignal) {
-        let sealed = with(messenger, |m| m.direct_signal(account, device, signal));
+        let (to, signal) = (account.to_owned(), signal);
+        let sealed = off_thread(messenger, move |m| m.direct_signal(&to, device, signal)).await;
         let sent = match sealed {
             Some(Ok(out)) => self
                 .handle
@@ -504,6 +504,20 @@ fn devices_behind(messenger: &Messenger, peer: PeerId) -> Vec<(String, u8)> {
         }
     }
     found
+}
+
+/// Runs `work` on the messenger, if it is open, on a thread for blocking work: what
+/// commits to the profile (an fsync each) or seals must not stall the async threads,
+/// which keep the network, and DTLS handshakes with their timers, moving.
+async fn off_thread<T: Send + 'static>(
+    messenger: &SharedMessenger,
+    work: impl FnOnce(&mut Messenger) -> T + Send + 'static,
+) -> Option<T> {
+    let messenger = messenger.clone();
+    tokio::task::spawn_blocking(move || with(&messenger, work))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Runs `work` on the messenger if it is open. The lock is never held across an await.
