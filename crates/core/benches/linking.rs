@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_core::{LinkStep, Messenger, NewDeviceLink, Unlock, LINK_OFFER_VALIDITY};
-use cairn_store::{NewMessage, ProfileDir};
+use cairn_store::{DeliveryState, NewMessage, ProfileDir};
 use common::{loopback, vault, wait_until, Person};
 
 const MESSAGES: usize = 20_000;
@@ -35,7 +35,7 @@ fn main() {
             sender: "abcdefghijklmnopqrstuvwxyz",
             sent_at: i as i64,
             body,
-            state: "read",
+            state: DeliveryState::Read,
             outgoing: false,
         })
     };

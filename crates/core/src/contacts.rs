@@ -176,7 +176,7 @@ impl Messenger {
         let (list, identity) = verify_device_list(&card.device_list)?;
         let account_id = list.account_id.clone();
         if account_id == self.account()?.account_id {
-            return Err(CoreError::OwnInvite);
+            return Err(CoreError::SelfAsContact);
         }
         self.check_identity(&account_id, &identity)?;
         self.save_card(&account_id, &card, &list)?;

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_crypto::CryptoError;
 use cairn_net::{peer_id_of, Delivery, NetEvent, NodeConfig, NodeHandle, PeerId};
 use cairn_proto::DirectSignal;
 use tokio::sync::{mpsc, Notify};
@@ -434,7 +433,7 @@ impl Courier {
 pub fn answer_for(outcome: &Result<crate::Received>) -> Delivery {
     match outcome {
         Ok(_) | Err(CoreError::Duplicate) => Delivery::Accepted,
-        Err(e) if is_temporary(e) => Delivery::Later,
+        Err(e) if e.is_temporary() => Delivery::Later,
         Err(_) => Delivery::Refused,
     }
 }
@@ -448,20 +447,6 @@ impl From<Delivery> for Handed {
             Delivery::Later => Handed::NotNow,
         }
     }
-}
-
-/// Errors after which the same envelope may well go through later (so the sender
-/// should keep it), as opposed to ones it never will.
-fn is_temporary(error: &CoreError) -> bool {
-    matches!(
-        error,
-        CoreError::Store(_)
-            | CoreError::Crypto(CryptoError::Store(_))
-            | CoreError::UnknownSender(_)
-            | CoreError::IdentityChanged(_)
-            | CoreError::NoAccount
-            | CoreError::Net(_)
-    )
 }
 
 /// Passes on what the messenger reports happened since it was last asked.

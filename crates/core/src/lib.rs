@@ -89,6 +89,9 @@ pub enum CoreError {
     /// This is this account's own invite.
     #[error("that is your own invite")]
     OwnInvite,
+    /// An own device named this account itself as a contact.
+    #[error("an own device sent this account as a contact")]
+    SelfAsContact,
     /// The contact's identity key changed; nothing is sent until the change is accepted.
     #[error("the safety number with {0} has changed; accept the change before sending")]
     IdentityChanged(String),
@@ -160,6 +163,75 @@ pub enum CoreError {
     /// A device link that cannot go ahead (the offer expired, was used or changed).
     #[error("device link refused: {0}")]
     LinkRefused(String),
+}
+
+/// Who has to act before an operation that failed can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorOwner {
+    /// The person: a choice to make or change (a name, a setting, accepting a new
+    /// safety number, adding a contact), or an action this device may not take.
+    Person,
+    /// Another device: it sent something malformed, forged, replayed, out of order or
+    /// about something this device does not have. Sending it again changes nothing.
+    Peer,
+    /// This machine: its disk, keyring or network. The same step may succeed later.
+    Machine,
+}
+
+impl CoreError {
+    /// Who has to act for this error to go away.
+    pub fn owner(&self) -> ErrorOwner {
+        use cairn_store::StoreError as S;
+        match self {
+            Self::Store(S::WrongKey | S::KeyMissing | S::ProfileInUse | S::AlreadyExists(_))
+            | Self::NoAccount
+            | Self::AccountExists
+            | Self::InvalidDisplayName
+            | Self::InvalidProfileName
+            | Self::InvalidText
+            | Self::InvalidSetting(_)
+            | Self::NotFailed
+            | Self::OwnInvite
+            | Self::IdentityChanged(_)
+            | Self::NoIdentityChange(_)
+            | Self::UnknownSender(_)
+            | Self::TooManyDevices
+            | Self::DeviceRemoved => ErrorOwner::Person,
+            Self::Store(_)
+            | Self::Crypto(cairn_crypto::CryptoError::Store(_))
+            | Self::Net(_)
+            | Self::NoDataDir
+            | Self::QrCode(_) => ErrorOwner::Machine,
+            Self::Crypto(_)
+            | Self::Proto(_)
+            | Self::UnknownContact(_)
+            | Self::UnknownMessage
+            | Self::Undecryptable(_)
+            | Self::SelfAsContact
+            | Self::DeviceListRollback { .. }
+            | Self::NotOurAccount
+            | Self::CardMismatch
+            | Self::NotFromOwnDevice
+            | Self::WrongMailbox
+            | Self::Duplicate
+            | Self::NoReachableDevice(_)
+            | Self::Uninvited(_)
+            | Self::MessageIdCollision
+            | Self::UnknownGroup(_)
+            | Self::NotGroupAdmin
+            | Self::NoKeyPackage(_)
+            | Self::GroupRefused(_)
+            | Self::FromRemovedDevice(_)
+            | Self::LinkRefused(_) => ErrorOwner::Peer,
+        }
+    }
+
+    /// Whether the same step may go through later, so what caused it is kept (an
+    /// envelope is answered *not now*): the trouble is on this side — the machine, or
+    /// a decision the person has yet to make. What a peer got wrong stays wrong.
+    pub fn is_temporary(&self) -> bool {
+        self.owner() != ErrorOwner::Peer
+    }
 }
 
 /// Shorthand for results of this crate.

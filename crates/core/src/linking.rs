@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::devices::LinkGrant;
 use crate::messenger::Messenger;
-use crate::{CoreError, OutboxId, Result};
+use crate::{CoreError, DeliveryState, OutboxId, Result};
 
 /// How long an offer is good for unless said otherwise: ten minutes.
 pub const LINK_OFFER_VALIDITY: Duration = Duration::from_secs(600);
@@ -39,8 +39,6 @@ const HISTORY_PAGE_MESSAGES: usize = 500;
 /// Most text in one page of history (a message holds at most 64 KiB), well inside
 /// what a page may decode to.
 const HISTORY_PAGE_TEXT_BYTES: usize = 1024 * 1024;
-/// The delivery states a message passed on in history may have.
-const HISTORY_STATES: [&str; 5] = ["sending", "sent", "delivered", "read", "received"];
 
 /// An offer this device made and has not used.
 pub(crate) struct PendingOffer {
@@ -256,7 +254,7 @@ impl Messenger {
                 sender: message.sender,
                 sent_at: message.sent_at,
                 body: message.body,
-                state: message.state,
+                state: message.state.name().to_owned(),
                 outgoing: message.outgoing,
             });
         }
@@ -271,29 +269,28 @@ impl Messenger {
     pub fn import_history(&mut self, link: &mut NewDeviceLink, frames: &[Vec<u8>]) -> Result<HistoryProgress> {
         let bytes = open_frames(link.channel()?, frames, MAX_HISTORY_PAGE_BYTES)?;
         let page = HistoryPage::from_bytes(&bytes)?;
-        if let Some(bad) = page
+        let states = page
             .messages
             .iter()
-            .find(|m| !HISTORY_STATES.contains(&m.state.as_str()))
-        {
-            return Err(CoreError::LinkRefused(format!(
-                "history with an unknown message state {:?}",
-                bad.state
-            )));
-        }
+            .map(|m| {
+                DeliveryState::from_name(&m.state).ok_or_else(|| {
+                    CoreError::LinkRefused(format!("history with an unknown message state {:?}", m.state))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.atomically(|this| {
             for conversation in &page.conversations {
                 this.db
                     .ensure_conversation(&conversation.id, &conversation.title, conversation.created_at)?;
             }
-            for m in &page.messages {
+            for (m, state) in page.messages.iter().zip(states) {
                 this.db.insert_message(&NewMessage {
                     id: m.id,
                     conversation_id: &m.conversation_id,
                     sender: &m.sender,
                     sent_at: m.sent_at,
                     body: &m.body,
-                    state: &m.state,
+                    state,
                     outgoing: m.outgoing,
                 })?;
             }
@@ -492,7 +489,7 @@ mod tests {
                 sender: "a-contact",
                 sent_at: i as i64,
                 body,
-                state: "received",
+                state: DeliveryState::Received,
                 outgoing: false,
             }))
             .unwrap();

@@ -84,7 +84,7 @@ impl Messenger {
             sender: &own,
             sent_at,
             body,
-            state: "sending",
+            state: DeliveryState::Sending,
             outgoing: true,
         })?;
         self.message(&id)
@@ -105,7 +105,7 @@ impl Messenger {
     pub fn mark_sent(&self, id: &MessageId) -> Result<Option<Event>> {
         Ok(self
             .db
-            .advance_message_state(id, "sent")?
+            .advance_message_state(id, DeliveryState::Sent)?
             .then_some(Event::StateChanged {
                 id: *id,
                 state: DeliveryState::Sent,
@@ -378,8 +378,8 @@ impl Messenger {
         let own = self.account()?.account_id.clone();
         let (conversation, state) = match (&text.sync_peer, from_own_device) {
             // A copy of a message this account sent from another device.
-            (Some(peer), true) => (peer.clone(), "sent"),
-            (None, false) => (sender.to_owned(), "received"),
+            (Some(peer), true) => (peer.clone(), DeliveryState::Sent),
+            (None, false) => (sender.to_owned(), DeliveryState::Received),
             _ => return Err(CoreError::NotFromOwnDevice),
         };
         let title = self
@@ -422,9 +422,9 @@ impl Messenger {
     }
 
     fn receive_receipt(&mut self, sender: &str, device: u8, receipt: Receipt, out: &mut Received) -> Result<()> {
-        let (state, name) = match receipt.kind {
-            ReceiptKind::Delivered => (DeliveryState::Delivered, "delivered"),
-            ReceiptKind::Read => (DeliveryState::Read, "read"),
+        let state = match receipt.kind {
+            ReceiptKind::Delivered => DeliveryState::Delivered,
+            ReceiptKind::Read => DeliveryState::Read,
         };
         // The device has them: they will not be asked for again.
         self.db.forget_sent_messages(sender, device, &receipt.message_ids)?;
@@ -434,7 +434,7 @@ impl Messenger {
             if message.conversation_id != sender.as_bytes() {
                 continue;
             }
-            if self.db.advance_message_state(&id, name)? {
+            if self.db.advance_message_state(&id, state)? {
                 out.events.push(Event::StateChanged { id, state });
             }
         }

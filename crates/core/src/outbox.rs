@@ -288,7 +288,7 @@ impl Messenger {
     fn expire_sent_log(&self) -> Result<Vec<Event>> {
         let mut failed = Vec::new();
         for id in self.db.expire_sent(self.now_millis())? {
-            if self.db.message(&id)?.is_some_and(|m| m.state == "sent") {
+            if self.db.message(&id)?.is_some_and(|m| m.state == DeliveryState::Sent) {
                 failed.extend(self.fail_unless_carried(&id)?);
             }
         }

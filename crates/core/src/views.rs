@@ -2,6 +2,7 @@
 //! read-only views of contacts and messages.
 
 use cairn_proto::{Envelope, MessageId};
+pub use cairn_store::DeliveryState;
 use cairn_store::MessageRecord;
 
 /// An envelope to deliver to one device.
@@ -16,48 +17,6 @@ pub struct Outgoing {
     /// The message it carries to the contact, if any: once a device or cache takes
     /// the envelope, that message is *sent*.
     pub message: Option<MessageId>,
-}
-
-/// Delivery state of a message, as the UI shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryState {
-    /// Encrypted, not yet handed to a transport or cache.
-    Sending,
-    /// Handed to a device or a cache.
-    Sent,
-    /// A device of the recipient has it.
-    Delivered,
-    /// The recipient has seen it.
-    Read,
-    /// Received from someone else.
-    Received,
-    /// Nothing will deliver it any more (the person may retry).
-    Failed,
-}
-
-impl DeliveryState {
-    /// The state's name as stored and printed (`sending`, `sent`, …).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sending => "sending",
-            Self::Sent => "sent",
-            Self::Delivered => "delivered",
-            Self::Read => "read",
-            Self::Received => "received",
-            Self::Failed => "failed",
-        }
-    }
-
-    pub(crate) fn parse(text: &str) -> Self {
-        match text {
-            "sending" => Self::Sending,
-            "sent" => Self::Sent,
-            "delivered" => Self::Delivered,
-            "read" => Self::Read,
-            "failed" => Self::Failed,
-            _ => Self::Received,
-        }
-    }
 }
 
 /// A message in a conversation.
@@ -91,7 +50,7 @@ impl MessageView {
             outgoing: record.outgoing,
             sent_at: record.sent_at,
             body: record.body,
-            state: DeliveryState::parse(&record.state),
+            state: record.state,
             held_by: record.held_by,
         })
     }

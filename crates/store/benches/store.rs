@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use cairn_store::{DbKey, NewMessage, ProfileDb};
+use cairn_store::{DbKey, DeliveryState, NewMessage, ProfileDb};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
 const ROWS: usize = 100_000;
@@ -52,7 +52,7 @@ fn fill(db: &mut ProfileDb, bodies: &[String]) {
                 sender: "alice",
                 sent_at: i as i64,
                 body,
-                state: "sent",
+                state: DeliveryState::Sent,
                 outgoing: true,
             }
         }))

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::{migrations::migrations, DbKey, Result, StoreError};
+use crate::{migrations::migrations, DbKey, DeliveryState, Result, StoreError};
 
 /// The account this profile belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +49,8 @@ pub struct NewMessage<'a> {
     pub sent_at: i64,
     /// The text.
     pub body: &'a str,
-    /// Delivery state: outgoing `sending` → `sent` → `delivered` → `read` (or
-    /// `failed`, when nothing will deliver it); incoming `received` → `read`.
-    pub state: &'a str,
+    /// Delivery state.
+    pub state: DeliveryState,
     /// Whether this device's account sent it.
     pub outgoing: bool,
 }
@@ -70,7 +69,7 @@ pub struct MessageRecord {
     /// The text.
     pub body: String,
     /// Delivery state.
-    pub state: String,
+    pub state: DeliveryState,
     /// Whether this device's account sent it.
     pub outgoing: bool,
     /// How many peer caches last took it for its offline recipient (0: none).
@@ -349,24 +348,14 @@ impl ProfileDb {
     /// Moves an outgoing message's state forward (`sending` or `failed` → `sent` →
     /// `delivered` → `read`); a receipt that arrives late never moves it back. True if
     /// it moved.
-    pub fn advance_message_state(&self, id: &[u8], state: &str) -> Result<bool> {
-        let rank = |s: &str| match s {
-            "sending" | "failed" => Some(0),
-            "sent" => Some(1),
-            "delivered" => Some(2),
-            "read" => Some(3),
-            _ => None,
-        };
-        if state == "failed" {
-            return Err(StoreError::Corrupt("failing is not a step forward".into()));
-        }
-        let Some(new_rank) = rank(state) else {
-            return Err(StoreError::Corrupt(format!("unknown message state {state}")));
+    pub fn advance_message_state(&self, id: &[u8], state: DeliveryState) -> Result<bool> {
+        let Some(new_progress) = state.progress().filter(|_| state != DeliveryState::Failed) else {
+            return Err(StoreError::Corrupt(format!("{} is not a step forward", state.name())));
         };
         let Some(current) = self.message(id)? else {
             return Ok(false);
         };
-        if !current.outgoing || rank(&current.state).is_some_and(|r| r >= new_rank) {
+        if !current.outgoing || current.state.progress().is_some_and(|p| p >= new_progress) {
             return Ok(false);
         }
         self.conn

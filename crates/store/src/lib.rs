@@ -15,9 +15,12 @@
 mod cache;
 mod db;
 mod groups;
+mod held;
 mod key;
+mod message_state;
 mod migrations;
 mod outbox;
+mod peers;
 mod profile_dir;
 mod signal;
 
@@ -25,6 +28,7 @@ pub use cache::{CacheDb, CacheLimits, Held, Page, ToHold};
 pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
 pub use groups::{GroupRecord, PendingGroupMessage};
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
+pub use message_state::DeliveryState;
 pub use migrations::{migrations, SCHEMA_VERSION};
 pub use outbox::{NewOutgoing, QueuedRecord, SentRecord};
 pub use profile_dir::{KeySource, ProfileDir};

@@ -366,7 +366,7 @@ mod tests {
             sender: "acct",
             sent_at: 21,
             body: "written after the upgrade",
-            state: "sending",
+            state: crate::DeliveryState::Sending,
             outgoing: true,
         };
         assert!(db.insert_message(&message).unwrap());

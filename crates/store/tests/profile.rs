@@ -5,8 +5,8 @@ use std::fs;
 use std::path::Path;
 
 use cairn_store::{
-    AccountRecord, DbKey, DeviceRecord, KdfParams, KeySource, KeyVault, NewMessage, NewOutgoing, ProfileDb, ProfileDir,
-    StoreError,
+    AccountRecord, DbKey, DeliveryState, DeviceRecord, KdfParams, KeySource, KeyVault, NewMessage, NewOutgoing,
+    ProfileDb, ProfileDir, StoreError,
 };
 
 /// Weak but valid parameters so the passphrase tests stay quick.
@@ -26,7 +26,7 @@ fn write_marker(db: &ProfileDb, marker: &str) {
         sender: "alice",
         sent_at: 2,
         body: marker,
-        state: "sent",
+        state: DeliveryState::Sent,
         outgoing: true,
     };
     assert!(db.insert_message(&message).unwrap());
@@ -186,7 +186,7 @@ fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
             sender: "alice",
             sent_at: 2,
             body: "once",
-            state: "sent",
+            state: DeliveryState::Sent,
             outgoing: true,
         };
         assert!(!db.insert_message(&again).unwrap(), "same id is a duplicate");

@@ -11,7 +11,7 @@ use cairn_store::{GroupRecord, NewMessage};
 use super::ordering::{place, Placement, Position, Standing};
 use super::{member_accounts, OpenGroup, Redo};
 use crate::messenger::Messenger;
-use crate::{CoreError, Event, Received, Result};
+use crate::{CoreError, DeliveryState, Event, Received, Result};
 
 /// Most messages kept for one group while they wait for a commit or a Welcome.
 const MAX_HELD_PER_GROUP: usize = 256;
@@ -295,7 +295,11 @@ impl Messenger {
             sender: &from.account_id,
             sent_at: text.sent_at as i64,
             body: &text.body,
-            state: if own { "sent" } else { "received" },
+            state: if own {
+                DeliveryState::Sent
+            } else {
+                DeliveryState::Received
+            },
             outgoing: own,
         })?;
         if new {
