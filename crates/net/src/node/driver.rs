@@ -1,43 +1,26 @@
 //! The task that runs a node's swarm: it carries out the handle's commands, turns
-//! swarm events into [`NetEvent`]s, answers the peer cache's requests from this node's
-//! cache service, batches stores into shared commits, acknowledges what holders
-//! pushed, and listens through relays it learns of.
+//! swarm events into [`NetEvent`]s, passes acknowledgements on to the other holders of
+//! a mailbox (through the DHT), and listens through relays it learns of. The peer cache
+//! and link protocols keep their own state in their behaviours (`peer_cache`, `link`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent};
-use libp2p::{autonat, dcutr, identify, identity, kad, mdns, relay, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, dcutr, identify, kad, mdns, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
-use cairn_proto::{CacheRefusal, CacheRequest, CacheResponse, Envelope, EnvelopeId, Mailbox, MAX_ACK_IDS};
+use cairn_proto::Mailbox;
 
 use super::handle::Command;
-use super::{Behaviour, BehaviourEvent, Inbound, InboundId, LinkReply, NetEvent, NodeConfig};
-use crate::cache::{sign_ack, CacheService, Clock, Effect};
+use super::protocol::answer;
+use super::{link, peer_cache, Behaviour, BehaviourEvent, Inbound, InboundId, NetEvent, NodeConfig};
 use crate::codec::Delivery;
 use crate::NetError;
-
-/// Most stores that share one commit.
-const STORE_BATCH: usize = 64;
-/// Longest a store waits for others to share its commit.
-const STORE_BATCH_WAIT: Duration = Duration::from_millis(2);
-
-/// Hands the answer to a request to whoever waits for it (nobody, if they gave up).
-fn answer<T>(
-    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<T, NetError>>>,
-    request: OutboundRequestId,
-    outcome: Result<T, NetError>,
-) {
-    if let Some(done) = pending.remove(&request) {
-        let _ = done.send(outcome);
-    }
-}
 
 pub(super) struct Driver {
     swarm: Swarm<Behaviour>,
@@ -56,31 +39,9 @@ pub(super) struct Driver {
     /// Addresses through relays already offered for peers.
     circuits_offered: HashSet<Multiaddr>,
     relay_server: bool,
-    /// Signs acknowledgements of envelopes fetched from holders.
-    keypair: identity::Keypair,
-    /// The holder side of the peer cache, when this node holds for others.
-    holding: Option<CacheService>,
-    clock: Clock,
     replicas: usize,
     /// Closest-peer lookups asked for by the handle.
     closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
-    /// Cache requests whose answer someone waits for.
-    cache_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<CacheResponse, NetError>>>,
-    /// Link requests whose answer someone waits for.
-    link_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
-    /// Inbound link requests waiting for the core's answer (ids count up with
-    /// `next_inbound`).
-    link_inbound: HashMap<LinkReply, ResponseChannel<Vec<u8>>>,
-    /// Envelopes answered but not yet acknowledged to the holder they came from.
-    acks_due: HashMap<PeerId, Vec<EnvelopeId>>,
-    /// Holders this node asked for pushes to its mailbox, while connected: only they
-    /// may push.
-    subscribed_at: HashSet<PeerId>,
-    /// This device's mailbox.
-    mailbox: Mailbox,
-    /// Stores waiting to share one database commit, and when they are held at the latest.
-    stores_due: Vec<(PeerId, Vec<u8>, ResponseChannel<CacheResponse>)>,
-    flush_stores_at: tokio::time::Instant,
     connected: Arc<tokio::sync::Notify>,
 }
 
@@ -135,17 +96,12 @@ impl Driver {
     }
 
     pub(super) async fn run(mut self) {
-        // Acknowledgements go out in batches, a moment after their envelopes were answered.
-        let mut ack_tick = tokio::time::interval(Duration::from_millis(100));
-        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
                     None => break,
                     Some(command) => self.command(command),
                 },
-                _ = ack_tick.tick(), if !self.acks_due.is_empty() => self.send_acks(),
-                _ = tokio::time::sleep_until(self.flush_stores_at), if !self.stores_due.is_empty() => self.flush_stores(),
                 event = self.swarm.select_next_some() => {
                     if self.handle(event).is_err() {
                         break;
@@ -167,11 +123,7 @@ impl Driver {
             } => {
                 // Taken, or refused for good: either way the holder may delete it.
                 if delivery != Delivery::Later {
-                    let due = self.acks_due.entry(holder).or_default();
-                    due.push(id);
-                    if due.len() >= MAX_ACK_IDS {
-                        self.send_acks();
-                    }
+                    self.swarm.behaviour_mut().cache.acknowledge(holder, id);
                 }
             }
             Command::Answer { inbound, delivery } => {
@@ -203,41 +155,10 @@ impl Driver {
                 let query = self.swarm.behaviour_mut().kad.get_n_closest_peers(key, count);
                 self.closest.insert(query, done);
             }
-            Command::Cache { to, request, done } => {
-                if matches!(request, CacheRequest::Fetch { subscribe: true, .. }) {
-                    self.subscribed_at.insert(to);
-                }
-                let id = self.swarm.behaviour_mut().cache.send_request(&to, request);
-                self.cache_pending.insert(id, done);
-            }
-            Command::Holding(work) => work(self.holding.as_mut(), self.clock.now()),
-            Command::Link { to, request, done } => {
-                let id = self.swarm.behaviour_mut().link.send_request(&to, request);
-                self.link_pending.insert(id, done);
-            }
-            Command::LinkAnswer { reply, response } => {
-                if let Some(channel) = self.link_inbound.remove(&reply) {
-                    let _ = self.swarm.behaviour_mut().link.send_response(channel, response);
-                }
-            }
-        }
-    }
-
-    /// Signs and sends the acknowledgements that are due, one request per holder and
-    /// batch; the answers need no waiting for (a lost one leaves a copy that expires or
-    /// is fetched and acknowledged again).
-    fn send_acks(&mut self) {
-        for (holder, ids) in std::mem::take(&mut self.acks_due) {
-            for batch in ids.chunks(MAX_ACK_IDS) {
-                let Some(ack) = sign_ack(&self.keypair, batch.to_vec()) else {
-                    tracing::error!("this node's key cannot sign acknowledgements");
-                    return;
-                };
-                self.swarm
-                    .behaviour_mut()
-                    .cache
-                    .send_request(&holder, CacheRequest::Ack(ack));
-            }
+            Command::Cache { to, request, done } => self.swarm.behaviour_mut().cache.request(&to, request, done),
+            Command::Holding(work) => self.swarm.behaviour_mut().cache.with_holding(work),
+            Command::Link { to, request, done } => self.swarm.behaviour_mut().link.request(&to, request, done),
+            Command::LinkAnswer { reply, response } => self.swarm.behaviour_mut().link.answer(reply, response),
         }
     }
 
@@ -251,89 +172,6 @@ impl Driver {
             .take(self.replicas)
             .map(|key| *key.preimage())
             .collect()
-    }
-
-    /// Answers a request on the cache protocol.
-    fn cache_request(
-        &mut self,
-        peer: PeerId,
-        request: CacheRequest,
-        channel: ResponseChannel<CacheResponse>,
-    ) -> Result<(), ()> {
-        let (response, effects) = match (request, self.holding.as_mut()) {
-            // A holder of this device's mailbox pushes an envelope that just arrived.
-            (CacheRequest::Push { envelope, .. }, _) => {
-                match Envelope::from_bytes(&envelope) {
-                    // Only from a holder this node subscribed at, for this node's mailbox.
-                    Ok(decoded) if self.subscribed_at.contains(&peer) && decoded.mailbox == self.mailbox => {
-                        let inbound = InboundId::cached(peer, decoded.id());
-                        self.emit(NetEvent::Envelope {
-                            from: peer,
-                            bytes: envelope,
-                            inbound,
-                        })?;
-                        (CacheResponse::Taken, Vec::new())
-                    }
-                    _ => (CacheResponse::Refused(CacheRefusal::Malformed), Vec::new()),
-                }
-            }
-            // Stores wait a moment for others to share their commit.
-            (CacheRequest::Store(bytes), Some(_)) => {
-                if self.stores_due.is_empty() {
-                    self.flush_stores_at = tokio::time::Instant::now() + STORE_BATCH_WAIT;
-                }
-                self.stores_due.push((peer, bytes, channel));
-                if self.stores_due.len() >= STORE_BATCH {
-                    self.flush_stores();
-                }
-                return Ok(());
-            }
-            (request, Some(service)) => service.handle(peer, request, self.clock.now()),
-            (_, None) => (CacheResponse::Refused(CacheRefusal::NotACache), Vec::new()),
-        };
-        self.respond(channel, response, effects);
-        Ok(())
-    }
-
-    /// Holds the stores that are due, in one transaction, and answers each.
-    fn flush_stores(&mut self) {
-        let due = std::mem::take(&mut self.stores_due);
-        let Some(service) = self.holding.as_mut() else { return };
-        let (stores, channels): (Vec<_>, Vec<_>) = due
-            .into_iter()
-            .map(|(peer, bytes, channel)| ((peer, bytes), channel))
-            .unzip();
-        let answers = service.store_all(&stores, self.clock.now());
-        for (channel, (response, effects)) in channels.into_iter().zip(answers) {
-            self.respond(channel, response, effects);
-        }
-    }
-
-    /// Sends a cache answer and what the service asked to send on.
-    fn respond(&mut self, channel: ResponseChannel<CacheResponse>, response: CacheResponse, effects: Vec<Effect>) {
-        // The peer may have gone; then there is nobody to tell.
-        let _ = self.swarm.behaviour_mut().cache.send_response(channel, response);
-        for effect in effects {
-            match effect {
-                Effect::Push { to, position, envelope } => {
-                    self.swarm
-                        .behaviour_mut()
-                        .cache
-                        .send_request(&to, CacheRequest::Push { position, envelope });
-                }
-                Effect::ForwardAck { mailbox, ack, from } => {
-                    let me = *self.swarm.local_peer_id();
-                    for holder in self.closest_known(&mailbox) {
-                        if holder != from && holder != me {
-                            self.swarm
-                                .behaviour_mut()
-                                .cache
-                                .send_request(&holder, CacheRequest::Ack(ack.clone()));
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// Passes an event on without ever waiting: the driver must keep serving the
@@ -401,66 +239,27 @@ impl Driver {
                 peer_id,
                 num_established: 0,
                 ..
-            } => {
-                if let Some(service) = self.holding.as_mut() {
-                    service.disconnected(&peer_id);
+            } => self.emit(NetEvent::Disconnected(peer_id))?,
+            SwarmEvent::Behaviour(BehaviourEvent::Cache(peer_cache::Event::Pushed {
+                from,
+                envelope,
+                inbound,
+            })) => self.emit(NetEvent::Envelope {
+                from,
+                bytes: envelope,
+                inbound,
+            })?,
+            SwarmEvent::Behaviour(BehaviourEvent::Cache(peer_cache::Event::ForwardAck { mailbox, ack, from })) => {
+                let me = *self.swarm.local_peer_id();
+                for holder in self.closest_known(&mailbox) {
+                    if holder != from && holder != me {
+                        self.swarm.behaviour_mut().cache.send_ack(&holder, ack.clone());
+                    }
                 }
-                self.subscribed_at.remove(&peer_id);
-                self.emit(NetEvent::Disconnected(peer_id))?
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Cache(event)) => match event {
-                request_response::Event::Message { peer, message, .. } => match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        self.cache_request(peer, request, channel)?
-                    }
-                    request_response::Message::Response { request_id, response } => {
-                        answer(&mut self.cache_pending, request_id, Ok(response))
-                    }
-                },
-                request_response::Event::OutboundFailure {
-                    request_id,
-                    error,
-                    peer,
-                    ..
-                } => {
-                    tracing::debug!(%peer, %error, "cache request failed");
-                    answer(
-                        &mut self.cache_pending,
-                        request_id,
-                        Err(NetError::Unreachable(error.to_string())),
-                    );
-                }
-                request_response::Event::InboundFailure { peer, error, .. } => {
-                    tracing::debug!(%peer, %error, "inbound cache request failed");
-                }
-                request_response::Event::ResponseSent { .. } => {}
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Link(event)) => match event {
-                request_response::Event::Message { peer, message, .. } => match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        let reply = LinkReply(self.next_inbound);
-                        self.next_inbound += 1;
-                        self.link_inbound.insert(reply, channel);
-                        self.emit(NetEvent::LinkRequest {
-                            from: peer,
-                            request,
-                            reply,
-                        })?
-                    }
-                    request_response::Message::Response { request_id, response } => {
-                        answer(&mut self.link_pending, request_id, Ok(response))
-                    }
-                },
-                request_response::Event::OutboundFailure { request_id, error, .. } => answer(
-                    &mut self.link_pending,
-                    request_id,
-                    Err(NetError::Unreachable(error.to_string())),
-                ),
-                request_response::Event::InboundFailure { peer, error, .. } => {
-                    tracing::debug!(%peer, %error, "inbound link request failed");
-                }
-                request_response::Event::ResponseSent { .. } => {}
-            },
+            SwarmEvent::Behaviour(BehaviourEvent::Link(link::Event::Request { from, request, reply })) => {
+                self.emit(NetEvent::LinkRequest { from, request, reply })?
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Envelopes(event)) => match event {
                 request_response::Event::Message { peer, message, .. } => match message {
                     request_response::Message::Request { request, channel, .. } => {
@@ -574,33 +373,15 @@ impl Driver {
         swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<NetEvent>,
-        keypair: identity::Keypair,
-        holding: Option<CacheService>,
         config: &NodeConfig,
         connected: Arc<tokio::sync::Notify>,
     ) -> Self {
-        let transport_key = keypair
-            .public()
-            .try_into_ed25519()
-            .map(|key| key.to_bytes())
-            .unwrap_or_default();
         Self {
             swarm,
             commands,
             events,
-            keypair,
-            holding,
-            clock: config.cache.clock.clone(),
             replicas: config.cache.replicas,
             closest: HashMap::new(),
-            cache_pending: HashMap::new(),
-            link_pending: HashMap::new(),
-            link_inbound: HashMap::new(),
-            acks_due: HashMap::new(),
-            subscribed_at: HashSet::new(),
-            mailbox: cairn_proto::mailbox_of(&transport_key),
-            stores_due: Vec::new(),
-            flush_stores_at: tokio::time::Instant::now(),
             connected,
             pending: HashMap::new(),
             inbound: HashMap::new(),

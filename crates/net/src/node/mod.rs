@@ -4,10 +4,11 @@
 //! protocol) driven on a Tokio task, and the handle the rest of the app talks to it
 //! through.
 //!
-//! Peer cache: the driver answers cache requests from its [`CacheService`] (when this
-//! node holds for others), runs DHT lookups and cache requests for the handle, turns
-//! envelopes pushed by holders into [`NetEvent::Envelope`]s, and signs and sends the
-//! acknowledgement once an envelope from a holder is answered.
+//! Peer cache: its behaviour (`peer_cache`) answers cache requests from its
+//! [`CacheService`] (when this node holds for others), sends the handle's cache
+//! requests, takes pushes from holders and signs and sends the acknowledgement once an
+//! envelope from a holder is answered; the driver turns pushes into
+//! [`NetEvent::Envelope`]s and runs the DHT lookups.
 //!
 //! Relays: when a peer this node dialed says (through identify) that it relays, the
 //! node also listens through it (`…/p2p/<relay>/p2p-circuit`), so peers that cannot
@@ -16,10 +17,15 @@
 //!
 //! Here: how a node starts, what it reports, and its libp2p behaviours. In `handle`:
 //! the handle the rest of the app talks to a node through. In `driver`: the task that
-//! runs the swarm and answers the handle.
+//! runs the swarm and answers the handle. In `peer_cache` and `link`: Cairn's cache and
+//! device-link protocols as behaviours of their own (`protocol`: what they share).
 
+#[macro_use]
+mod protocol;
 mod driver;
 mod handle;
+mod link;
+mod peer_cache;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +38,7 @@ use tokio::sync::mpsc;
 use cairn_proto::EnvelopeId;
 
 use crate::cache::{CacheConfig, CacheService};
-use crate::codec::{CacheCodec, EnvelopeCodec, LinkCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL, LINK_PROTOCOL};
+use crate::codec::{EnvelopeCodec, CACHE_PROTOCOL, ENVELOPE_PROTOCOL, LINK_PROTOCOL};
 use crate::direct::{Direct, DirectConfig};
 use crate::NetError;
 
@@ -153,8 +159,8 @@ impl InboundId {
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
     envelopes: request_response::Behaviour<EnvelopeCodec>,
-    cache: request_response::Behaviour<CacheCodec>,
-    link: request_response::Behaviour<LinkCodec>,
+    cache: peer_cache::Behaviour,
+    link: link::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -239,18 +245,23 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
                         // Bounds what one connection can make us buffer at once.
                         .with_max_concurrent_streams(16),
                 ),
-                cache: request_response::Behaviour::new(
-                    [(CACHE_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(config.request_timeout)
-                        .with_max_concurrent_streams(16),
+                cache: peer_cache::Behaviour::new(
+                    request_response::Behaviour::new(
+                        [(CACHE_PROTOCOL, ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(config.request_timeout)
+                            .with_max_concurrent_streams(16),
+                    ),
+                    key.clone(),
+                    holding,
+                    config.cache.clock.clone(),
                 ),
-                link: request_response::Behaviour::new(
+                link: link::Behaviour::new(request_response::Behaviour::new(
                     [(LINK_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(60))
                         .with_max_concurrent_streams(2),
-                ),
+                )),
                 // Pushing new listen addresses tells peers (and so the DHT) about addresses
                 // through relays, which come up after the first exchange.
                 identify: identify::Behaviour::new(
@@ -294,7 +305,7 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
         connected: connected.clone(),
         recent_holders: Arc::default(),
     };
-    tokio::spawn(Driver::new(swarm, command_rx, events.clone(), keypair, holding, &config, connected).run());
+    tokio::spawn(Driver::new(swarm, command_rx, events.clone(), &config, connected).run());
     tokio::spawn(crate::mailbox::upkeep(handle.downgrade(), events));
     Ok((handle, event_rx))
 }
