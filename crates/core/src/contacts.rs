@@ -25,7 +25,7 @@ impl Messenger {
         let invite = Invite::from_link(link)?;
         let (list, identity) = verify_device_list(&invite.card.device_list)?;
         let account_id = list.account_id.clone();
-        if account_id == self.account()?.account_id {
+        if account_id == self.account()?.id() {
             return Err(CoreError::OwnInvite);
         }
         self.check_identity(&account_id, &identity)?;
@@ -44,7 +44,7 @@ impl Messenger {
         };
         let mut queued = self.queue_to(&account_id, None, &hello, None)?;
         if is_new {
-            let own = self.account()?.account_id.clone();
+            let own = self.account()?.id().to_owned();
             queued.extend(self.queue_to(&own, None, &Content::ContactSync(invite.card), None)?);
         }
         self.emit([Event::ContactChanged(account_id.clone())]);
@@ -119,7 +119,7 @@ impl Messenger {
         out: &mut Received,
     ) -> Result<()> {
         let (list, identity) = verify_device_list(&card.device_list)?;
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         if sender == own {
             // One of our devices, e.g. after linking or a prekey rotation. Its list may
             // be older than ours (it has not heard of a newer link yet): keep ours then,
@@ -135,7 +135,7 @@ impl Messenger {
                 Err(CoreError::DeviceListRollback { .. }) => verify_device_list(&before)?.0,
                 Err(e) => return Err(e),
             };
-            let this_device = self.account()?.device.device_id();
+            let this_device = self.account()?.device().device_id();
             let listed = |id: u8| id != this_device && current.device(id).is_some();
             for bundle in card.bundles.iter().filter(|b| listed(b.device_id)) {
                 match cairn_crypto::to_signal_bundle(&identity, bundle) {
@@ -175,7 +175,7 @@ impl Messenger {
     pub(crate) fn receive_contact_sync(&mut self, card: ContactCard, out: &mut Received) -> Result<()> {
         let (list, identity) = verify_device_list(&card.device_list)?;
         let account_id = list.account_id.clone();
-        if account_id == self.account()?.account_id {
+        if account_id == self.account()?.id() {
             return Err(CoreError::SelfAsContact);
         }
         self.check_identity(&account_id, &identity)?;
@@ -241,8 +241,8 @@ impl Messenger {
             })
         })?;
         Ok(SafetyNumber::compute(
-            &account.account_id,
-            account.identity.public_key(),
+            account.id(),
+            account.identity().public_key(),
             account_id,
             &theirs,
         )?)

@@ -68,7 +68,7 @@ impl Messenger {
     /// This account's devices, as its signed list names them.
     pub fn devices(&self) -> Result<Vec<DeviceView>> {
         let list = self.own_list()?;
-        let this = self.account()?.device.device_id();
+        let this = self.account()?.device().device_id();
         list.devices
             .iter()
             .map(|d| {
@@ -108,10 +108,10 @@ impl Messenger {
     /// what was queued.
     pub fn remove_device(&mut self, device_id: u8) -> Result<Vec<OutboxId>> {
         self.ensure_listed()?;
-        if device_id == self.account()?.device.device_id() {
+        if device_id == self.account()?.device().device_id() {
             return Err(CoreError::InvalidSetting("this device cannot remove itself".into()));
         }
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         let mut queued = self.atomically(|this| {
             let mut list = this.own_list()?;
             let index = list
@@ -121,7 +121,7 @@ impl Messenger {
                 .ok_or_else(|| CoreError::InvalidSetting(format!("no device {device_id} in this account")))?;
             let removed = list.devices.remove(index);
             list.version += 1;
-            let signed = sign_device_list(&this.account()?.identity, &list)?;
+            let signed = sign_device_list(this.account()?.identity(), &list)?;
             let mut card = this.own_card()?;
             card.device_list = signed.clone();
             card.bundles.retain(|b| list.device(b.device_id).is_some());
@@ -131,7 +131,7 @@ impl Messenger {
                 invite_secret: None,
             };
             // Sealed now: the session with the removed device goes with the new list.
-            let identity = *this.account()?.identity.public_key();
+            let identity = *this.account()?.identity().public_key();
             let notice = this.envelope_to_entry(&own, &identity, &removed, &notice.to_padded_bytes())?;
             this.adopt_own_device_list(&signed)?;
             this.db
@@ -152,7 +152,7 @@ impl Messenger {
     /// of the account's devices removed it).
     pub fn is_listed(&self) -> Result<bool> {
         let list = self.own_list()?;
-        Ok(list.device(self.account()?.device.device_id()).is_some())
+        Ok(list.device(self.account()?.device().device_id()).is_some())
     }
 
     /// [`CoreError::DeviceRemoved`] once this device is no longer in its account's list.
@@ -176,7 +176,7 @@ impl Messenger {
         // An id no device of the account had yet, as far as this device knows: a
         // removed device's id given to a new one would let what the old one sends
         // pass for the new one's.
-        let retired = self.db.retired_devices(&account.account_id)?;
+        let retired = self.db.retired_devices(account.id())?;
         let highest = list
             .devices
             .iter()
@@ -197,9 +197,9 @@ impl Messenger {
             }
         }
         Ok(LinkGrant(LinkHandOver {
-            account_id: account.account_id.clone(),
-            identity: account.identity.to_bytes().to_vec(),
-            display_name: account.display_name.clone(),
+            account_id: account.id().to_owned(),
+            identity: account.identity().to_bytes().to_vec(),
+            display_name: account.display_name().to_owned(),
             device_id,
             device_list: self.own_device_list()?,
             bundles: own.bundles,
@@ -231,7 +231,7 @@ impl Messenger {
         self.install_identity(grant.account_id.clone(), identity, &grant.display_name, grant.device_id)?;
         list.version += 1;
         list.devices.push(self.own_entry()?);
-        let signed = sign_device_list(&self.account()?.identity, &list)?;
+        let signed = sign_device_list(self.account()?.identity(), &list)?;
         self.adopt_own_device_list(&signed)?;
         for bundle in &grant.bundles {
             self.db
@@ -253,9 +253,9 @@ impl Messenger {
     /// bundle, and tells contacts and the other own devices about it.
     pub fn complete_link(&mut self, card: ContactCard) -> Result<Vec<OutboxId>> {
         let list: DeviceList = self.adopt_own_device_list(&card.device_list)?;
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         for bundle in card.bundles.iter().filter(|b| list.device(b.device_id).is_some()) {
-            if bundle.device_id != self.account()?.device.device_id() {
+            if bundle.device_id != self.account()?.device().device_id() {
                 self.db.save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?;
             }
         }
@@ -282,7 +282,7 @@ impl Messenger {
     /// them still complete; contacts and own devices get the new bundle.
     pub fn rotate_signed_prekey(&mut self) -> Result<Vec<OutboxId>> {
         self.atomically(|this| {
-            let identity = this.account()?.identity.clone();
+            let identity = this.account()?.identity().clone();
             let now = this.now_millis();
             // The Kyber last-resort key is rotated with the signed prekey.
             let (signed_id, _) = this.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
@@ -307,13 +307,13 @@ impl Messenger {
 
     /// The always-on nodes this account names in its device list.
     pub fn always_on_nodes(&self) -> Result<Vec<String>> {
-        self.always_on_of(&self.account()?.account_id)
+        self.always_on_of(self.account()?.id())
     }
 
     /// The always-on nodes `account_id` (a contact, or this account) names in its
     /// signed device list: senders place envelopes for its devices there too.
     pub fn always_on_of(&self, account_id: &str) -> Result<Vec<String>> {
-        if account_id == self.account()?.account_id {
+        if account_id == self.account()?.id() {
             return Ok(self.own_list()?.always_on);
         }
         let contact = self
@@ -351,7 +351,7 @@ impl Messenger {
             }
             list.version += 1;
             list.always_on = addresses;
-            let signed = sign_device_list(&this.account()?.identity, &list)?;
+            let signed = sign_device_list(this.account()?.identity(), &list)?;
             this.adopt_own_device_list(&signed)?;
             // The invite carries the list, and must still fit one QR code.
             if this.invite()?.to_link().len() > crate::qr::MAX_QR_BYTES {
@@ -369,7 +369,7 @@ impl Messenger {
             card: self.own_card()?,
             invite_secret: None,
         };
-        let mut queued = self.queue_to(&self.account()?.account_id, None, &hello, None)?;
+        let mut queued = self.queue_to(self.account()?.id(), None, &hello, None)?;
         for contact in self.db.contacts()? {
             queued.extend(self.queue_to(&contact.account_id, None, &hello, None)?);
         }

@@ -164,7 +164,7 @@ impl Messenger {
         let expires_at = self.now_secs() + valid_for.as_secs();
         let offer = LinkOffer {
             secret: *secret,
-            transport_key: self.account()?.device.transport_public_key(),
+            transport_key: self.account()?.device().transport_public_key(),
             addresses: addresses.into_iter().take(8).collect(),
             expires_at,
         };
@@ -306,7 +306,7 @@ impl Messenger {
         let card: ContactCard = decode_versioned(&link.channel.open(card_frame)?, MAX_HAND_OVER_BYTES)?;
         card.check()?;
         let mut out = self.atomically(|this| this.complete_link(card))?;
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         for group in self.groups()? {
             if group.active && group.is_admin {
                 match self.add_group_members(&group.group_id, std::slice::from_ref(&own)) {

@@ -50,7 +50,7 @@ impl Messenger {
     pub(crate) fn adopt_own_device_list(&self, signed: &SignedDeviceList) -> Result<DeviceList> {
         let (list, identity) = verify_device_list(signed)?;
         let account = self.account()?;
-        if identity != *account.identity.public_key() || list.account_id != account.account_id {
+        if identity != *account.identity().public_key() || list.account_id != account.id() {
             return Err(CoreError::NotOurAccount);
         }
         let mut previous = None;
@@ -70,7 +70,7 @@ impl Messenger {
             previous = Some(current);
         }
         self.db.save_own_device_list(&encode_versioned(signed), list.version)?;
-        self.note_device_list(&account.account_id, previous.as_ref(), &list)?;
+        self.note_device_list(account.id(), previous.as_ref(), &list)?;
         Ok(list)
     }
 
@@ -109,14 +109,14 @@ impl Messenger {
     /// the identity key their envelopes are sealed to.
     pub(crate) fn devices_of(&self, account_id: &str) -> Result<(IdentityKey, Vec<DeviceEntry>)> {
         let account = self.account()?;
-        if account_id == account.account_id {
+        if account_id == account.id() {
             let list = self.own_list()?;
             let others = list
                 .devices
                 .into_iter()
-                .filter(|d| d.device_id != account.device.device_id())
+                .filter(|d| d.device_id != account.device().device_id())
                 .collect();
-            return Ok((*account.identity.public_key(), others));
+            return Ok((*account.identity().public_key(), others));
         }
         let contact = self
             .db

@@ -57,7 +57,7 @@ impl Messenger {
         if queued.is_empty() {
             return Err(CoreError::NoReachableDevice(peer.to_owned()));
         }
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         let copy = Content::Text(TextMessage {
             sync_peer: Some(peer.to_owned()),
             ..text
@@ -77,7 +77,7 @@ impl Messenger {
         sent_at: i64,
         body: &str,
     ) -> Result<MessageView> {
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         self.db.insert_message(&NewMessage {
             id,
             conversation_id: conversation.as_bytes(),
@@ -94,7 +94,7 @@ impl Messenger {
     /// It is not queued: signaling is only worth sending while both devices are online.
     pub fn direct_signal(&mut self, account: &str, device: u8, signal: DirectSignal) -> Result<Outgoing> {
         self.atomically(|this| {
-            if account != this.account()?.account_id && this.contact(account)?.identity_changed {
+            if account != this.account()?.id() && this.contact(account)?.identity_changed {
                 return Err(CoreError::IdentityChanged(account.to_owned()));
             }
             this.seal_now(account, device, &Content::Direct(signal))
@@ -140,7 +140,7 @@ impl Messenger {
             }
             other => other?,
         };
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         let changed: Vec<String> = received
             .events
             .iter()
@@ -229,14 +229,14 @@ impl Messenger {
             return Err(CoreError::WrongMailbox);
         }
         let account = self.account()?;
-        let inner = unseal(&account.identity, &SealedBody::from_bytes(&envelope.body)?)?;
+        let inner = unseal(account.identity(), &SealedBody::from_bytes(&envelope.body)?)?;
         let sender = inner.sender_account.clone();
-        let from_own_device = sender == account.account_id;
+        let from_own_device = sender == account.id();
         let sender_key = IdentityKey::decode(&inner.sender_identity).map_err(|e| CryptoError::InvalidKey {
             what: "sender identity",
             reason: e.to_string(),
         })?;
-        if from_own_device && sender_key != *account.identity.public_key() {
+        if from_own_device && sender_key != *account.identity().public_key() {
             return Err(CoreError::NotOurAccount);
         }
         if !from_own_device {
@@ -306,7 +306,7 @@ impl Messenger {
     /// A card may introduce its own sender's device, with a list newer than the one
     /// held here.
     fn sender_standing(&self, sender: &str, device_id: u8, content: &Content) -> Result<Standing> {
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         let (listed, held_version) = if sender == own {
             let list = self.own_list()?;
             (list.device(device_id).is_some(), Some(list.version))
@@ -375,7 +375,7 @@ impl Messenger {
         text: TextMessage,
         out: &mut Received,
     ) -> Result<()> {
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         let (conversation, state) = match (&text.sync_peer, from_own_device) {
             // A copy of a message this account sent from another device.
             (Some(peer), true) => (peer.clone(), DeliveryState::Sent),

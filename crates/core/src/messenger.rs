@@ -43,11 +43,34 @@ pub struct AccountInfo {
     pub invite_link: String,
 }
 
+/// The account this profile holds, and this device's keys in it.
 pub(crate) struct Account {
-    pub(crate) identity: AccountIdentity,
-    pub(crate) device: DeviceKeys,
-    pub(crate) display_name: String,
-    pub(crate) account_id: String,
+    identity: AccountIdentity,
+    device: DeviceKeys,
+    display_name: String,
+    account_id: String,
+}
+
+impl Account {
+    /// The account id.
+    pub(crate) fn id(&self) -> &str {
+        &self.account_id
+    }
+
+    /// The account's identity key pair (the same on every device of the account).
+    pub(crate) fn identity(&self) -> &AccountIdentity {
+        &self.identity
+    }
+
+    /// This device's keys.
+    pub(crate) fn device(&self) -> &DeviceKeys {
+        &self.device
+    }
+
+    /// The name the person chose.
+    pub(crate) fn display_name(&self) -> &str {
+        &self.display_name
+    }
 }
 
 /// An open profile.
@@ -179,14 +202,14 @@ impl Messenger {
             FIRST_DEVICE_ID,
         )?;
         let list = DeviceList {
-            account_id: self.account()?.account_id.clone(),
-            identity_key: self.account()?.identity.public_key().serialize().into_vec(),
+            account_id: self.account()?.id().to_owned(),
+            identity_key: self.account()?.identity().public_key().serialize().into_vec(),
             version: 1,
             devices: vec![self.own_entry()?],
             always_on: Vec::new(),
         };
-        self.adopt_own_device_list(&sign_device_list(&self.account()?.identity, &list)?)?;
-        tracing::info!(account_id = %self.account()?.account_id, "account created");
+        self.adopt_own_device_list(&sign_device_list(self.account()?.identity(), &list)?)?;
+        tracing::info!(account_id = %self.account()?.id(), "account created");
         self.account_info()
     }
 
@@ -233,7 +256,7 @@ impl Messenger {
         if self.db.latest_signed_prekey()?.is_none() {
             self.db.save_signed_prekey(
                 1,
-                &generate_signed_prekey(&account.identity, 1, self.now())?,
+                &generate_signed_prekey(account.identity(), 1, self.now())?,
                 self.now_millis(),
             )?;
         }
@@ -242,7 +265,7 @@ impl Messenger {
         }
         if self.db.latest_kyber_prekey()?.is_none() {
             self.db
-                .save_kyber_prekey(1, &generate_kyber_prekey(&account.identity, 1)?, self.now_millis())?;
+                .save_kyber_prekey(1, &generate_kyber_prekey(account.identity(), 1)?, self.now_millis())?;
         }
         self.ensure_group_device()
     }
@@ -251,9 +274,9 @@ impl Messenger {
     pub fn account_info(&self) -> Result<AccountInfo> {
         let account = self.account()?;
         Ok(AccountInfo {
-            account_id: account.account_id.clone(),
-            display_name: account.display_name.clone(),
-            device_id: account.device.device_id(),
+            account_id: account.id().to_owned(),
+            display_name: account.display_name().to_owned(),
+            device_id: account.device().device_id(),
             invite_link: self.invite()?.to_link(),
         })
     }
@@ -269,7 +292,7 @@ impl Messenger {
 
     /// This device's mailbox: where envelopes for it are addressed.
     pub fn mailbox(&self) -> Result<[u8; 32]> {
-        Ok(mailbox_of(&self.account()?.device.transport_public_key()))
+        Ok(mailbox_of(&self.account()?.device().transport_public_key()))
     }
 
     /// This account's contact invite: its signed device list, this device's bundle,
@@ -279,7 +302,7 @@ impl Messenger {
         let account = self.account()?;
         let mut invite = Invite {
             card: ContactCard {
-                display_name: account.display_name.clone(),
+                display_name: account.display_name().to_owned(),
                 device_list: self.own_device_list()?,
                 bundles: vec![self.own_bundle()?],
                 // They follow in the first Hello: an invite must fit one QR code.
@@ -332,7 +355,7 @@ impl Messenger {
 
     /// This device's transport seed, from which the network layer derives its peer id.
     pub fn transport_seed(&self) -> Result<[u8; 32]> {
-        Ok(*self.account()?.device.transport_seed())
+        Ok(*self.account()?.device().transport_seed())
     }
 
     /// Addresses remembered for peers' devices, as (transport key, multiaddr text).
@@ -359,7 +382,7 @@ impl Messenger {
     /// Every account this device talks to: its contacts and its own account.
     pub fn known_accounts(&self) -> Result<Vec<String>> {
         let mut accounts: Vec<String> = self.db.contacts()?.into_iter().map(|c| c.account_id).collect();
-        accounts.push(self.account()?.account_id.clone());
+        accounts.push(self.account()?.id().to_owned());
         Ok(accounts)
     }
 
@@ -372,7 +395,7 @@ impl Messenger {
         }
         // A device of this account's that was removed still gets the one notice
         // that tells it so.
-        if account_id == self.account()?.account_id {
+        if account_id == self.account()?.id() {
             return Ok(self
                 .db
                 .setting(&crate::devices::removed_device_key(device_id))?
@@ -391,16 +414,16 @@ impl Messenger {
     pub(crate) fn own_card(&self) -> Result<ContactCard> {
         let account = self.account()?;
         let mut bundles = vec![self.own_bundle()?];
-        for (device_id, bytes) in self.db.bundles(&account.account_id)? {
-            if device_id != account.device.device_id() {
+        for (device_id, bytes) in self.db.bundles(account.id())? {
+            if device_id != account.device().device_id() {
                 bundles.push(decode_versioned(&bytes, MAX_STORED_RECORD)?);
             }
         }
         Ok(ContactCard {
-            display_name: account.display_name.clone(),
+            display_name: account.display_name().to_owned(),
             device_list: self.own_device_list()?,
             bundles,
-            key_packages: self.key_packages_of(&account.account_id)?,
+            key_packages: self.key_packages_of(account.id())?,
         })
     }
 
@@ -409,11 +432,11 @@ impl Messenger {
         let account = self.account()?;
         let (_, signed) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
         let (_, kyber) = self.db.latest_kyber_prekey()?.ok_or(CoreError::NoAccount)?;
-        Ok(bundle_of(&account.device, &signed, &kyber)?)
+        Ok(bundle_of(account.device(), &signed, &kyber)?)
     }
 
     pub(crate) fn own_entry(&self) -> Result<DeviceEntry> {
-        let device = &self.account()?.device;
+        let device = &self.account()?.device();
         Ok(DeviceEntry {
             device_id: device.device_id(),
             registration_id: device.registration_id(),
@@ -506,9 +529,9 @@ impl Messenger {
     ) -> Result<Outgoing> {
         let account = self.account()?;
         let inner = SealedInner {
-            sender_account: account.account_id.clone(),
-            sender_identity: account.identity.public_key().serialize().into_vec(),
-            sender_device: account.device.device_id(),
+            sender_account: account.id().to_owned(),
+            sender_identity: account.identity().public_key().serialize().into_vec(),
+            sender_device: account.device().device_id(),
             prekey: ciphertext.prekey,
             message: ciphertext.bytes,
         };

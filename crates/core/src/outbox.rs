@@ -329,7 +329,7 @@ impl Messenger {
     /// waiting already): the envelope is then refused.
     pub(crate) fn ask_resend(&mut self, bytes: &[u8]) -> Result<()> {
         let envelope = Envelope::from_bytes(bytes)?;
-        let inner = unseal(&self.account()?.identity, &SealedBody::from_bytes(&envelope.body)?)?;
+        let inner = unseal(self.account()?.identity(), &SealedBody::from_bytes(&envelope.body)?)?;
         let (sender, device) = (inner.sender_account.clone(), inner.sender_device);
         let undecryptable = || CoreError::Undecryptable(sender.clone());
         if self.db.retired_devices(&sender)?.contains(&device) {

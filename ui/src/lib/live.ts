@@ -20,3 +20,11 @@ export function upsert<T>(items: T[], item: T, key: (item: T) => string): T[] {
   if (at < 0) return [...items, item];
   return items.map((existing, i) => (i === at ? item : existing));
 }
+
+/** What a read returned, with what events brought while it was under way laid over
+ *  it. An event is sent only after its change is stored, so it is as new as the read
+ *  or newer: without this, a message that arrives while a conversation opens would be
+ *  lost from view when the older read lands. */
+export function overlay<T>(read: T[], arrived: T[], key: (item: T) => string): T[] {
+  return arrived.reduce((all, item) => upsert(all, item, key), read);
+}

@@ -69,7 +69,7 @@ impl Messenger {
     /// Removes every device of `accounts`: a commit to all (the removed learn they
     /// are out), and the description to those who stay.
     pub(super) fn remove_now(&mut self, open: &mut OpenGroup, accounts: &[String]) -> Result<Vec<OutboxId>> {
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         if accounts.contains(&own) {
             return Err(CoreError::GroupRefused(
                 "leave the group instead of removing yourself".into(),

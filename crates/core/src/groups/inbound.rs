@@ -209,7 +209,8 @@ impl Messenger {
         self.apply(group_id, sender, commit, out)?;
         let Some(redo) = redo else { return Ok(()) };
         let mut open = self.open_group(group_id)?;
-        if !open.record.admins.contains(&self.account()?.account_id) {
+        let own = self.account()?.id();
+        if !open.record.admins.iter().any(|a| a == own) {
             return Ok(());
         }
         let again = match redo {
@@ -288,7 +289,7 @@ impl Messenger {
         text: TextMessage,
         out: &mut Received,
     ) -> Result<()> {
-        let own = from.account_id == self.account()?.account_id;
+        let own = from.account_id == self.account()?.id();
         let new = self.db.insert_message(&NewMessage {
             id: text.id,
             conversation_id: group_id.as_bytes(),
@@ -325,7 +326,7 @@ impl Messenger {
         if !open.record.admins.contains(&from.account_id) {
             return Err(CoreError::NotGroupAdmin);
         }
-        let own = self.account()?.account_id.clone();
+        let own = self.account()?.id().to_owned();
         for card in &info.cards {
             if let Err(e) = self.adopt_member_card(&own, card, out) {
                 tracing::warn!(%e, "a member card that does not fit");

@@ -128,7 +128,7 @@ impl Messenger {
         check_group_name(name)?;
         let created = self.atomically(|this| {
             this.ensure_listed()?;
-            let own = this.account()?.account_id.clone();
+            let own = this.account()?.id().to_owned();
             let mut random = [0u8; 16];
             rand::rng().fill_bytes(&mut random);
             let group_id = format!("g{}", HEXLOWER.encode(&random));
@@ -211,7 +211,7 @@ impl Messenger {
         let left = self.atomically(|this| {
             this.ensure_listed()?;
             let mut open = this.open_group(group_id)?;
-            let own = this.account()?.account_id.clone();
+            let own = this.account()?.id().to_owned();
             let mut out = Vec::new();
             let others: Vec<String> = member_accounts(&open.group).into_keys().filter(|a| *a != own).collect();
             if open.record.admins == [own.clone()] {
@@ -301,8 +301,8 @@ impl Messenger {
         let mut members: Vec<GroupMemberView> = member_accounts(&open.group)
             .into_iter()
             .map(|(account_id, devices)| {
-                let display_name = if account_id == own.account_id {
-                    own.display_name.clone()
+                let display_name = if account_id == own.id() {
+                    own.display_name().to_owned()
                 } else {
                     self.db
                         .contact(&account_id)
@@ -323,7 +323,7 @@ impl Messenger {
             group_id: open.record.group_id.clone(),
             name: open.record.name.clone(),
             epoch: open.group.epoch(),
-            is_admin: admins.contains(&own.account_id),
+            is_admin: admins.iter().any(|a| a == own.id()),
             active: open.record.active,
             members,
         })
@@ -345,8 +345,8 @@ impl Messenger {
     fn own_leaf(&self) -> Result<LeafName> {
         let account = self.account()?;
         Ok(LeafName {
-            account_id: account.account_id.clone(),
-            device_id: account.device.device_id(),
+            account_id: account.id().to_owned(),
+            device_id: account.device().device_id(),
         })
     }
 
@@ -459,7 +459,8 @@ impl Messenger {
         let queued = self.atomically(|this| {
             this.ensure_listed()?;
             let mut open = this.open_group(group_id)?;
-            if !open.record.active || !open.record.admins.contains(&this.account()?.account_id) {
+            let own = this.account()?.id();
+            if !open.record.active || !open.record.admins.iter().any(|a| a == own) {
                 return Err(CoreError::NotGroupAdmin);
             }
             let queued = change(this, &mut open)?;

@@ -42,6 +42,8 @@ pub(super) struct Driver {
     replicas: usize,
     /// Closest-peer lookups asked for by the handle.
     closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
+    /// Wakes the mailbox upkeep to fetch: a first connection to a peer, or a peer new
+    /// to the DHT.
     connected: Arc<tokio::sync::Notify>,
 }
 
@@ -329,6 +331,12 @@ impl Driver {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. })) => {
                 tracing::info!(status = ?new, "reachability");
+            }
+            // A peer the DHT did not know: a lookup made before it arrived (say, the
+            // mailbox fetch right after the first connection, before identify told the
+            // DHT about the peer) may find holders now.
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. })) => {
+                self.connected.notify_one()
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
