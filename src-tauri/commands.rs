@@ -384,18 +384,6 @@ impl From<ContactView> for ContactItem {
     }
 }
 
-/// Delivery state of a message.
-#[derive(Debug, Clone, Copy, Serialize, Type)]
-pub enum MessageState {
-    Sending,
-    Sent,
-    Delivered,
-    Read,
-    Received,
-    /// Nothing will deliver it any more; the person may retry.
-    Failed,
-}
-
 /// A message as the UI shows it.
 #[derive(Debug, Clone, Serialize, Type)]
 #[serde(rename_all = "camelCase")]
@@ -409,7 +397,7 @@ pub struct MessageItem {
     /// Unix milliseconds.
     sent_at: f64,
     body: String,
-    state: MessageState,
+    state: DeliveryState,
     /// While sent to an offline recipient: how many peers hold it for them (0 when it
     /// went to a device directly).
     held_by: u32,
@@ -424,14 +412,7 @@ impl From<MessageView> for MessageItem {
             outgoing: m.outgoing,
             sent_at: m.sent_at as f64,
             body: m.body,
-            state: match m.state {
-                DeliveryState::Sending => MessageState::Sending,
-                DeliveryState::Sent => MessageState::Sent,
-                DeliveryState::Delivered => MessageState::Delivered,
-                DeliveryState::Read => MessageState::Read,
-                DeliveryState::Received => MessageState::Received,
-                DeliveryState::Failed => MessageState::Failed,
-            },
+            state: m.state,
             held_by: m.held_by,
         }
     }

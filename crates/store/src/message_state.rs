@@ -1,10 +1,12 @@
-//! A message's delivery state: one enum from the `messages.state` column to the UI.
+//! A message's delivery state: one enum from the `messages.state` column to the UI
+//! (the desktop app sends it as is, and its TypeScript type is generated from it).
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 /// Where a message stands. Outgoing: `Sending` → `Sent` → `Delivered` → `Read`, or
 /// `Failed` when nothing will deliver it; incoming: `Received` → `Read`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub enum DeliveryState {
     /// Queued, not yet handed to a device or a cache.
     Sending,

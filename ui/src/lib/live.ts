@@ -2,6 +2,7 @@
 // as a component lives, so it applies each change where it is instead of fetching
 // everything again.
 import { onDestroy } from "svelte";
+import type { MessageItem } from "./bindings";
 
 type Listenable<T> = { listen: (handler: (event: { payload: T }) => void) => Promise<() => void> };
 
@@ -27,4 +28,18 @@ export function upsert<T>(items: T[], item: T, key: (item: T) => string): T[] {
  *  lost from view when the older read lands. */
 export function overlay<T>(read: T[], arrived: T[], key: (item: T) => string): T[] {
   return arrived.reduce((all, item) => upsert(all, item, key), read);
+}
+
+/** How far a message has come; a command's answer never moves it back. */
+const progress: Record<MessageItem["state"], number> = {
+  Sending: 0, Failed: 0, Received: 0, Sent: 1, Delivered: 2, Read: 3,
+};
+
+/** `messages` with a command's answer about `message` applied, unless events already
+ *  took that message further: they can come before the answer (a message sent and
+ *  delivered over a direct session before `send_text` returned). */
+export function answered(messages: MessageItem[], message: MessageItem): MessageItem[] {
+  const known = messages.find((m) => m.id === message.id);
+  if (known && progress[known.state] > progress[message.state]) return messages;
+  return upsert(messages, message, (m) => m.id);
 }
