@@ -512,6 +512,35 @@ direct: boolean }
  */
 export type ContactUpdated = { contact: ContactItem }
 /**
+ * Where a message stands. Outgoing: `Sending` → `Sent` → `Delivered` → `Read`, or
+ * `Failed` when nothing will deliver it; incoming: `Received` → `Read`.
+ */
+export type DeliveryState = 
+/**
+ * Queued, not yet handed to a device or a cache.
+ */
+"Sending" | 
+/**
+ * Handed to a device or a cache.
+ */
+"Sent" | 
+/**
+ * A device of the recipient has it.
+ */
+"Delivered" | 
+/**
+ * The recipient has seen it (or, incoming, this account has).
+ */
+"Read" | 
+/**
+ * Received from someone else, not read yet.
+ */
+"Received" | 
+/**
+ * Nothing will deliver it any more (the person may retry).
+ */
+"Failed"
+/**
  * One of the account's devices, as Settings lists them.
  */
 export type DeviceItem = { deviceId: number; name: string; thisDevice: boolean }
@@ -590,20 +619,12 @@ conversation: string; sender: string; outgoing: boolean;
 /**
  * Unix milliseconds.
  */
-sentAt: number; body: string; state: MessageState; 
+sentAt: number; body: string; state: DeliveryState; 
 /**
  * While sent to an offline recipient: how many peers hold it for them (0 when it
  * went to a device directly).
  */
 heldBy: number }
-/**
- * Delivery state of a message.
- */
-export type MessageState = "Sending" | "Sent" | "Delivered" | "Read" | "Received" | 
-/**
- * Nothing will deliver it any more; the person may retry.
- */
-"Failed"
 /**
  * A message's delivery state moved on (sent, delivered, read, failed, sending again).
  */
