@@ -35,10 +35,11 @@ const progress: Record<MessageItem["state"], number> = {
   Sending: 0, Failed: 0, Received: 0, Sent: 1, Delivered: 2, Read: 3,
 };
 
-/** `messages` with a command's answer about `message` applied, unless events already
- *  took that message further: they can come before the answer (a message sent and
- *  delivered over a direct session before `send_text` returned). */
-export function answered(messages: MessageItem[], message: MessageItem): MessageItem[] {
+/** `messages` with the newest view of `message` in place, unless the one shown has come
+ *  further: a command's answer can land after events about the same message (sent and
+ *  delivered over a direct session before `send_text` returned), and events drained on
+ *  two threads can land out of order. Failed → sending (a retry) is not a step back. */
+export function applied(messages: MessageItem[], message: MessageItem): MessageItem[] {
   const known = messages.find((m) => m.id === message.id);
   if (known && progress[known.state] > progress[message.state]) return messages;
   return upsert(messages, message, (m) => m.id);
