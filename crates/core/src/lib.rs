@@ -236,3 +236,38 @@ impl CoreError {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Delivery;
+
+    #[test]
+    fn what_this_side_must_fix_is_answered_not_now_and_what_a_peer_got_wrong_is_refused() {
+        let this_side = [
+            CoreError::Store(cairn_store::StoreError::Io(std::io::Error::other("disk full"))),
+            CoreError::Crypto(cairn_crypto::CryptoError::Store("busy".into())),
+            CoreError::IdentityChanged("bob".into()),
+            CoreError::UnknownSender("carol".into()),
+            CoreError::NoAccount,
+        ];
+        for error in this_side {
+            assert_ne!(error.owner(), ErrorOwner::Peer, "{error}");
+            assert_eq!(answer_for(&Err(error)), Delivery::Later);
+        }
+        let peers_fault = [
+            CoreError::WrongMailbox,
+            CoreError::NotFromOwnDevice,
+            CoreError::SelfAsContact,
+            CoreError::MessageIdCollision,
+            CoreError::FromRemovedDevice("bob".into()),
+            CoreError::DeviceListRollback { have: 3, got: 2 },
+        ];
+        for error in peers_fault {
+            assert_eq!(error.owner(), ErrorOwner::Peer, "{error}");
+            assert_eq!(answer_for(&Err(error)), Delivery::Refused);
+        }
+        // A copy already taken is answered as taken, whoever sent it again.
+        assert_eq!(answer_for(&Err(CoreError::Duplicate)), Delivery::Accepted);
+    }
+}

@@ -475,7 +475,7 @@ mod tests {
     }
 
     #[test]
-    fn a_long_history_goes_over_in_pages_of_at_most_500_messages_and_none_is_lost() {
+    fn a_long_history_goes_over_in_pages_of_at_most_500_messages_and_none_is_lost_nor_changed() {
         let vault = KeyVault::with_store(keyring_core::mock::Store::new().unwrap());
         let (_laptop_dir, mut laptop) = profile(&vault);
         laptop.create_account("Alice").unwrap();
@@ -489,8 +489,13 @@ mod tests {
                 sender: "a-contact",
                 sent_at: i as i64,
                 body,
-                state: DeliveryState::Received,
-                outgoing: false,
+                // The last one failed to send: history carries failed messages too.
+                state: if i == 1_233 {
+                    DeliveryState::Failed
+                } else {
+                    DeliveryState::Received
+                },
+                outgoing: i == 1_233,
             }))
             .unwrap();
 
@@ -519,6 +524,8 @@ mod tests {
             .map(|m| m.body)
             .collect();
         assert_eq!(shown, bodies);
+        let last = desktop.db.message(&1_233u128.to_be_bytes()).unwrap().unwrap();
+        assert_eq!((last.state, last.outgoing), (DeliveryState::Failed, true));
 
         // Pages open only in the order they were sealed: one that comes early, or one
         // replayed, does not open, and the channel goes on after either.
