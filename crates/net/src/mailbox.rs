@@ -361,7 +361,7 @@ impl NodeHandle {
 }
 
 /// Runs beside the driver until the node stops: fetches the mailbox when peers connect
-/// or the DHT learns of a new peer, and every `fetch_every`, and keeps up what this node holds every `maintain_every`.
+/// or the filling DHT learns of a new peer, and every `fetch_every`, and keeps up what this node holds every `maintain_every`.
 pub(crate) async fn upkeep(node: WeakNodeHandle, events: mpsc::Sender<NetEvent>) {
     let Some(first) = node.upgrade() else { return };
     let (fetch_every, maintain_every, connected) = (

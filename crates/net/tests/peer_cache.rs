@@ -232,6 +232,26 @@ async fn an_envelope_placed_while_bob_is_online_is_pushed_to_him() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_from_a_peer_bob_never_subscribed_at_is_refused_and_never_reaches_him() {
+    let clock = TestClock::new();
+    let mut bob = peer(2, None, &[], &clock).await;
+    let mallory = peer(3, None, &[bob.address.clone()], &clock).await;
+    let bob_id = bob.node.peer_id();
+    // An envelope truly for Bob's mailbox, pushed by someone he never asked.
+    let envelope = envelope_for(2, 1, &clock, 3600);
+    let pushed = CacheRequest::Push {
+        position: 1,
+        envelope: envelope.to_bytes(),
+    };
+    let answer = mallory.node.cache_request(bob_id, pushed).await.unwrap();
+    assert_eq!(answer, CacheResponse::Refused(CacheRefusal::Malformed));
+    // The refusal is decided before anything is passed on: no envelope was reported.
+    while let Ok(event) = bob.events.try_recv() {
+        assert!(!matches!(event, NetEvent::Envelope { .. }), "{event:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_ack_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clock = TestClock::new();

@@ -87,4 +87,23 @@ mod tests {
         }
         assert_eq!(DeliveryState::from_name("lost"), None);
     }
+
+    #[test]
+    fn a_state_the_database_should_not_hold_is_an_error_not_a_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::ProfileDb::create_unencrypted(&dir.path().join("p.db")).unwrap();
+        db.ensure_conversation(b"c", "Carol", 0).unwrap();
+        let message = crate::NewMessage {
+            id: [1; 16],
+            conversation_id: b"c",
+            sender: "carol",
+            sent_at: 0,
+            body: "hi",
+            state: DeliveryState::Received,
+            outgoing: false,
+        };
+        db.insert_message(&message).unwrap();
+        db.conn.execute("UPDATE messages SET state = 'lost'", []).unwrap();
+        assert!(db.message(&[1; 16]).is_err());
+    }
 }

@@ -332,11 +332,17 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. })) => {
                 tracing::info!(status = ?new, "reachability");
             }
-            // A peer the DHT did not know: a lookup made before it arrived (say, the
-            // mailbox fetch right after the first connection, before identify told the
-            // DHT about the peer) may find holders now.
+            // A peer the DHT did not know, while it still knows fewer peers than a
+            // fetch asks: a lookup made before it arrived (the mailbox fetch right after
+            // the first connection, before identify told the DHT about the peer) may
+            // find holders now. Once the table is full a newcomer holds nothing for
+            // this device, and a flood of made-up peers must not make it fetch again
+            // and again.
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. })) => {
-                self.connected.notify_one()
+                let known: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+                if known <= 2 * self.replicas {
+                    self.connected.notify_one()
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,

@@ -253,6 +253,7 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
                             .with_max_concurrent_streams(16),
                     ),
                     key.clone(),
+                    cairn_proto::mailbox_of(&transport_key),
                     holding,
                     config.cache.clock.clone(),
                 ),

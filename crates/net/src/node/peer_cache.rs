@@ -86,19 +86,15 @@ pub(crate) struct Behaviour {
 }
 
 impl Behaviour {
-    /// The peer cache protocol over `protocol` for the device of `keypair`, holding for
-    /// others with `holding` if given.
+    /// The peer cache protocol over `protocol` for the device of `keypair`, whose
+    /// mailbox is `mailbox`, holding for others with `holding` if given.
     pub(super) fn new(
         protocol: request_response::Behaviour<CacheCodec>,
         keypair: identity::Keypair,
+        mailbox: Mailbox,
         holding: Option<CacheService>,
         clock: Clock,
     ) -> Self {
-        let transport_key = keypair
-            .public()
-            .try_into_ed25519()
-            .map(|key| key.to_bytes())
-            .unwrap_or_default();
         let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
@@ -107,7 +103,7 @@ impl Behaviour {
             holding,
             clock,
             keypair,
-            mailbox: cairn_proto::mailbox_of(&transport_key),
+            mailbox,
             subscribed_at: HashSet::new(),
             acks_due: HashMap::new(),
             ack_tick,
