@@ -166,9 +166,11 @@ fn in_transaction<T>(conn: &rusqlite::Connection, operation: impl FnOnce(&GroupP
 /// A profile database holding the group's row and state.
 fn profile_with(dir: &tempfile::TempDir, name: &str, state: &mut GroupState) -> ProfileDb {
     let db = ProfileDb::create(&dir.path().join(name), &DbKey::random()).unwrap();
-    db.save_group(&record()).unwrap();
+    db.groups().save(&record()).unwrap();
     state.mark_unsaved();
-    db.write_group_state(GROUP_ID, &state.take_changes().unwrap()).unwrap();
+    db.groups()
+        .write_state(GROUP_ID, &state.take_changes().unwrap())
+        .unwrap();
     db
 }
 
@@ -191,9 +193,9 @@ fn through_cairn<T>(db: &ProfileDb, state: &mut GroupState, operation: impl FnOn
     let result = operation(state);
     db.begin().unwrap();
     let changes = state.take_changes().unwrap();
-    db.write_group_state(GROUP_ID, &changes).unwrap();
-    db.remember_group_undo(GROUP_ID, &changes, true).unwrap();
-    db.save_group(&record()).unwrap();
+    db.groups().write_state(GROUP_ID, &changes).unwrap();
+    db.groups().remember_undo(GROUP_ID, &changes, true).unwrap();
+    db.groups().save(&record()).unwrap();
     db.commit().unwrap();
     result
 }
@@ -322,7 +324,7 @@ fn main() {
             runs,
             || (),
             |()| {
-                let state = GroupState::from_entries(member_db.group_state(GROUP_ID).unwrap()).unwrap();
+                let state = GroupState::from_entries(member_db.groups().state(GROUP_ID).unwrap()).unwrap();
                 Group::load(&state.provider(), GROUP_ID.as_bytes()).unwrap().unwrap();
             },
         );
@@ -345,7 +347,7 @@ fn main() {
             || (),
             |()| {
                 member_db.begin().unwrap();
-                member_db.save_group(&record()).unwrap();
+                member_db.groups().save(&record()).unwrap();
                 member_db.commit().unwrap();
             },
         );

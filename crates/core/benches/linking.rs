@@ -48,10 +48,10 @@ fn main() {
         .create_account("Alice")
         .unwrap();
     let store_alone = {
-        let mut db = profile.open_with_keyring(&vault).unwrap();
-        db.ensure_conversation(CONTACT, "Bob", 0).unwrap();
+        let db = profile.open_with_keyring(&vault).unwrap();
+        db.messages().ensure_conversation(CONTACT, "Bob", 0).unwrap();
         let started = Instant::now();
-        assert_eq!(db.insert_messages(messages()).unwrap(), MESSAGES);
+        assert_eq!(db.messages().insert_all(messages()).unwrap(), MESSAGES);
         started.elapsed()
     };
     let laptop = Messenger::open_profile(&profile, Unlock::Keyring(&vault)).unwrap();

@@ -29,13 +29,14 @@ impl Messenger {
             return Err(CoreError::OwnInvite);
         }
         self.check_identity(&account_id, &identity)?;
-        let is_new = self.db.contact(&account_id)?.is_none();
+        let is_new = self.db().contacts().get(&account_id)?.is_none();
         self.save_card(&account_id, &invite.card, &list)?;
         // Where the inviting device listens, for the network layer now and after restarts.
         if let Some(device) = invite.card.bundles.first().and_then(|b| list.device(b.device_id)) {
             for address in invite.addresses.iter().take(8) {
-                self.db
-                    .save_peer_address(&device.transport_key, address, self.now_millis())?;
+                self.db()
+                    .peers()
+                    .save(&device.transport_key, address, self.now_millis())?;
             }
         }
         let hello = Content::Hello {
@@ -55,11 +56,11 @@ impl Messenger {
     /// that differs from the pinned one.
     pub(crate) fn check_identity(&self, account_id: &str, identity: &IdentityKey) -> Result<()> {
         let key = identity.serialize();
-        match self.db.pinned_identity(account_id)? {
-            None => Ok(self.db.pin_identity(account_id, &key)?),
+        match self.db().contacts().pinned_identity(account_id)? {
+            None => Ok(self.db().contacts().pin_identity(account_id, &key)?),
             Some(pinned) if pinned.identity_key[..] == key[..] => Ok(()),
             Some(_) => {
-                self.db.set_pending_identity(account_id, &key)?;
+                self.db().contacts().set_pending_identity(account_id, &key)?;
                 tracing::warn!(account_id, "identity key changed; waiting for the person to accept it");
                 Err(CoreError::IdentityChanged(account_id.to_owned()))
             }
@@ -69,7 +70,7 @@ impl Messenger {
     /// Stores a verified card: name, device list (refusing a rollback), bundles.
     pub(crate) fn save_card(&self, account_id: &str, card: &ContactCard, list: &DeviceList) -> Result<()> {
         let mut previous = None;
-        if let Some(existing) = self.db.contact(account_id)? {
+        if let Some(existing) = self.db().contacts().get(account_id)? {
             if list.version < existing.device_list_version {
                 return Err(CoreError::DeviceListRollback {
                     have: existing.device_list_version,
@@ -81,7 +82,7 @@ impl Messenger {
                 .and_then(|signed| verify_device_list(&signed).ok())
                 .map(|(list, _)| list);
         }
-        self.db.save_contact(&ContactRecord {
+        self.db().contacts().save(&ContactRecord {
             account_id: account_id.to_owned(),
             display_name: card.display_name.clone(),
             device_list: encode_versioned(&card.device_list),
@@ -99,7 +100,8 @@ impl Messenger {
             // by the list's key, or it is dropped.
             match cairn_crypto::to_signal_bundle(&identity, bundle) {
                 Ok(_) => self
-                    .db
+                    .db()
+                    .contacts()
                     .save_bundle(account_id, bundle.device_id, &encode_versioned(bundle))?,
                 Err(e) => tracing::warn!(account_id, device = bundle.device_id, %e, "dropping a bad prekey bundle"),
             }
@@ -139,7 +141,10 @@ impl Messenger {
             let listed = |id: u8| id != this_device && current.device(id).is_some();
             for bundle in card.bundles.iter().filter(|b| listed(b.device_id)) {
                 match cairn_crypto::to_signal_bundle(&identity, bundle) {
-                    Ok(_) => self.db.save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?,
+                    Ok(_) => self
+                        .db()
+                        .contacts()
+                        .save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?,
                     Err(e) => tracing::warn!(device = bundle.device_id, %e, "dropping a bad own-device bundle"),
                 }
             }
@@ -155,7 +160,7 @@ impl Messenger {
             return Err(CoreError::CardMismatch);
         }
         self.check_identity(sender, &identity)?;
-        let is_new = self.db.contact(sender)?.is_none();
+        let is_new = self.db().contacts().get(sender)?.is_none();
         self.save_card(sender, &card, &list)?;
         out.events.push(Event::ContactChanged(sender.to_owned()));
         if reply {
@@ -187,19 +192,25 @@ impl Messenger {
     /// One contact.
     pub fn contact(&self, account_id: &str) -> Result<ContactView> {
         let record = self
-            .db
-            .contact(account_id)?
+            .db()
+            .contacts()
+            .get(account_id)?
             .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
         self.view_of(record)
     }
 
     /// All contacts, by name.
     pub fn contacts(&self) -> Result<Vec<ContactView>> {
-        self.db.contacts()?.into_iter().map(|c| self.view_of(c)).collect()
+        self.db()
+            .contacts()
+            .all()?
+            .into_iter()
+            .map(|c| self.view_of(c))
+            .collect()
     }
 
     fn view_of(&self, record: ContactRecord) -> Result<ContactView> {
-        let pinned = self.db.pinned_identity(&record.account_id)?;
+        let pinned = self.db().contacts().pinned_identity(&record.account_id)?;
         let devices = self.devices_of(&record.account_id).map(|(_, d)| d.len()).unwrap_or(0);
         Ok(ContactView {
             account_id: record.account_id,
@@ -213,7 +224,8 @@ impl Messenger {
     /// The safety number with a contact (as pinned: a pending key does not count).
     pub fn safety_number(&self, account_id: &str) -> Result<SafetyNumber> {
         let pinned = self
-            .db
+            .db()
+            .contacts()
             .pinned_identity(account_id)?
             .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
         self.safety_number_with(account_id, &pinned.identity_key)
@@ -223,7 +235,8 @@ impl Messenger {
     /// can compare it before accepting; `None` when no change is pending.
     pub fn pending_safety_number(&self, account_id: &str) -> Result<Option<SafetyNumber>> {
         let pinned = self
-            .db
+            .db()
+            .contacts()
             .pinned_identity(account_id)?
             .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
         pinned
@@ -251,7 +264,7 @@ impl Messenger {
     /// Marks a contact verified (after comparing safety numbers) or not.
     pub fn set_verified(&mut self, account_id: &str, verified: bool) -> Result<()> {
         self.contact(account_id)?;
-        self.db.set_verified(account_id, verified)?;
+        self.db().contacts().set_verified(account_id, verified)?;
         self.emit([Event::ContactChanged(account_id.to_owned())]);
         Ok(())
     }
@@ -260,9 +273,16 @@ impl Messenger {
     /// sessions are dropped, verification is cleared, and the envelopes that waited
     /// for this are processed now.
     pub fn accept_identity_change(&mut self, account_id: &str) -> Result<Received> {
-        let accepted = self.db.accept_pending_identity(account_id)?;
+        let accepted = self.atomically(|this| {
+            let accepted = this.db().contacts().accept_pending_identity(account_id)?;
+            if accepted {
+                // They were made under the old key.
+                this.db().sessions().forget_account(account_id)?;
+            }
+            Ok(accepted)
+        })?;
         // Held envelopes left by an interrupted acceptance are drained on a retry.
-        if !accepted && self.db.held_envelopes(account_id)?.is_empty() {
+        if !accepted && self.db().held().from_sender(account_id)?.is_empty() {
             return Err(CoreError::NoIdentityChange(account_id.into()));
         }
         let mut received = self.drain_held(account_id)?;
@@ -274,7 +294,12 @@ impl Messenger {
     /// The person refuses a contact's changed key: the old key stays pinned and what
     /// came with the new one is dropped.
     pub fn reject_identity_change(&mut self, account_id: &str) -> Result<()> {
-        if self.db.reject_pending_identity(account_id)? {
+        let rejected = self.atomically(|this| {
+            let rejected = this.db().contacts().reject_pending_identity(account_id)?;
+            this.db().held().forget_sender(account_id)?;
+            Ok(rejected)
+        })?;
+        if rejected {
             self.emit([Event::ContactChanged(account_id.to_owned())]);
             Ok(())
         } else {

@@ -75,8 +75,9 @@ impl Messenger {
                 Ok(DeviceView {
                     device_id: d.device_id,
                     name: self
-                        .db
-                        .setting(&format!("device_name.{}", d.device_id))?
+                        .db()
+                        .settings()
+                        .get(&format!("device_name.{}", d.device_id))?
                         .unwrap_or_else(|| format!("Device {}", d.device_id)),
                     this_device: d.device_id == this,
                 })
@@ -97,7 +98,7 @@ impl Messenger {
                 "no device {device_id} in this account"
             )));
         }
-        Ok(self.db.set_setting(&format!("device_name.{device_id}"), name)?)
+        Ok(self.db().settings().set(&format!("device_name.{device_id}"), name)?)
     }
 
     /// Removes another device from this account: a new signed device list without it,
@@ -134,8 +135,9 @@ impl Messenger {
             let identity = *this.account()?.identity().public_key();
             let notice = this.envelope_to_entry(&own, &identity, &removed, &notice.to_padded_bytes())?;
             this.adopt_own_device_list(&signed)?;
-            this.db
-                .set_setting(&removed_device_key(device_id), &HEXLOWER.encode(&removed.transport_key))?;
+            this.db()
+                .settings()
+                .set(&removed_device_key(device_id), &HEXLOWER.encode(&removed.transport_key))?;
             let mut queued = Vec::new();
             if let Some((notice, _)) = notice {
                 queued.push(this.queue_sealed(&notice, "card")?);
@@ -176,7 +178,7 @@ impl Messenger {
         // An id no device of the account had yet, as far as this device knows: a
         // removed device's id given to a new one would let what the old one sends
         // pass for the new one's.
-        let retired = self.db.retired_devices(account.id())?;
+        let retired = self.db().contacts().retired_devices(account.id())?;
         let highest = list
             .devices
             .iter()
@@ -206,7 +208,7 @@ impl Messenger {
             key_packages: own.key_packages,
             contacts,
             verified,
-            settings: self.db.settings()?,
+            settings: self.db().settings().all()?,
         }))
     }
 
@@ -226,7 +228,7 @@ impl Messenger {
         }
         // The settings first: the invite secret among them is the account's.
         for (key, value) in &grant.settings {
-            self.db.set_setting(key, value)?;
+            self.db().settings().set(key, value)?;
         }
         self.install_identity(grant.account_id.clone(), identity, &grant.display_name, grant.device_id)?;
         list.version += 1;
@@ -234,7 +236,8 @@ impl Messenger {
         let signed = sign_device_list(self.account()?.identity(), &list)?;
         self.adopt_own_device_list(&signed)?;
         for bundle in &grant.bundles {
-            self.db
+            self.db()
+                .contacts()
                 .save_bundle(&grant.account_id, bundle.device_id, &encode_versioned(bundle))?;
         }
         self.save_key_packages(&grant.account_id, &grant.key_packages)?;
@@ -244,7 +247,7 @@ impl Messenger {
             self.save_card(&list.account_id, card, &list)?;
         }
         for account_id in &grant.verified {
-            self.db.set_verified(account_id, true)?;
+            self.db().contacts().set_verified(account_id, true)?;
         }
         self.own_card()
     }
@@ -256,7 +259,9 @@ impl Messenger {
         let own = self.account()?.id().to_owned();
         for bundle in card.bundles.iter().filter(|b| list.device(b.device_id).is_some()) {
             if bundle.device_id != self.account()?.device().device_id() {
-                self.db.save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?;
+                self.db()
+                    .contacts()
+                    .save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?;
             }
         }
         self.save_key_packages(&own, &card.key_packages)?;
@@ -270,7 +275,7 @@ impl Messenger {
         if !self.is_listed()? {
             return Ok(Vec::new());
         }
-        let (_, current) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
+        let (_, current) = self.db().own().latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
         if signed_prekey_due(&current, self.now())? {
             self.rotate_signed_prekey()
         } else {
@@ -285,21 +290,22 @@ impl Messenger {
             let identity = this.account()?.identity().clone();
             let now = this.now_millis();
             // The Kyber last-resort key is rotated with the signed prekey.
-            let (signed_id, _) = this.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
-            let (kyber_id, _) = this.db.latest_kyber_prekey()?.ok_or(CoreError::NoAccount)?;
+            let (signed_id, _) = this.db().own().latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
+            let (kyber_id, _) = this.db().own().latest_kyber_prekey()?.ok_or(CoreError::NoAccount)?;
             let (signed_next, kyber_next) = (signed_id.wrapping_add(1).max(1), kyber_id.wrapping_add(1).max(1));
-            this.db.save_signed_prekey(
+            this.db().own().save_signed_prekey(
                 signed_next,
                 &generate_signed_prekey(&identity, signed_next, this.now())?,
                 now,
             )?;
-            this.db
+            this.db()
+                .own()
                 .save_kyber_prekey(kyber_next, &generate_kyber_prekey(&identity, kyber_next)?, now)?;
             // Replaced keys stay long enough for sessions that started from them, then
             // go: a key kept forever would let a later thief open every recorded start.
             let cutoff = now - SIGNED_PREKEY_GRACE_MILLIS;
-            this.db.delete_signed_prekeys_before(cutoff, signed_next)?;
-            this.db.delete_kyber_prekeys_before(cutoff, kyber_next)?;
+            this.db().own().delete_signed_prekeys_before(cutoff, signed_next)?;
+            this.db().own().delete_kyber_prekeys_before(cutoff, kyber_next)?;
             this.renew_key_package()?;
             this.announce_card()
         })
@@ -317,8 +323,9 @@ impl Messenger {
             return Ok(self.own_list()?.always_on);
         }
         let contact = self
-            .db
-            .contact(account_id)?
+            .db()
+            .contacts()
+            .get(account_id)?
             .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
         Ok(self.stored_list(&contact.device_list)?.0.always_on)
     }
@@ -370,7 +377,7 @@ impl Messenger {
             invite_secret: None,
         };
         let mut queued = self.queue_to(self.account()?.id(), None, &hello, None)?;
-        for contact in self.db.contacts()? {
+        for contact in self.db().contacts().all()? {
             queued.extend(self.queue_to(&contact.account_id, None, &hello, None)?);
         }
         Ok(queued)

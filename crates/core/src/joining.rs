@@ -80,7 +80,7 @@ pub async fn join_by_link(
         let card = m.join_over_link(&mut link, &frames)?;
         // Where the other device listens, for this device's node from now on.
         for address in offer.addresses.iter().take(8) {
-            m.db.save_peer_address(&offer.transport_key, address, m.now_millis())?;
+            m.db().peers().save(&offer.transport_key, address, m.now_millis())?;
         }
         Ok::<_, CoreError>(card)
     })

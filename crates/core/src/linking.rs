@@ -41,15 +41,24 @@ const HISTORY_PAGE_MESSAGES: usize = 500;
 const HISTORY_PAGE_TEXT_BYTES: usize = 1024 * 1024;
 
 /// An offer this device made and has not used.
-pub(crate) struct PendingOffer {
+struct PendingOffer {
     secret: Zeroizing<[u8; 32]>,
     expires_at: u64,
+}
+
+/// The device links under way here: offers made and not used yet (kept in memory
+/// only: an offer does not outlive the app that shows it), and the link this device
+/// serves over the network once a new device answered.
+#[derive(Default)]
+pub(crate) struct Linking {
+    offers: Vec<PendingOffer>,
+    served: Option<ServedLink>,
 }
 
 /// A link this device serves over the network: the handshake is done, and the
 /// person has or has not confirmed the code yet (and said whether to pass the
 /// history on); after the new device's card, the history follows.
-pub(crate) struct ServedLink {
+struct ServedLink {
     /// The peer that made the handshake: the only one answered from then on.
     peer: String,
     link: ExistingDeviceLink,
@@ -169,8 +178,8 @@ impl Messenger {
             expires_at,
         };
         let now = self.now_secs();
-        self.link_offers.retain(|o| o.expires_at > now);
-        self.link_offers.push(PendingOffer { secret, expires_at });
+        self.linking_mut().offers.retain(|o| o.expires_at > now);
+        self.linking_mut().offers.push(PendingOffer { secret, expires_at });
         Ok(offer)
     }
 
@@ -179,10 +188,10 @@ impl Messenger {
     /// this device's is refused.
     pub fn answer_link(&mut self, first: &[u8]) -> Result<(ExistingDeviceLink, Vec<u8>)> {
         let now = self.now_secs();
-        self.link_offers.retain(|o| o.expires_at > now);
-        for (index, offer) in self.link_offers.iter().enumerate() {
+        self.linking_mut().offers.retain(|o| o.expires_at > now);
+        for (index, offer) in self.linking_mut().offers.iter().enumerate() {
             if let Ok((channel, answer)) = answer_link(&offer.secret, first) {
-                self.link_offers.remove(index);
+                self.linking_mut().offers.remove(index);
                 return Ok((
                     ExistingDeviceLink {
                         channel,
@@ -214,7 +223,7 @@ impl Messenger {
     /// message history that starts at `from` (0 first, then each page's `next`),
     /// sealed in frames, and what it holds (its `next` is `None` on the last).
     pub fn history_page(&self, link: &mut ExistingDeviceLink, from: u64) -> Result<(Vec<Vec<u8>>, HistoryProgress)> {
-        let rows = self.db.history_page(from, HISTORY_PAGE_MESSAGES)?;
+        let rows = self.db().messages().history_page(from, HISTORY_PAGE_MESSAGES)?;
         let full = rows.len() == HISTORY_PAGE_MESSAGES;
         let mut page = HistoryPage {
             conversations: Vec::new(),
@@ -222,7 +231,7 @@ impl Messenger {
             // Counted once: counting reads the whole history.
             total: match link.history_total {
                 Some(total) => total,
-                None => *link.history_total.insert(self.db.message_count()?),
+                None => *link.history_total.insert(self.db().messages().count()?),
             },
             next: None,
         };
@@ -238,7 +247,8 @@ impl Messenger {
             };
             if !page.conversations.iter().any(|c| c.id == message.conversation_id) {
                 let (title, created_at) = self
-                    .db
+                    .db()
+                    .messages()
                     .conversation_info(&message.conversation_id)?
                     .unwrap_or_else(|| (String::new(), message.sent_at));
                 page.conversations.push(HistoryConversation {
@@ -280,11 +290,14 @@ impl Messenger {
             .collect::<Result<Vec<_>>>()?;
         self.atomically(|this| {
             for conversation in &page.conversations {
-                this.db
-                    .ensure_conversation(&conversation.id, &conversation.title, conversation.created_at)?;
+                this.db().messages().ensure_conversation(
+                    &conversation.id,
+                    &conversation.title,
+                    conversation.created_at,
+                )?;
             }
             for (m, state) in page.messages.iter().zip(states) {
-                this.db.insert_message(&NewMessage {
+                this.db().messages().insert(&NewMessage {
                     id: m.id,
                     conversation_id: &m.conversation_id,
                     sender: &m.sender,
@@ -329,7 +342,7 @@ impl Messenger {
     pub fn serve_link(&mut self, from: &str, request: &[u8]) -> Vec<u8> {
         let response = match LinkRequest::from_bytes(request) {
             Ok(LinkRequest::Hello(first)) => self.answer_link(&first).map(|(link, answer)| {
-                self.served_link = Some(ServedLink {
+                self.linking_mut().served = Some(ServedLink {
                     peer: from.to_owned(),
                     link,
                     confirmed: false,
@@ -339,7 +352,7 @@ impl Messenger {
                 });
                 LinkResponse::Answer(answer)
             }),
-            Ok(_) if self.served_link.as_ref().is_some_and(|s| s.peer != from) => {
+            Ok(_) if self.linking_mut().served.as_ref().is_some_and(|s| s.peer != from) => {
                 Err(CoreError::LinkRefused("another device is linking here".into()))
             }
             Ok(request) => self.serve_link_request(request),
@@ -356,33 +369,33 @@ impl Messenger {
     fn serve_link_request(&mut self, request: LinkRequest) -> Result<LinkResponse> {
         match request {
             LinkRequest::Hello(_) => Err(CoreError::LinkRefused("a handshake out of turn".into())),
-            LinkRequest::Ready => match self.served_link.take() {
+            LinkRequest::Ready => match self.linking_mut().served.take() {
                 Some(mut served) if served.confirmed && !served.linked => {
                     let frames = self.hand_over(&mut served.link)?;
-                    self.served_link = Some(served);
+                    self.linking_mut().served = Some(served);
                     Ok(LinkResponse::HandOver(frames))
                 }
                 Some(served) if !served.linked => {
-                    self.served_link = Some(served);
+                    self.linking_mut().served = Some(served);
                     Ok(LinkResponse::Wait)
                 }
                 _ => Err(CoreError::LinkRefused("no link is under way".into())),
             },
-            LinkRequest::Card(frame) => match self.served_link.take() {
+            LinkRequest::Card(frame) => match self.linking_mut().served.take() {
                 Some(mut served) if served.confirmed && !served.linked => {
                     self.finish_link(&mut served.link, &frame)?;
                     served.linked = true;
-                    self.served_link = Some(served);
+                    self.linking_mut().served = Some(served);
                     Ok(LinkResponse::Done)
                 }
                 _ => Err(CoreError::LinkRefused("no confirmed link is under way".into())),
             },
-            LinkRequest::History { from } => match self.served_link.take() {
+            LinkRequest::History { from } => match self.linking_mut().served.take() {
                 Some(mut served) if served.linked && served.share_history => {
                     let (frames, page) = self.history_page(&mut served.link, from)?;
                     if page.next.is_some() {
                         served.history_sent += page.received;
-                        self.served_link = Some(served);
+                        self.linking_mut().served = Some(served);
                     }
                     Ok(LinkResponse::History(frames))
                 }
@@ -395,7 +408,7 @@ impl Messenger {
     /// Where the link this device serves stands, if one is under way: `None` once
     /// it is done (the history passed on too) or was dropped.
     pub fn served_link_state(&self) -> Option<ServedLinkState> {
-        let served = self.served_link.as_ref()?;
+        let served = self.linking().served.as_ref()?;
         Some(if !served.confirmed {
             ServedLinkState::WaitingForConfirmation(served.link.confirmation_code().to_owned())
         } else if served.linked && served.share_history {
@@ -410,7 +423,8 @@ impl Messenger {
 
     /// The code of a link waiting for the person to confirm it, if any.
     pub fn link_waiting_for_confirmation(&self) -> Option<String> {
-        self.served_link
+        self.linking()
+            .served
             .as_ref()
             .filter(|s| !s.confirmed)
             .map(|s| s.link.confirmation_code().to_owned())
@@ -419,12 +433,12 @@ impl Messenger {
     /// The person compared the codes: go ahead (`same_code`), passing the message
     /// history on if `share_history`, or drop the link.
     pub fn confirm_link(&mut self, same_code: bool, share_history: bool) {
-        match self.served_link.as_mut() {
+        match self.linking_mut().served.as_mut() {
             Some(served) if same_code => {
                 served.confirmed = true;
                 served.share_history = share_history;
             }
-            _ => self.served_link = None,
+            _ => self.linking_mut().served = None,
         }
     }
 }
@@ -479,11 +493,16 @@ mod tests {
         let vault = KeyVault::with_store(keyring_core::mock::Store::new().unwrap());
         let (_laptop_dir, mut laptop) = profile(&vault);
         laptop.create_account("Alice").unwrap();
-        laptop.db.ensure_conversation(b"a-contact", "Bob", 0).unwrap();
+        laptop
+            .db()
+            .messages()
+            .ensure_conversation(b"a-contact", "Bob", 0)
+            .unwrap();
         let bodies: Vec<String> = (0..1_234).map(|i| format!("message {i}")).collect();
         laptop
-            .db
-            .insert_messages(bodies.iter().enumerate().map(|(i, body)| NewMessage {
+            .db()
+            .messages()
+            .insert_all(bodies.iter().enumerate().map(|(i, body)| NewMessage {
                 id: (i as u128).to_be_bytes(),
                 conversation_id: b"a-contact",
                 sender: "a-contact",
@@ -517,14 +536,15 @@ mod tests {
         }
         assert_eq!(pages, [500, 500, 234]);
         let shown: Vec<String> = desktop
-            .db
-            .conversation_messages(b"a-contact", 2_000)
+            .db()
+            .messages()
+            .in_conversation(b"a-contact", 2_000)
             .unwrap()
             .into_iter()
             .map(|m| m.body)
             .collect();
         assert_eq!(shown, bodies);
-        let last = desktop.db.message(&1_233u128.to_be_bytes()).unwrap().unwrap();
+        let last = desktop.db().messages().get(&1_233u128.to_be_bytes()).unwrap().unwrap();
         assert_eq!((last.state, last.outgoing), (DeliveryState::Failed, true));
 
         // Pages open only in the order they were sealed: one that comes early, or one
@@ -535,6 +555,6 @@ mod tests {
         desktop.import_history(&mut new_side, &first).unwrap();
         assert!(desktop.import_history(&mut new_side, &first).is_err(), "replayed");
         desktop.import_history(&mut new_side, &second).unwrap();
-        assert_eq!(desktop.db.message_count().unwrap(), 1_234, "nothing twice");
+        assert_eq!(desktop.db().messages().count().unwrap(), 1_234, "nothing twice");
     }
 }

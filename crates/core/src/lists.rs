@@ -20,25 +20,25 @@ const MAX_VERIFIED_LISTS: usize = 4096;
 impl Messenger {
     /// This account's signed device list.
     pub(crate) fn own_device_list(&self) -> Result<SignedDeviceList> {
-        let bytes = self.db.own_device_list()?.ok_or(CoreError::NoAccount)?;
+        let bytes = self.db().own().device_list()?.ok_or(CoreError::NoAccount)?;
         Ok(decode_versioned(&bytes, MAX_STORED_RECORD)?)
     }
 
     /// This account's device list, as stored (and checked).
     pub(crate) fn own_list(&self) -> Result<DeviceList> {
-        let bytes = self.db.own_device_list()?.ok_or(CoreError::NoAccount)?;
+        let bytes = self.db().own().device_list()?.ok_or(CoreError::NoAccount)?;
         Ok(self.stored_list(&bytes)?.0)
     }
 
     /// A signed device list as the store keeps it (encoded), decoded and checked, and
     /// the key that signed it; checked once per distinct list.
     pub(crate) fn stored_list(&self, encoded: &[u8]) -> Result<(DeviceList, IdentityKey)> {
-        if let Some(verified) = self.verified_lists.0.borrow().get(encoded) {
+        if let Some(verified) = self.verified_lists().0.borrow().get(encoded) {
             return Ok(verified.clone());
         }
         let signed: SignedDeviceList = decode_versioned(encoded, MAX_STORED_RECORD)?;
         let verified = verify_device_list(&signed)?;
-        let mut lists = self.verified_lists.0.borrow_mut();
+        let mut lists = self.verified_lists().0.borrow_mut();
         if lists.len() >= MAX_VERIFIED_LISTS {
             lists.clear();
         }
@@ -69,7 +69,9 @@ impl Messenger {
             }
             previous = Some(current);
         }
-        self.db.save_own_device_list(&encode_versioned(signed), list.version)?;
+        self.db()
+            .own()
+            .save_device_list(&encode_versioned(signed), list.version)?;
         self.note_device_list(account.id(), previous.as_ref(), &list)?;
         Ok(list)
     }
@@ -86,7 +88,7 @@ impl Messenger {
         list: &DeviceList,
     ) -> Result<()> {
         let listed: Vec<u8> = list.devices.iter().map(|d| d.device_id).collect();
-        let forgotten = self.db.forget_unlisted_devices(account_id, &listed)?;
+        let forgotten = self.db().contacts().forget_unlisted_devices(account_id, &listed)?;
         if forgotten > 0 {
             tracing::info!(account_id, forgotten, "forgot what was kept for removed devices");
         }
@@ -99,9 +101,9 @@ impl Messenger {
                     .collect()
             })
             .unwrap_or_default();
-        self.db.retire_devices(account_id, &dropped)?;
-        self.db.drop_queued_for(account_id, &dropped)?;
-        self.db.unretire_devices(account_id, &listed)?;
+        self.db().contacts().retire_devices(account_id, &dropped)?;
+        self.db().outbox().drop_queued_for(account_id, &dropped)?;
+        self.db().contacts().unretire_devices(account_id, &listed)?;
         Ok(())
     }
 
@@ -119,13 +121,18 @@ impl Messenger {
             return Ok((*account.identity().public_key(), others));
         }
         let contact = self
-            .db
-            .contact(account_id)?
+            .db()
+            .contacts()
+            .get(account_id)?
             .ok_or_else(|| CoreError::UnknownContact(account_id.into()))?;
         let (list, identity) = self.stored_list(&contact.device_list)?;
         // A list signed by a key other than the pinned one (left from before an
         // accepted identity change) names no device we may seal to.
-        let pinned = self.db.pinned_identity(account_id)?.map(|p| p.identity_key);
+        let pinned = self
+            .db()
+            .contacts()
+            .pinned_identity(account_id)?
+            .map(|p| p.identity_key);
         if pinned.as_deref() != Some(&identity.serialize()[..]) {
             return Ok((identity, Vec::new()));
         }

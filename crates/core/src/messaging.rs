@@ -63,7 +63,8 @@ impl Messenger {
             ..text
         });
         queued.extend(self.queue_to(&own, None, &copy, None)?);
-        self.db
+        self.db()
+            .messages()
             .ensure_conversation(peer.as_bytes(), &contact.display_name, sent_at)?;
         Ok((self.keep_outgoing(peer, id, sent_at, body)?, queued))
     }
@@ -78,7 +79,7 @@ impl Messenger {
         body: &str,
     ) -> Result<MessageView> {
         let own = self.account()?.id().to_owned();
-        self.db.insert_message(&NewMessage {
+        self.db().messages().insert(&NewMessage {
             id,
             conversation_id: conversation.as_bytes(),
             sender: &own,
@@ -104,8 +105,9 @@ impl Messenger {
     /// The transport handed a message's envelope to a device or a cache.
     pub fn mark_sent(&self, id: &MessageId) -> Result<Option<Event>> {
         Ok(self
-            .db
-            .advance_message_state(id, DeliveryState::Sent)?
+            .db()
+            .messages()
+            .advance(id, DeliveryState::Sent)?
             .then_some(Event::StateChanged {
                 id: *id,
                 state: DeliveryState::Sent,
@@ -116,7 +118,7 @@ impl Messenger {
     /// held by `holders` peers.
     pub fn mark_held(&self, id: &MessageId, holders: u32) -> Result<Option<Event>> {
         let event = self.mark_sent(id)?;
-        self.db.set_message_holders(id, holders)?;
+        self.db().messages().set_holders(id, holders)?;
         Ok(event)
     }
 
@@ -174,18 +176,20 @@ impl Messenger {
     /// most as long as an envelope may live.
     fn hold(&mut self, sender: &str, bytes: &[u8]) -> Result<()> {
         self.forget_old_held()?;
-        if self.db.held_envelopes(sender)?.len() >= MAX_HELD_PER_SENDER || self.db.held_count()? >= MAX_HELD {
+        if self.db().held().from_sender(sender)?.len() >= MAX_HELD_PER_SENDER || self.db().held().count()? >= MAX_HELD {
             return Err(CoreError::UnknownSender(sender.to_owned()));
         }
-        self.db
-            .hold_envelope(&Envelope::from_bytes(bytes)?.id(), sender, bytes, self.now_millis())?;
+        self.db()
+            .held()
+            .hold(&Envelope::from_bytes(bytes)?.id(), sender, bytes, self.now_millis())?;
         Ok(())
     }
 
     /// Forgets held envelopes older than any envelope may live.
     fn forget_old_held(&self) -> Result<()> {
-        self.db
-            .forget_held_before(self.now_millis() - MAX_TTL_SECS as i64 * 1000)?;
+        self.db()
+            .held()
+            .forget_before(self.now_millis() - MAX_TTL_SECS as i64 * 1000)?;
         Ok(())
     }
 
@@ -194,7 +198,7 @@ impl Messenger {
     pub(crate) fn drain_held(&mut self, account: &str) -> Result<Received> {
         self.forget_old_held()?;
         let mut received = Received::default();
-        for (envelope_id, envelope) in self.db.held_envelopes(account)? {
+        for (envelope_id, envelope) in self.db().held().from_sender(account)? {
             match self.atomically(|this| this.receive_now(&envelope)) {
                 // Held again (yet another key): it stays for that decision.
                 Ok(r) if r.events.iter().any(|e| matches!(e, Event::IdentityChanged(_))) => {}
@@ -205,16 +209,16 @@ impl Messenger {
                         .into_iter()
                         .filter(|e| !matches!(e, Event::DirectSignal { .. }));
                     received.events.extend(current);
-                    self.db.release_held_envelope(&envelope_id)?;
+                    self.db().held().release(&envelope_id)?;
                 }
                 Err(CoreError::Duplicate | CoreError::FromRemovedDevice(_)) => {
-                    self.db.release_held_envelope(&envelope_id)?
+                    self.db().held().release(&envelope_id)?
                 }
                 Err(CoreError::Undecryptable(_)) => {
                     if let Err(e) = self.atomically(|this| this.ask_resend(&envelope)) {
                         tracing::warn!(%e, "a held envelope did not open and cannot be asked for again");
                     }
-                    self.db.release_held_envelope(&envelope_id)?
+                    self.db().held().release(&envelope_id)?
                 }
                 Err(CoreError::UnknownSender(_)) => {}
                 Err(e) => tracing::warn!(%e, "a held envelope did not open"),
@@ -240,19 +244,19 @@ impl Messenger {
             return Err(CoreError::NotOurAccount);
         }
         if !from_own_device {
-            if let Some(pinned) = self.db.pinned_identity(&sender)? {
+            if let Some(pinned) = self.db().contacts().pinned_identity(&sender)? {
                 if pinned.identity_key[..] != sender_key.serialize()[..] {
                     return self.hold_for_identity_change(&sender, &sender_key, &inner, &envelope, bytes);
                 }
             }
         }
         // Known before decrypting: decrypting a session start pins the sender's key.
-        let known = from_own_device || self.db.pinned_identity(&sender)?.is_some();
+        let known = from_own_device || self.db().contacts().pinned_identity(&sender)?.is_some();
         let ciphertext = Ciphertext {
             prekey: inner.prekey,
             bytes: inner.message,
         };
-        let plaintext = match cairn_crypto::decrypt(&self.db, &sender, inner.sender_device, &ciphertext) {
+        let plaintext = match cairn_crypto::decrypt(self.db(), &sender, inner.sender_device, &ciphertext) {
             Err(CryptoError::DuplicateMessage) => return Err(CoreError::Duplicate),
             // A known device's message from a chain (or session) this device no longer
             // has: what it carried is asked for again (see `ask_resend`).
@@ -314,7 +318,7 @@ impl Messenger {
             match self.devices_of(sender) {
                 Ok((_, devices)) => (
                     devices.iter().any(|d| d.device_id == device_id),
-                    self.db.contact(sender)?.map(|c| c.device_list_version),
+                    self.db().contacts().get(sender)?.map(|c| c.device_list_version),
                 ),
                 Err(CoreError::UnknownContact(_)) => (false, None),
                 Err(e) => return Err(e),
@@ -332,7 +336,7 @@ impl Messenger {
                 return Ok(Standing::Listed);
             }
         }
-        if self.db.retired_devices(sender)?.contains(&device_id) {
+        if self.db().contacts().retired_devices(sender)?.contains(&device_id) {
             Ok(Standing::Removed)
         } else {
             Ok(Standing::NotYetListed)
@@ -356,13 +360,17 @@ impl Messenger {
         if !matches!(made_with, Some(Ok(key)) if key == *sender_key) {
             return Err(CoreError::CardMismatch);
         }
-        if self.db.held_envelopes(sender)?.len() >= MAX_HELD_PER_SENDER
-            || !self.db.set_pending_identity(sender, &sender_key.serialize())?
+        if self.db().held().from_sender(sender)?.len() >= MAX_HELD_PER_SENDER
+            || !self
+                .db()
+                .contacts()
+                .set_pending_identity(sender, &sender_key.serialize())?
         {
             return Err(CoreError::IdentityChanged(sender.to_owned()));
         }
-        self.db
-            .hold_envelope(&envelope.id(), sender, bytes, self.now_millis())?;
+        self.db()
+            .held()
+            .hold(&envelope.id(), sender, bytes, self.now_millis())?;
         Ok(Received {
             events: vec![Event::IdentityChanged(sender.to_owned())],
         })
@@ -383,12 +391,14 @@ impl Messenger {
             _ => return Err(CoreError::NotFromOwnDevice),
         };
         let title = self
-            .db
-            .contact(&conversation)?
+            .db()
+            .contacts()
+            .get(&conversation)?
             .map_or_else(|| conversation.clone(), |c| c.display_name);
-        self.db
+        self.db()
+            .messages()
             .ensure_conversation(conversation.as_bytes(), &title, text.sent_at as i64)?;
-        let new = self.db.insert_message(&NewMessage {
+        let new = self.db().messages().insert(&NewMessage {
             id: text.id,
             conversation_id: conversation.as_bytes(),
             sender: if from_own_device { &own } else { sender },
@@ -427,14 +437,18 @@ impl Messenger {
             ReceiptKind::Read => DeliveryState::Read,
         };
         // The device has them: they will not be asked for again.
-        self.db.forget_sent_messages(sender, device, &receipt.message_ids)?;
+        self.db()
+            .outbox()
+            .forget_sent_messages(sender, device, &receipt.message_ids)?;
         for id in receipt.message_ids {
             // Only the account a message went to can acknowledge it.
-            let Some(message) = self.db.message(&id)? else { continue };
+            let Some(message) = self.db().messages().get(&id)? else {
+                continue;
+            };
             if message.conversation_id != sender.as_bytes() {
                 continue;
             }
-            if self.db.advance_message_state(&id, state)? {
+            if self.db().messages().advance(&id, state)? {
                 out.events.push(Event::StateChanged { id, state });
             }
         }
@@ -449,7 +463,8 @@ impl Messenger {
 
     fn mark_read_now(&mut self, peer: &str) -> Result<Vec<OutboxId>> {
         let ids: Vec<MessageId> = self
-            .db
+            .db()
+            .messages()
             .mark_conversation_read(peer.as_bytes())?
             .into_iter()
             .filter_map(|id| id.try_into().ok())
@@ -470,8 +485,9 @@ impl Messenger {
 
     /// One message.
     pub fn message(&self, id: &MessageId) -> Result<MessageView> {
-        self.db
-            .message(id)?
+        self.db()
+            .messages()
+            .get(id)?
             .and_then(MessageView::of)
             .ok_or(CoreError::UnknownMessage)
     }
@@ -479,8 +495,9 @@ impl Messenger {
     /// The newest `limit` messages with a contact, oldest first.
     pub fn conversation(&self, peer: &str, limit: usize) -> Result<Vec<MessageView>> {
         Ok(self
-            .db
-            .conversation_messages(peer.as_bytes(), limit)?
+            .db()
+            .messages()
+            .in_conversation(peer.as_bytes(), limit)?
             .into_iter()
             .filter_map(MessageView::of)
             .collect())
@@ -489,8 +506,9 @@ impl Messenger {
     /// Full-text search across every conversation, best matches first.
     pub fn search(&self, query: &str, limit: usize) -> Result<Vec<MessageView>> {
         Ok(self
-            .db
-            .search_messages(query, limit)?
+            .db()
+            .messages()
+            .search(query, limit)?
             .into_iter()
             .filter_map(MessageView::of)
             .collect())

@@ -75,25 +75,20 @@ impl Account {
 
 /// An open profile.
 pub struct Messenger {
-    pub(crate) db: ProfileDb,
-    pub(crate) account: Option<Account>,
+    db: ProfileDb,
+    account: Option<Account>,
     /// Where this device can be reached now (set by the network layer), for invites.
     addresses: Vec<String>,
     /// Groups kept decoded between operations.
-    pub(crate) open_groups: crate::groups::OpenGroups,
-    /// Device-link offers made and not used yet (kept in memory only: an offer does
-    /// not outlive the app that shows it).
-    pub(crate) link_offers: Vec<crate::linking::PendingOffer>,
-    /// The link this device serves over the network, once a new device answered.
-    pub(crate) served_link: Option<crate::linking::ServedLink>,
-    /// Group packets longer than this go in parts (smaller in tests).
-    pub(crate) group_part_bytes: usize,
+    groups: crate::groups::OpenGroups,
+    /// Device links under way.
+    linking: crate::linking::Linking,
     /// The time, for everything this messenger dates or lets expire.
     clock: Clock,
     /// What happened since the driver last asked ([`Messenger::take_events`]).
     events: Vec<Event>,
     /// Stored signed device lists already checked, by their encoding.
-    pub(crate) verified_lists: crate::lists::VerifiedLists,
+    lists: crate::lists::VerifiedLists,
 }
 
 impl Messenger {
@@ -107,13 +102,11 @@ impl Messenger {
             db,
             account: None,
             addresses: Vec::new(),
-            open_groups: Default::default(),
-            link_offers: Vec::new(),
-            served_link: None,
-            group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
+            groups: Default::default(),
+            linking: Default::default(),
             clock: Clock::system(),
             events: Vec::new(),
-            verified_lists: Default::default(),
+            lists: Default::default(),
         })
     }
 
@@ -128,13 +121,11 @@ impl Messenger {
             db,
             account,
             addresses: Vec::new(),
-            open_groups: Default::default(),
-            link_offers: Vec::new(),
-            served_link: None,
-            group_part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
+            groups: Default::default(),
+            linking: Default::default(),
             clock: Clock::system(),
             events: Vec::new(),
-            verified_lists: Default::default(),
+            lists: Default::default(),
         };
         if messenger.account.is_some() {
             messenger.ensure_device_material()?;
@@ -152,6 +143,36 @@ impl Messenger {
     /// Queues what happened (once it is stored).
     pub(crate) fn emit(&mut self, events: impl IntoIterator<Item = Event>) {
         self.events.extend(events);
+    }
+
+    /// The profile's database: each part's tables through its view.
+    pub(crate) fn db(&self) -> &ProfileDb {
+        &self.db
+    }
+
+    /// The groups kept decoded between operations.
+    pub(crate) fn open_groups(&self) -> &crate::groups::OpenGroups {
+        &self.groups
+    }
+
+    /// The groups kept decoded between operations, to change.
+    pub(crate) fn open_groups_mut(&mut self) -> &mut crate::groups::OpenGroups {
+        &mut self.groups
+    }
+
+    /// The device links under way.
+    pub(crate) fn linking(&self) -> &crate::linking::Linking {
+        &self.linking
+    }
+
+    /// The device links under way, to change.
+    pub(crate) fn linking_mut(&mut self) -> &mut crate::linking::Linking {
+        &mut self.linking
+    }
+
+    /// Signed device lists already checked.
+    pub(crate) fn verified_lists(&self) -> &crate::lists::VerifiedLists {
+        &self.lists
     }
 
     /// Reads the time from `clock` from now on (the system clock unless set; tests
@@ -226,7 +247,7 @@ impl Messenger {
         let display_name = normalize_display_name(display_name)?;
         let device = DeviceKeys::generate(device_id)?;
         let now = self.now_millis();
-        self.db.save_identity(
+        self.db.own().save(
             &AccountRecord {
                 account_id: account_id.clone(),
                 display_name: display_name.to_owned(),
@@ -253,18 +274,19 @@ impl Messenger {
     /// creation interrupted after the identity was stored).
     fn ensure_device_material(&self) -> Result<()> {
         let account = self.account()?;
-        if self.db.latest_signed_prekey()?.is_none() {
-            self.db.save_signed_prekey(
+        if self.db.own().latest_signed_prekey()?.is_none() {
+            self.db.own().save_signed_prekey(
                 1,
                 &generate_signed_prekey(account.identity(), 1, self.now())?,
                 self.now_millis(),
             )?;
         }
-        if self.db.setting(INVITE_SECRET)?.is_none() {
+        if self.db.settings().get(INVITE_SECRET)?.is_none() {
             self.new_invite_secret()?;
         }
-        if self.db.latest_kyber_prekey()?.is_none() {
+        if self.db.own().latest_kyber_prekey()?.is_none() {
             self.db
+                .own()
                 .save_kyber_prekey(1, &generate_kyber_prekey(account.identity(), 1)?, self.now_millis())?;
         }
         self.ensure_group_device()
@@ -324,7 +346,7 @@ impl Messenger {
 
     /// The secret this account's invites carry; made with the account.
     pub(crate) fn invite_secret(&self) -> Result<[u8; 16]> {
-        let text = self.db.setting(INVITE_SECRET)?.ok_or(CoreError::NoAccount)?;
+        let text = self.db.settings().get(INVITE_SECRET)?.ok_or(CoreError::NoAccount)?;
         let bytes = data_encoding::HEXLOWER
             .decode(text.as_bytes())
             .ok()
@@ -344,7 +366,8 @@ impl Messenger {
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
         Ok(self
             .db
-            .set_setting(INVITE_SECRET, &data_encoding::HEXLOWER.encode(&secret))?)
+            .settings()
+            .set(INVITE_SECRET, &data_encoding::HEXLOWER.encode(&secret))?)
     }
 
     /// Tells the messenger where this device can be reached (multiaddrs); invites
@@ -362,7 +385,8 @@ impl Messenger {
     pub fn peer_addresses(&self) -> Result<Vec<([u8; 32], String)>> {
         Ok(self
             .db
-            .peer_addresses()?
+            .peers()
+            .all()?
             .into_iter()
             .filter_map(|(key, address)| Some((key.try_into().ok()?, address)))
             .collect())
@@ -381,7 +405,7 @@ impl Messenger {
 
     /// Every account this device talks to: its contacts and its own account.
     pub fn known_accounts(&self) -> Result<Vec<String>> {
-        let mut accounts: Vec<String> = self.db.contacts()?.into_iter().map(|c| c.account_id).collect();
+        let mut accounts: Vec<String> = self.db.contacts().all()?.into_iter().map(|c| c.account_id).collect();
         accounts.push(self.account()?.id().to_owned());
         Ok(accounts)
     }
@@ -398,7 +422,8 @@ impl Messenger {
         if account_id == self.account()?.id() {
             return Ok(self
                 .db
-                .setting(&crate::devices::removed_device_key(device_id))?
+                .settings()
+                .get(&crate::devices::removed_device_key(device_id))?
                 .and_then(|hex| data_encoding::HEXLOWER.decode(hex.as_bytes()).ok())
                 .and_then(|key| key.try_into().ok()));
         }
@@ -414,7 +439,7 @@ impl Messenger {
     pub(crate) fn own_card(&self) -> Result<ContactCard> {
         let account = self.account()?;
         let mut bundles = vec![self.own_bundle()?];
-        for (device_id, bytes) in self.db.bundles(account.id())? {
+        for (device_id, bytes) in self.db.contacts().bundles(account.id())? {
             if device_id != account.device().device_id() {
                 bundles.push(decode_versioned(&bytes, MAX_STORED_RECORD)?);
             }
@@ -430,8 +455,8 @@ impl Messenger {
     /// This device's public prekey bundle, from its newest prekeys.
     pub(crate) fn own_bundle(&self) -> Result<PrekeyBundle> {
         let account = self.account()?;
-        let (_, signed) = self.db.latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
-        let (_, kyber) = self.db.latest_kyber_prekey()?.ok_or(CoreError::NoAccount)?;
+        let (_, signed) = self.db.own().latest_signed_prekey()?.ok_or(CoreError::NoAccount)?;
+        let (_, kyber) = self.db.own().latest_kyber_prekey()?.ok_or(CoreError::NoAccount)?;
         Ok(bundle_of(account.device(), &signed, &kyber)?)
     }
 
@@ -498,7 +523,7 @@ impl Messenger {
     /// or it does not work (one bad bundle must not cut the account's other devices
     /// off).
     fn start_session_from_bundle(&self, account_id: &str, identity: &IdentityKey, device_id: u8) -> Result<bool> {
-        let bundles = self.db.bundles(account_id)?;
+        let bundles = self.db.contacts().bundles(account_id)?;
         let Some((_, bytes)) = bundles.iter().find(|(id, _)| *id == device_id) else {
             tracing::debug!(account_id, device = device_id, "no session or bundle yet");
             return Ok(false);
@@ -556,7 +581,7 @@ impl Messenger {
         let outcome = work(self).and_then(|value| Ok(self.db.commit().map(|()| value)?));
         if outcome.is_err() {
             // What was kept open may hold changes the rollback undoes.
-            self.open_groups.clear();
+            self.groups.clear();
             // Also after a failed COMMIT, which can leave the transaction open.
             if let Err(rollback) = self.db.rollback() {
                 tracing::debug!(%rollback, "rollback after failure");
@@ -596,7 +621,7 @@ pub fn normalize_display_name(name: &str) -> Result<&str> {
 }
 
 fn load_account(db: &ProfileDb) -> Result<Option<Account>> {
-    let (Some(account), Some(device)) = (db.account()?, db.device()?) else {
+    let (Some(account), Some(device)) = (db.own().account()?, db.own().device()?) else {
         return Ok(None);
     };
     Ok(Some(Account {

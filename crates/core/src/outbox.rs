@@ -127,13 +127,18 @@ impl Messenger {
     }
 
     fn enqueue(&self, item: &NewOutgoing<'_>) -> Result<OutboxId> {
-        Ok(OutboxId(self.db.enqueue(item, self.now_millis())?))
+        Ok(OutboxId(self.db().outbox().enqueue(item, self.now_millis())?))
     }
 
     /// Whether a session with the device exists or can start from its bundle.
     fn can_reach(&self, account_id: &str, device_id: u8) -> Result<bool> {
-        Ok(cairn_crypto::has_session(&self.db, account_id, device_id)?
-            || self.db.bundles(account_id)?.iter().any(|(id, _)| *id == device_id))
+        Ok(cairn_crypto::has_session(self.db(), account_id, device_id)?
+            || self
+                .db()
+                .contacts()
+                .bundles(account_id)?
+                .iter()
+                .any(|(id, _)| *id == device_id))
     }
 
     /// The oldest `limit` rows of the outbox that are due now, each sealed for its
@@ -145,7 +150,7 @@ impl Messenger {
         self.atomically(|this| {
             let mut failed = this.expire_sent_log()?;
             let mut due = Vec::new();
-            for row in this.db.queued_envelopes(limit, this.now_millis())? {
+            for row in this.db().outbox().due(limit, this.now_millis())? {
                 let message = row.message_id.as_deref();
                 match this.seal_row(&row) {
                     Ok(Some(outgoing)) => due.push(QueuedEnvelope {
@@ -191,7 +196,7 @@ impl Messenger {
                 // still sends in its chain and it has most of its time in caches left.
                 Ok(envelope) if now < envelope.created + u64::from(envelope.ttl) / 2 => {
                     if let Some(chain) = &row.chain {
-                        if cairn_crypto::sends_in_chain(&self.db, &row.account_id, row.device_id, chain)? {
+                        if cairn_crypto::sends_in_chain(self.db(), &row.account_id, row.device_id, chain)? {
                             return Ok(Some(as_it_is(envelope)));
                         }
                     }
@@ -217,7 +222,8 @@ impl Messenger {
         let Some((mut outgoing, chain)) = self.envelope_to_entry(&row.account_id, &identity, device, content)? else {
             return Ok(None);
         };
-        self.db
+        self.db()
+            .outbox()
             .seal_queued(row.seq, &outgoing.envelope.to_bytes(), chain.as_deref())?;
         outgoing.message = message;
         Ok(Some(outgoing))
@@ -226,7 +232,7 @@ impl Messenger {
     /// A row leaves the outbox undelivered; its message fails unless another copy of
     /// it is still queued or a device has it.
     fn give_up(&self, seq: i64, message: Option<&[u8]>) -> Result<Option<Event>> {
-        self.db.dequeue_envelope(seq)?;
+        self.db().outbox().dequeue(seq)?;
         match message {
             Some(id) => self.fail_unless_carried(id),
             None => Ok(None),
@@ -237,7 +243,7 @@ impl Messenger {
     /// to a device that may still open it) and no device confirmed it; the state change
     /// if it did.
     fn fail_unless_carried(&self, id: &[u8]) -> Result<Option<Event>> {
-        if self.db.copies_in_flight(id)? > 0 || !self.db.fail_message(id)? {
+        if self.db().outbox().copies_in_flight(id)? > 0 || !self.db().messages().fail(id)? {
             return Ok(None);
         }
         tracing::warn!("a message could not be delivered and is marked failed");
@@ -254,7 +260,7 @@ impl Messenger {
     pub fn handed(&mut self, queued: &QueuedEnvelope, how: Handed) -> Result<Option<Event>> {
         let changed = self.atomically(|this| {
             let seq = queued.id.0;
-            if this.db.queued_entry(seq)?.is_none() {
+            if this.db().outbox().queued(seq)?.is_none() {
                 // Reported twice, or its device was removed meanwhile.
                 return Ok(None);
             }
@@ -262,14 +268,14 @@ impl Messenger {
             let now = this.now_millis();
             match how {
                 Handed::NotNow => {
-                    this.db.defer_envelope(seq, now)?;
+                    this.db().outbox().defer(seq, now)?;
                     Ok(None)
                 }
                 Handed::Refused => this.give_up(seq, message.as_ref().map(|id| &id[..])),
                 Handed::ToDevice | Handed::ToCaches(_) => {
                     let envelope = &queued.outgoing.envelope;
                     let expires = (envelope.created as i64 + i64::from(envelope.ttl)) * 1000;
-                    this.db.log_sent(seq, &envelope.id(), now, expires)?;
+                    this.db().outbox().log_sent(seq, &envelope.id(), now, expires)?;
                     match (message, how) {
                         (Some(id), Handed::ToCaches(holders)) => this.mark_held(&id, holders),
                         (Some(id), _) => this.mark_sent(&id),
@@ -287,8 +293,13 @@ impl Messenger {
     /// device confirmed has failed.
     fn expire_sent_log(&self) -> Result<Vec<Event>> {
         let mut failed = Vec::new();
-        for id in self.db.expire_sent(self.now_millis())? {
-            if self.db.message(&id)?.is_some_and(|m| m.state == DeliveryState::Sent) {
+        for id in self.db().outbox().expire_sent(self.now_millis())? {
+            if self
+                .db()
+                .messages()
+                .get(&id)?
+                .is_some_and(|m| m.state == DeliveryState::Sent)
+            {
                 failed.extend(self.fail_unless_carried(&id)?);
             }
         }
@@ -298,8 +309,9 @@ impl Messenger {
     /// Every row of the outbox, due or not, oldest first.
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
         Ok(self
-            .db
-            .outbox_entries()?
+            .db()
+            .outbox()
+            .entries()?
             .into_iter()
             .map(|row| OutboxEntry {
                 id: OutboxId(row.seq),
@@ -315,12 +327,12 @@ impl Messenger {
 
     /// Makes every queued envelope due now.
     pub fn retry_now(&self) -> Result<()> {
-        Ok(self.db.retry_envelopes_now(None)?)
+        Ok(self.db().outbox().retry_now(None)?)
     }
 
     /// Makes the envelopes queued for one device due now (it came online).
     pub fn retry_now_for(&self, account_id: &str, device_id: u8) -> Result<()> {
-        Ok(self.db.retry_envelopes_now(Some((account_id, device_id)))?)
+        Ok(self.db().outbox().retry_now(Some((account_id, device_id)))?)
     }
 
     /// An envelope from a known device did not decrypt (its chain of the session was
@@ -332,12 +344,12 @@ impl Messenger {
         let inner = unseal(self.account()?.identity(), &SealedBody::from_bytes(&envelope.body)?)?;
         let (sender, device) = (inner.sender_account.clone(), inner.sender_device);
         let undecryptable = || CoreError::Undecryptable(sender.clone());
-        if self.db.retired_devices(&sender)?.contains(&device) {
+        if self.db().contacts().retired_devices(&sender)?.contains(&device) {
             return Err(CoreError::FromRemovedDevice(sender));
         }
         let (_, devices) = self.devices_of(&sender)?;
         if !devices.iter().any(|d| d.device_id == device)
-            || self.db.queued_count(&sender, device, "resend")? >= MAX_QUEUED_RESEND_REQUESTS
+            || self.db().outbox().queued_count(&sender, device, "resend")? >= MAX_QUEUED_RESEND_REQUESTS
         {
             return Err(undecryptable());
         }
@@ -368,7 +380,7 @@ impl Messenger {
         let mut events = Vec::new();
         let mut session_reset = false;
         for failed in request.failed {
-            let Some(entry) = self.db.sent_entry(&failed.envelope_id)? else {
+            let Some(entry) = self.db().outbox().sent(&failed.envelope_id)? else {
                 tracing::debug!(sender, device, "a resend request for an envelope no longer kept");
                 continue;
             };
@@ -377,20 +389,26 @@ impl Messenger {
                 continue;
             }
             if !session_reset
-                && cairn_crypto::reports_current_chain(&self.db, sender, device, &failed.error).unwrap_or(false)
+                && cairn_crypto::reports_current_chain(self.db(), sender, device, &failed.error).unwrap_or(false)
             {
                 tracing::warn!(
                     sender,
                     device,
                     "the other side cannot open the current session; starting a new one"
                 );
-                cairn_crypto::archive_session(&self.db, sender, device)?;
+                cairn_crypto::archive_session(self.db(), sender, device)?;
                 session_reset = true;
             }
-            if entry.resends < MAX_RESENDS && self.db.requeue_sent(&failed.envelope_id, self.now_millis())?.is_some() {
+            if entry.resends < MAX_RESENDS
+                && self
+                    .db()
+                    .outbox()
+                    .requeue_sent(&failed.envelope_id, self.now_millis())?
+                    .is_some()
+            {
                 continue;
             }
-            self.db.forget_sent(&failed.envelope_id)?;
+            self.db().outbox().forget_sent(&failed.envelope_id)?;
             if let Some(id) = entry.message_id.as_deref() {
                 events.extend(self.fail_unless_carried(id)?);
             }
@@ -420,7 +438,7 @@ impl Messenger {
             if queued.is_empty() {
                 return Err(CoreError::NoReachableDevice(message.conversation));
             }
-            this.db.unfail_message(id)?;
+            this.db().messages().unfail(id)?;
             this.message(id)
         })?;
         self.emit([Event::StateChanged {

@@ -52,7 +52,7 @@ impl Messenger {
                 "a cache quota of at most {MAX_CACHE_QUOTA_MIB} MiB"
             )));
         }
-        Ok(self.db.set_setting(CACHE_QUOTA_MIB, &mib.to_string())?)
+        Ok(self.db().settings().set(CACHE_QUOTA_MIB, &mib.to_string())?)
     }
 
     /// The limits of this device's peer cache, from its quota.
@@ -73,20 +73,26 @@ impl Messenger {
                 "messages wait in caches 1 to {MAX_MESSAGE_TTL_DAYS} days"
             )));
         }
-        Ok(self.db.set_setting(MESSAGE_TTL_DAYS, &days.to_string())?)
+        Ok(self.db().settings().set(MESSAGE_TTL_DAYS, &days.to_string())?)
     }
 
     /// A numeric setting (default when unset or unreadable).
     fn number(&self, key: &str, default: u32) -> Result<u32> {
-        Ok(self.db.setting(key)?.and_then(|v| v.parse().ok()).unwrap_or(default))
+        Ok(self
+            .db()
+            .settings()
+            .get(key)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default))
     }
 
     /// STUN/TURN server URLs for direct sessions (none by default: devices that can
     /// reach each other need none). Used when the network starts.
     pub fn ice_servers(&self) -> Result<Vec<String>> {
         Ok(self
-            .db
-            .setting(ICE_SERVERS)?
+            .db()
+            .settings()
+            .get(ICE_SERVERS)?
             .map(|v| v.lines().map(str::to_owned).collect())
             .unwrap_or_default())
     }
@@ -114,17 +120,17 @@ impl Messenger {
                 )));
             }
         }
-        self.db.set_setting(ICE_SERVERS, &urls.join("\n"))?;
+        self.db().settings().set(ICE_SERVERS, &urls.join("\n"))?;
         Ok(urls)
     }
 
     /// Reads a boolean setting (default when unset).
     pub(crate) fn flag(&self, key: &str, default: bool) -> Result<bool> {
-        Ok(self.db.setting(key)?.map_or(default, |v| v == "on"))
+        Ok(self.db().settings().get(key)?.map_or(default, |v| v == "on"))
     }
 
     /// Writes a boolean setting.
     pub(crate) fn set_flag(&self, key: &str, on: bool) -> Result<()> {
-        Ok(self.db.set_setting(key, if on { "on" } else { "off" })?)
+        Ok(self.db().settings().set(key, if on { "on" } else { "off" })?)
     }
 }

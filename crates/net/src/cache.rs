@@ -158,7 +158,7 @@ pub(crate) struct CacheService {
     /// Peers that asked for pushes to a mailbox, while they stay connected.
     subscribers: HashMap<Mailbox, HashSet<PeerId>>,
     /// Requests refused as malformed or forged, for the operator.
-    pub(crate) refused: u64,
+    refused: u64,
 }
 
 impl CacheService {

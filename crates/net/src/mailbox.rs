@@ -9,7 +9,7 @@
 //! the recipient.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_proto::{
@@ -19,6 +19,7 @@ use futures::future::join_all;
 use libp2p::{identity, kad, PeerId};
 use tokio::sync::mpsc;
 
+use crate::cache::CacheConfig;
 use crate::node::{InboundId, NetEvent, WeakNodeHandle};
 use crate::{NetError, NodeHandle};
 
@@ -40,7 +41,7 @@ const HOLDERS_FRESH_FOR: Duration = Duration::from_secs(30);
 
 /// Holders found lately, by mailbox, with when.
 #[derive(Default)]
-pub(crate) struct RecentHolders(Mutex<HashMap<Mailbox, (Instant, Vec<PeerId>)>>);
+struct RecentHolders(Mutex<HashMap<Mailbox, (Instant, Vec<PeerId>)>>);
 
 impl RecentHolders {
     fn get(&self, mailbox: &Mailbox) -> Option<Vec<PeerId>> {
@@ -55,6 +56,29 @@ impl RecentHolders {
             Some(holders) => recent.insert(mailbox, (Instant::now(), holders)),
             None => recent.remove(&mailbox),
         };
+    }
+}
+
+/// What the device side of the peer cache keeps in a node's handle.
+#[derive(Clone)]
+pub(crate) struct MailboxSide {
+    cache: Arc<CacheConfig>,
+    /// This device's transport public key (its mailbox derives from it).
+    transport_key: [u8; 32],
+    /// Poked when a peer connects: the mailbox is worth fetching then.
+    connected: Arc<tokio::sync::Notify>,
+    /// Holders found lately for mailboxes, so a burst of envelopes needs one lookup.
+    recent_holders: Arc<RecentHolders>,
+}
+
+impl MailboxSide {
+    pub(crate) fn new(cache: CacheConfig, transport_key: [u8; 32], connected: Arc<tokio::sync::Notify>) -> Self {
+        Self {
+            cache: Arc::new(cache),
+            transport_key,
+            connected,
+            recent_holders: Arc::default(),
+        }
     }
 }
 
@@ -74,16 +98,23 @@ impl NodeHandle {
     /// the peers closest to its mailbox and the recipient's always-on nodes `also`,
     /// making the proof of work they ask. Returns the peers that hold it now.
     pub async fn place(&self, envelope: &Envelope, also: &[PeerId]) -> Result<Vec<PeerId>, NetError> {
-        let mut holders = match self.recent_holders.get(&envelope.mailbox) {
+        let mut holders = match self.mailbox_side().recent_holders.get(&envelope.mailbox) {
             Some(holders) => holders,
-            None => self.holders_of(&envelope.mailbox, self.cache.replicas).await?,
+            None => {
+                self.holders_of(&envelope.mailbox, self.mailbox_side().cache.replicas)
+                    .await?
+            }
         };
         for peer in also {
             if !holders.contains(peer) && *peer != self.peer_id() {
                 holders.push(*peer);
             }
         }
-        let worked = solved(envelope.clone(), envelope.required_work(self.cache.pow_bits)).await;
+        let worked = solved(
+            envelope.clone(),
+            envelope.required_work(self.mailbox_side().cache.pow_bits),
+        )
+        .await;
         let stored = join_all(holders.iter().map(|&peer| self.store_on(peer, worked.clone()))).await;
         let took: Vec<PeerId> = holders
             .iter()
@@ -91,8 +122,10 @@ impl NodeHandle {
             .filter_map(|(&peer, ok)| ok.then_some(peer))
             .collect();
         // Reuse the holders while they all take envelopes; look again once one does not.
-        let all_took = took.len() == holders.len() && took.len() >= self.cache.replicas;
-        self.recent_holders.set(envelope.mailbox, all_took.then_some(holders));
+        let all_took = took.len() == holders.len() && took.len() >= self.mailbox_side().cache.replicas;
+        self.mailbox_side()
+            .recent_holders
+            .set(envelope.mailbox, all_took.then_some(holders));
         Ok(took)
     }
 
@@ -129,7 +162,7 @@ impl NodeHandle {
     pub async fn hand_over(&self) -> Result<usize, NetError> {
         let mut handed = 0;
         for mailbox in self.held_mailboxes().await? {
-            let holders = self.holders_of(&mailbox, self.cache.replicas).await?;
+            let holders = self.holders_of(&mailbox, self.mailbox_side().cache.replicas).await?;
             for copied in join_all(holders.iter().map(|&holder| self.copy_to(holder, mailbox))).await {
                 handed += copied.taken;
             }
@@ -260,8 +293,8 @@ impl NodeHandle {
         mailbox: Mailbox,
         mut known: HashSet<PeerId>,
     ) -> Result<Option<HashSet<PeerId>>, NetError> {
-        let holders = self.holders_of(&mailbox, self.cache.replicas).await?;
-        if !self.cache.keep_all && !self.is_among_closest(&mailbox, &holders) {
+        let holders = self.holders_of(&mailbox, self.mailbox_side().cache.replicas).await?;
+        if !self.mailbox_side().cache.keep_all && !self.is_among_closest(&mailbox, &holders) {
             // Hand everything over, then let go of what every closer holder has.
             let copies = join_all(holders.iter().map(|&holder| self.copy_to(holder, mailbox))).await;
             let mut everywhere: Option<HashSet<EnvelopeId>> = None;
@@ -294,7 +327,7 @@ impl NodeHandle {
     fn is_among_closest(&self, mailbox: &Mailbox, others: &[PeerId]) -> bool {
         let target = kad::KBucketKey::new(mailbox.to_vec());
         let distance = |peer: PeerId| kad::KBucketKey::from(peer).distance(&target);
-        let replicas = self.cache.replicas.max(1);
+        let replicas = self.mailbox_side().cache.replicas.max(1);
         others.len() < replicas
             || others
                 .get(replicas - 1)
@@ -305,10 +338,12 @@ impl NodeHandle {
     /// pushes, and passes each envelope on as a [`NetEvent::Envelope`] (answering it
     /// acknowledges it to its holder).
     async fn fetch_mailbox(&self, events: &mpsc::Sender<NetEvent>) -> Result<(), NetError> {
-        let mailbox = mailbox_of(&self.transport_key);
+        let mailbox = mailbox_of(&self.mailbox_side().transport_key);
         // More than the placement's k: views of the DHT differ a little between peers.
-        let mut holders = self.holders_of(&mailbox, 2 * self.cache.replicas).await?;
-        for peer in &self.cache.always_on {
+        let mut holders = self
+            .holders_of(&mailbox, 2 * self.mailbox_side().cache.replicas)
+            .await?;
+        for peer in &self.mailbox_side().cache.always_on {
             if !holders.contains(peer) && *peer != self.peer_id() {
                 holders.push(*peer);
             }
@@ -321,7 +356,7 @@ impl NodeHandle {
         let mut after = 0;
         for _ in 0..MAX_FETCH_PAGES {
             let request = CacheRequest::Fetch {
-                key: self.transport_key,
+                key: self.mailbox_side().transport_key,
                 after,
                 subscribe: true,
             };
@@ -365,9 +400,9 @@ impl NodeHandle {
 pub(crate) async fn upkeep(node: WeakNodeHandle, events: mpsc::Sender<NetEvent>) {
     let Some(first) = node.upgrade() else { return };
     let (fetch_every, maintain_every, connected) = (
-        first.cache.fetch_every,
-        first.cache.maintain_every,
-        first.connected.clone(),
+        first.mailbox_side().cache.fetch_every,
+        first.mailbox_side().cache.maintain_every,
+        first.mailbox_side().connected.clone(),
     );
     drop(first);
     let mut fetch = tokio::time::interval(fetch_every);

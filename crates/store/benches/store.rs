@@ -41,9 +41,10 @@ fn open(path: &Path, encrypted: bool) -> ProfileDb {
 }
 
 fn fill(db: &mut ProfileDb, bodies: &[String]) {
-    db.ensure_conversation(b"conv", "Bench", 0).unwrap();
+    db.messages().ensure_conversation(b"conv", "Bench", 0).unwrap();
     let inserted = db
-        .insert_messages(bodies.iter().enumerate().map(|(i, body)| {
+        .messages()
+        .insert_all(bodies.iter().enumerate().map(|(i, body)| {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&(i as u64).to_le_bytes());
             NewMessage {
@@ -91,10 +92,10 @@ fn searches(c: &mut Criterion) {
         db.checkpoint().unwrap();
         // A rare word (1,000 hits, 50 returned) and a two-word query over common words.
         group.bench_function(format!("{name}/rare_word"), |b| {
-            b.iter(|| assert_eq!(db.search_messages("glacier", 50).unwrap().len(), 50))
+            b.iter(|| assert_eq!(db.messages().search("glacier", 50).unwrap().len(), 50))
         });
         group.bench_function(format!("{name}/two_common_words"), |b| {
-            b.iter(|| assert_eq!(db.search_messages("summit harbour", 50).unwrap().len(), 50))
+            b.iter(|| assert_eq!(db.messages().search("summit harbour", 50).unwrap().len(), 50))
         });
     }
     group.finish();

@@ -7,7 +7,7 @@
 use cairn_crypto::StateChange;
 use rusqlite::{params, OptionalExtension, Row};
 
-use crate::{ProfileDb, Result};
+use crate::Result;
 
 /// A group as this device keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,9 +58,15 @@ fn group_from_row(row: &Row<'_>) -> rusqlite::Result<GroupRecord> {
     })
 }
 
-impl ProfileDb {
+tables! {
+    /// The group tables (`groups`, `group_state`, `group_undo`, `group_pending`, `group_parts`,
+    /// `group_device`, `key_packages`).
+    Groups
+}
+
+impl Groups<'_> {
     /// Inserts or replaces a group.
-    pub fn save_group(&self, group: &GroupRecord) -> Result<()> {
+    pub fn save(&self, group: &GroupRecord) -> Result<()> {
         self.conn.execute(
             &format!(
                 "INSERT INTO groups ({GROUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -83,7 +89,7 @@ impl ProfileDb {
     }
 
     /// One group.
-    pub fn group(&self, group_id: &str) -> Result<Option<GroupRecord>> {
+    pub fn get(&self, group_id: &str) -> Result<Option<GroupRecord>> {
         Ok(self
             .conn
             .query_row(
@@ -95,7 +101,7 @@ impl ProfileDb {
     }
 
     /// Every group, newest first.
-    pub fn groups(&self) -> Result<Vec<GroupRecord>> {
+    pub fn all(&self) -> Result<Vec<GroupRecord>> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("SELECT {GROUP_COLUMNS} FROM groups ORDER BY created_at DESC"))?;
@@ -104,7 +110,7 @@ impl ProfileDb {
     }
 
     /// openmls's state entries for a group.
-    pub fn group_state(&self, group_id: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn state(&self, group_id: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT key, value FROM group_state WHERE group_id = ?1")?;
@@ -113,7 +119,7 @@ impl ProfileDb {
     }
 
     /// Writes what changed in a group's state.
-    pub fn write_group_state(&self, group_id: &str, changes: &[StateChange]) -> Result<()> {
+    pub fn write_state(&self, group_id: &str, changes: &[StateChange]) -> Result<()> {
         let mut upsert = self.conn.prepare_cached(
             "INSERT INTO group_state (group_id, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (group_id, key) DO UPDATE SET value = excluded.value",
@@ -131,7 +137,7 @@ impl ProfileDb {
     }
 
     /// Forgets a group's state and undo entirely (before a fresh join replaces it).
-    pub fn clear_group_state(&self, group_id: &str) -> Result<()> {
+    pub fn clear_state(&self, group_id: &str) -> Result<()> {
         self.conn
             .execute("DELETE FROM group_state WHERE group_id = ?1", [group_id])?;
         self.conn
@@ -142,7 +148,7 @@ impl ProfileDb {
     /// Remembers, for the entries `changes` touch, the value to put back to return
     /// to the state before them. `from_commit` starts over (a commit opens a new
     /// epoch); otherwise the earliest remembered value of an entry stays.
-    pub fn remember_group_undo(&self, group_id: &str, changes: &[StateChange], from_commit: bool) -> Result<()> {
+    pub fn remember_undo(&self, group_id: &str, changes: &[StateChange], from_commit: bool) -> Result<()> {
         if from_commit {
             self.conn
                 .execute("DELETE FROM group_undo WHERE group_id = ?1", [group_id])?;
@@ -158,7 +164,7 @@ impl ProfileDb {
 
     /// Puts back the state from before the last commit (see
     /// [`ProfileDb::remember_group_undo`]) and forgets the undo.
-    pub fn undo_group_commit(&self, group_id: &str) -> Result<()> {
+    pub fn undo_commit(&self, group_id: &str) -> Result<()> {
         self.conn.execute(
             "DELETE FROM group_state WHERE group_id = ?1
                AND key IN (SELECT key FROM group_undo WHERE group_id = ?1 AND value IS NULL)",
@@ -176,7 +182,7 @@ impl ProfileDb {
     }
 
     /// Keeps a group message for when the group reaches `epoch`.
-    pub fn hold_group_message(&self, group_id: &str, epoch: u64, sender: &str, message: &[u8]) -> Result<()> {
+    pub fn hold_message(&self, group_id: &str, epoch: u64, sender: &str, message: &[u8]) -> Result<()> {
         self.conn.execute(
             "INSERT INTO group_pending (group_id, epoch, sender, message) VALUES (?1, ?2, ?3, ?4)",
             params![group_id, epoch as i64, sender, message],
@@ -185,7 +191,7 @@ impl ProfileDb {
     }
 
     /// How many messages wait for a group.
-    pub fn held_group_message_count(&self, group_id: &str) -> Result<usize> {
+    pub fn held_message_count(&self, group_id: &str) -> Result<usize> {
         let count: i64 = self.conn.query_row(
             "SELECT COUNT(*) FROM group_pending WHERE group_id = ?1",
             [group_id],
@@ -195,7 +201,7 @@ impl ProfileDb {
     }
 
     /// How many group messages wait, for all groups.
-    pub fn held_group_message_total(&self) -> Result<usize> {
+    pub fn held_message_total(&self) -> Result<usize> {
         let count: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM group_pending", [], |r| r.get(0))?;
@@ -203,7 +209,7 @@ impl ProfileDb {
     }
 
     /// The messages waiting for a group at epochs up to `epoch`, oldest epoch first.
-    pub fn held_group_messages(&self, group_id: &str, epoch: u64) -> Result<Vec<PendingGroupMessage>> {
+    pub fn held_messages(&self, group_id: &str, epoch: u64) -> Result<Vec<PendingGroupMessage>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, sender, message FROM group_pending
              WHERE group_id = ?1 AND epoch <= ?2 ORDER BY epoch, seq",
@@ -219,13 +225,13 @@ impl ProfileDb {
     }
 
     /// Drops a waiting group message.
-    pub fn release_group_message(&self, seq: i64) -> Result<()> {
+    pub fn release_message(&self, seq: i64) -> Result<()> {
         self.conn.execute("DELETE FROM group_pending WHERE seq = ?1", [seq])?;
         Ok(())
     }
 
     /// Keeps one part of a group packet from `sender` (a part already kept stays).
-    pub fn hold_group_part(
+    pub fn hold_part(
         &self,
         sender: &str,
         packet_id: &[u8],
@@ -243,7 +249,7 @@ impl ProfileDb {
     }
 
     /// The parts of one packet kept so far, by index: `(index, count, bytes)`.
-    pub fn group_parts(&self, sender: &str, packet_id: &[u8]) -> Result<Vec<(u16, u16, Vec<u8>)>> {
+    pub fn parts(&self, sender: &str, packet_id: &[u8]) -> Result<Vec<(u16, u16, Vec<u8>)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT idx, count, bytes FROM group_parts WHERE sender = ?1 AND packet_id = ?2 ORDER BY idx",
         )?;
@@ -252,7 +258,7 @@ impl ProfileDb {
     }
 
     /// Bytes of parts kept from `sender` (or from everyone, with `None`).
-    pub fn group_part_bytes(&self, sender: Option<&str>) -> Result<u64> {
+    pub fn part_bytes(&self, sender: Option<&str>) -> Result<u64> {
         let total: i64 = self.conn.query_row(
             "SELECT coalesce(sum(length(bytes)), 0) FROM group_parts WHERE ?1 IS NULL OR sender = ?1",
             [sender],
@@ -262,7 +268,7 @@ impl ProfileDb {
     }
 
     /// Drops the parts of one packet (it was put together, or refused).
-    pub fn release_group_parts(&self, sender: &str, packet_id: &[u8]) -> Result<()> {
+    pub fn release_parts(&self, sender: &str, packet_id: &[u8]) -> Result<()> {
         self.conn.execute(
             "DELETE FROM group_parts WHERE sender = ?1 AND packet_id = ?2",
             params![sender, packet_id],
@@ -272,14 +278,14 @@ impl ProfileDb {
 
     /// Drops parts that arrived before `cutoff` (Unix milliseconds): the rest of
     /// their packet is not coming.
-    pub fn forget_group_parts_before(&self, cutoff: i64) -> Result<usize> {
+    pub fn forget_parts_before(&self, cutoff: i64) -> Result<usize> {
         Ok(self
             .conn
             .execute("DELETE FROM group_parts WHERE received_at < ?1", [cutoff])?)
     }
 
     /// This device's group signature key and its key-package state.
-    pub fn group_device(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub fn device(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         Ok(self
             .conn
             .query_row("SELECT signer, state FROM group_device WHERE id = 1", [], |r| {
@@ -289,7 +295,7 @@ impl ProfileDb {
     }
 
     /// Stores this device's group signature key and key-package state.
-    pub fn save_group_device(&self, signer: &[u8], state: &[u8]) -> Result<()> {
+    pub fn save_device(&self, signer: &[u8], state: &[u8]) -> Result<()> {
         self.conn.execute(
             "INSERT INTO group_device (id, signer, state) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET signer = excluded.signer, state = excluded.state",

@@ -1,7 +1,10 @@
 //! Cairn's encrypted local store.
 //!
-//! Owns: the SQLCipher profile database (schema migrations, the account and device
-//! records, message history with full-text search, the outbox and sent log, MLS group state) and the database key — 32 random
+//! Owns: the SQLCipher profile database (schema migrations, and a view per part of the
+//! profile — [`ProfileDb::own`], [`ProfileDb::contacts`], [`ProfileDb::sessions`],
+//! [`ProfileDb::messages`], [`ProfileDb::settings`], [`ProfileDb::outbox`],
+//! [`ProfileDb::held`], [`ProfileDb::peers`], [`ProfileDb::groups`] — each the only
+//! code that touches its tables) and the database key — 32 random
 //! bytes kept in the OS keyring, or, where no keyring is reachable, derived from a
 //! passphrase with Argon2id. Does not own: the network, or what keys mean (the
 //! crypto crate hands keys over as bytes, and the store implements its
@@ -12,27 +15,55 @@
 //! cache keeps the sealed envelopes it holds for others in a database of its own
 //! ([`CacheDb`]).
 
+/// Declares a view of the tables one part of a profile owns: the profile's connection,
+/// borrowed, and (in the invoking module) the only queries that touch those tables.
+macro_rules! tables {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy)]
+        pub struct $name<'db> {
+            conn: &'db rusqlite::Connection,
+        }
+
+        impl<'db> $name<'db> {
+            pub(crate) fn new(conn: &'db rusqlite::Connection) -> Self {
+                Self { conn }
+            }
+        }
+    };
+}
+
 mod cache;
+mod contacts;
 mod db;
 mod groups;
 mod held;
 mod key;
 mod message_state;
+mod messages;
 mod migrations;
 mod outbox;
+mod own;
 mod peers;
 mod profile_dir;
+mod settings;
 mod signal;
 
 pub use cache::{CacheDb, CacheLimits, Held, Page, ToHold};
-pub use db::{AccountRecord, DeviceRecord, MessageRecord, NewMessage, ProfileDb};
-pub use groups::{GroupRecord, PendingGroupMessage};
+pub use contacts::{ContactRecord, Contacts, PinnedIdentity};
+pub use db::ProfileDb;
+pub use groups::{GroupRecord, Groups, PendingGroupMessage};
+pub use held::HeldEnvelopes;
 pub use key::{DbKey, KdfParams, KeyVault, KEYRING_SERVICE};
 pub use message_state::DeliveryState;
+pub use messages::{MessageRecord, Messages, NewMessage};
 pub use migrations::{migrations, SCHEMA_VERSION};
-pub use outbox::{NewOutgoing, QueuedRecord, SentRecord};
+pub use outbox::{NewOutgoing, Outbox, QueuedRecord, SentRecord};
+pub use own::{AccountRecord, DeviceRecord, OwnAccount};
+pub use peers::PeerAddresses;
 pub use profile_dir::{KeySource, ProfileDir};
-pub use signal::{ContactRecord, PinnedIdentity};
+pub use settings::Settings;
+pub use signal::Sessions;
 
 /// Everything that can go wrong in the local store.
 #[derive(Debug, thiserror::Error)]

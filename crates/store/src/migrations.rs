@@ -310,22 +310,22 @@ mod tests {
     }
 
     fn check_fixture(db: &ProfileDb, version: usize) {
-        let account = db.account().unwrap();
-        let device = db.device().unwrap();
+        let account = db.own().account().unwrap();
+        let device = db.own().device().unwrap();
         if version >= 1 {
             assert_eq!(account.unwrap().display_name, "Alice");
             assert_eq!(device.unwrap().registration_id, 42);
-            assert_eq!(db.setting("read_receipts").unwrap().as_deref(), Some("off"));
+            assert_eq!(db.settings().get("read_receipts").unwrap().as_deref(), Some("off"));
         } else {
             assert!(account.is_none() && device.is_none());
         }
-        let found = db.search_messages("schema", 10).unwrap();
+        let found = db.messages().search("schema", 10).unwrap();
         if version >= 2 {
             assert_eq!(found.len(), 1, "the FTS index survived the upgrade");
         } else {
             assert!(found.is_empty());
         }
-        let queued = db.outbox_entries().unwrap();
+        let queued = db.outbox().entries().unwrap();
         if version >= 3 {
             let row = &queued[0];
             assert_eq!(
@@ -359,7 +359,7 @@ mod tests {
     }
 
     fn write_fixture_latest(db: &ProfileDb) {
-        db.ensure_conversation(b"new", "Carol", 20).unwrap();
+        db.messages().ensure_conversation(b"new", "Carol", 20).unwrap();
         let message = crate::NewMessage {
             id: [9; 16],
             conversation_id: b"new",
@@ -369,8 +369,8 @@ mod tests {
             state: crate::DeliveryState::Sending,
             outgoing: true,
         };
-        assert!(db.insert_message(&message).unwrap());
-        assert_eq!(db.search_messages("upgrade", 10).unwrap().len(), 1);
+        assert!(db.messages().insert(&message).unwrap());
+        assert_eq!(db.messages().search("upgrade", 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use crate::{ProfileDb, Result};
+use crate::Result;
 
 /// Something to queue for one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +107,12 @@ fn queued_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedRecord> {
     })
 }
 
-impl ProfileDb {
+tables! {
+    /// The `outbox` and `sent_log` tables.
+    Outbox
+}
+
+impl Outbox<'_> {
     /// Queues something for one device; returns its queue position.
     pub fn enqueue(&self, item: &NewOutgoing<'_>, now: i64) -> Result<i64> {
         self.conn.execute(
@@ -128,7 +133,7 @@ impl ProfileDb {
     }
 
     /// The oldest `limit` queued rows that are due at `now`.
-    pub fn queued_envelopes(&self, limit: usize, now: i64) -> Result<Vec<QueuedRecord>> {
+    pub fn due(&self, limit: usize, now: i64) -> Result<Vec<QueuedRecord>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {QUEUED_COLUMNS} FROM outbox WHERE next_attempt <= ?2 ORDER BY seq LIMIT ?1"
         ))?;
@@ -137,7 +142,7 @@ impl ProfileDb {
     }
 
     /// One queued row.
-    pub fn queued_entry(&self, seq: i64) -> Result<Option<QueuedRecord>> {
+    pub fn queued(&self, seq: i64) -> Result<Option<QueuedRecord>> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("SELECT {QUEUED_COLUMNS} FROM outbox WHERE seq = ?1"))?;
@@ -145,7 +150,7 @@ impl ProfileDb {
     }
 
     /// Every queued row, due or not, oldest first.
-    pub fn outbox_entries(&self) -> Result<Vec<QueuedRecord>> {
+    pub fn entries(&self) -> Result<Vec<QueuedRecord>> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("SELECT {QUEUED_COLUMNS} FROM outbox ORDER BY seq"))?;
@@ -164,7 +169,7 @@ impl ProfileDb {
 
     /// Puts a queued row off after a failed attempt: 2 s, doubling per attempt, at
     /// most 5 minutes.
-    pub fn defer_envelope(&self, seq: i64, now: i64) -> Result<()> {
+    pub fn defer(&self, seq: i64, now: i64) -> Result<()> {
         self.conn.execute(
             "UPDATE outbox SET attempts = attempts + 1,
                  next_attempt = ?2 + min(2000 * (1 << min(attempts, 8)), 300000)
@@ -175,7 +180,7 @@ impl ProfileDb {
     }
 
     /// Makes queued rows due now: all of them, or those for one device.
-    pub fn retry_envelopes_now(&self, device: Option<(&str, u8)>) -> Result<()> {
+    pub fn retry_now(&self, device: Option<(&str, u8)>) -> Result<()> {
         match device {
             None => self.conn.execute("UPDATE outbox SET next_attempt = 0", [])?,
             Some((account_id, device_id)) => self.conn.execute(
@@ -187,7 +192,7 @@ impl ProfileDb {
     }
 
     /// Removes a row from the queue.
-    pub fn dequeue_envelope(&self, seq: i64) -> Result<()> {
+    pub fn dequeue(&self, seq: i64) -> Result<()> {
         self.conn.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
         Ok(())
     }
@@ -241,11 +246,11 @@ impl ProfileDb {
              SELECT ?2, account_id, device_id, kind, content, message_id, resends, ?3, ?4 FROM outbox WHERE seq = ?1",
             params![seq, envelope_id, sent_at, expires_at],
         )?;
-        self.dequeue_envelope(seq)
+        self.dequeue(seq)
     }
 
     /// The sent log's entry for an envelope.
-    pub fn sent_entry(&self, envelope_id: &[u8]) -> Result<Option<SentRecord>> {
+    pub fn sent(&self, envelope_id: &[u8]) -> Result<Option<SentRecord>> {
         Ok(self
             .conn
             .query_row(

@@ -3,11 +3,16 @@
 
 use rusqlite::params;
 
-use crate::{ProfileDb, Result};
+use crate::Result;
 
-impl ProfileDb {
+tables! {
+    /// The `peer_addresses` table.
+    PeerAddresses
+}
+
+impl PeerAddresses<'_> {
     /// Remembers where a device (by transport key) said it can be reached.
-    pub fn save_peer_address(&self, transport_key: &[u8], address: &str, now: i64) -> Result<()> {
+    pub fn save(&self, transport_key: &[u8], address: &str, now: i64) -> Result<()> {
         self.conn.execute(
             "INSERT INTO peer_addresses (transport_key, address, learned_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (transport_key, address) DO UPDATE SET learned_at = excluded.learned_at",
@@ -17,7 +22,7 @@ impl ProfileDb {
     }
 
     /// Every remembered (transport key, address), newest first.
-    pub fn peer_addresses(&self) -> Result<Vec<(Vec<u8>, String)>> {
+    pub fn all(&self) -> Result<Vec<(Vec<u8>, String)>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT transport_key, address FROM peer_addresses ORDER BY learned_at DESC")?;

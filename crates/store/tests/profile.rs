@@ -19,7 +19,7 @@ fn quick_kdf() -> KdfParams {
 }
 
 fn write_marker(db: &ProfileDb, marker: &str) {
-    db.ensure_conversation(b"conv-1", "Bob", 1).unwrap();
+    db.messages().ensure_conversation(b"conv-1", "Bob", 1).unwrap();
     let message = NewMessage {
         id: [1; 16],
         conversation_id: b"conv-1",
@@ -29,7 +29,7 @@ fn write_marker(db: &ProfileDb, marker: &str) {
         state: DeliveryState::Sent,
         outgoing: true,
     };
-    assert!(db.insert_message(&message).unwrap());
+    assert!(db.messages().insert(&message).unwrap());
 }
 
 /// Every file under `dir`, read whole (database, WAL, shared memory, journals).
@@ -68,7 +68,7 @@ fn a_marker_message_never_reaches_the_disk_in_plaintext() {
     assert_eq!(files_containing(dir.path(), marker.as_bytes()), Vec::<String>::new());
     // It is really there, for the right key.
     let db = profile.open_with_passphrase("pass").unwrap();
-    assert_eq!(db.search_messages("MARKER", 5).unwrap()[0].body, marker);
+    assert_eq!(db.messages().search("MARKER", 5).unwrap()[0].body, marker);
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn a_wrong_key_is_a_typed_error_and_leaves_the_file_intact() {
     }
     assert_eq!(fs::read(&path).unwrap(), before, "a failed open wrote nothing");
     let db = ProfileDb::open(&path, &key).unwrap();
-    assert_eq!(db.search_messages("still", 5).unwrap().len(), 1);
+    assert_eq!(db.messages().search("still", 5).unwrap().len(), 1);
 }
 
 #[test]
@@ -117,7 +117,7 @@ fn a_wrong_passphrase_is_a_typed_error_and_the_right_one_still_opens() {
         Err(StoreError::WrongKey)
     ));
     let db = profile.open_with_passphrase("right").unwrap();
-    assert_eq!(db.search_messages("kept", 5).unwrap().len(), 1);
+    assert_eq!(db.messages().search("kept", 5).unwrap().len(), 1);
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn a_second_create_is_refused_and_loses_nothing() {
         Err(StoreError::AlreadyExists(_))
     ));
     let db = profile.open_with_passphrase("pw").unwrap();
-    assert_eq!(db.search_messages("first", 5).unwrap().len(), 1);
+    assert_eq!(db.messages().search("first", 5).unwrap().len(), 1);
 }
 
 #[test]
@@ -178,7 +178,7 @@ fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
     };
     {
         let db = profile.create_with_passphrase("pw", quick_kdf()).unwrap();
-        db.save_identity(&account, &device).unwrap();
+        db.own().save(&account, &device).unwrap();
         write_marker(&db, "once");
         let again = NewMessage {
             id: [1; 16],
@@ -189,12 +189,12 @@ fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
             state: DeliveryState::Sent,
             outgoing: true,
         };
-        assert!(!db.insert_message(&again).unwrap(), "same id is a duplicate");
+        assert!(!db.messages().insert(&again).unwrap(), "same id is a duplicate");
     }
     let db = profile.open_with_passphrase("pw").unwrap();
-    assert_eq!(db.account().unwrap(), Some(account));
-    assert_eq!(db.device().unwrap(), Some(device));
-    assert_eq!(db.conversation_messages(b"conv-1", 10).unwrap().len(), 1);
+    assert_eq!(db.own().account().unwrap(), Some(account));
+    assert_eq!(db.own().device().unwrap(), Some(device));
+    assert_eq!(db.messages().in_conversation(b"conv-1", 10).unwrap().len(), 1);
 }
 
 #[test]
@@ -203,10 +203,10 @@ fn search_takes_typed_words_literally() {
     let db = ProfileDb::create(&dir.path().join("p.db"), &DbKey::random()).unwrap();
     write_marker(&db, "meet at \"noon\" OR later");
     for query in ["\"noon", "OR", "NEAR(", "*", "noon later", ""] {
-        db.search_messages(query, 5).unwrap();
+        db.messages().search(query, 5).unwrap();
     }
-    assert_eq!(db.search_messages("noon later", 5).unwrap().len(), 1);
-    assert!(db.search_messages("midnight", 5).unwrap().is_empty());
+    assert_eq!(db.messages().search("noon later", 5).unwrap().len(), 1);
+    assert!(db.messages().search("midnight", 5).unwrap().is_empty());
 }
 
 /// The real OS keyring (Secret Service on Linux): the test command starts one.
@@ -219,7 +219,7 @@ fn a_keyring_profile_reopens_with_the_key_from_the_os_keyring() {
     write_marker(&profile.create_with_keyring(&vault).unwrap(), "from the keyring");
     assert_eq!(profile.key_source().unwrap(), Some(KeySource::Keyring));
     let db = profile.open_with_keyring(&vault).unwrap();
-    assert_eq!(db.search_messages("keyring", 5).unwrap().len(), 1);
+    assert_eq!(db.messages().search("keyring", 5).unwrap().len(), 1);
     drop(db);
     // Without its key in the keyring the profile does not open, and says why.
     vault.delete(&profile.keyring_user().unwrap()).unwrap();
@@ -244,54 +244,58 @@ fn what_leaves_the_outbox_waits_in_the_sent_log_until_confirmed_asked_for_again_
     let dir = tempfile::tempdir().unwrap();
     let db = ProfileDb::create(&dir.path().join("profile.db"), &DbKey::random()).unwrap();
     let (first, second) = (b"message-1_______", b"message-2_______");
-    let a = db.enqueue(&queued_text("bob", 1, Some(first)), 10).unwrap();
-    let b = db.enqueue(&queued_text("bob", 1, Some(second)), 10).unwrap();
-    let c = db.enqueue(&queued_text("bob", 2, None), 10).unwrap();
-    assert_eq!(db.copies_in_flight(first).unwrap(), 1);
+    let a = db.outbox().enqueue(&queued_text("bob", 1, Some(first)), 10).unwrap();
+    let b = db.outbox().enqueue(&queued_text("bob", 1, Some(second)), 10).unwrap();
+    let c = db.outbox().enqueue(&queued_text("bob", 2, None), 10).unwrap();
+    assert_eq!(db.outbox().copies_in_flight(first).unwrap(), 1);
     // A sealed attempt keeps its envelope and chain; a failed one backs off.
-    db.seal_queued(a, b"sealed-a", Some(b"chain")).unwrap();
-    db.defer_envelope(a, 1_000).unwrap();
-    let due: Vec<i64> = db.queued_envelopes(10, 1_000).unwrap().iter().map(|r| r.seq).collect();
+    db.outbox().seal_queued(a, b"sealed-a", Some(b"chain")).unwrap();
+    db.outbox().defer(a, 1_000).unwrap();
+    let due: Vec<i64> = db.outbox().due(10, 1_000).unwrap().iter().map(|r| r.seq).collect();
     assert_eq!(due, [b, c]);
-    let row = db.queued_entry(a).unwrap().unwrap();
+    let row = db.outbox().queued(a).unwrap().unwrap();
     assert_eq!(
         (row.envelope.as_deref(), row.chain.as_deref(), row.attempts),
         (Some(&b"sealed-a"[..]), Some(&b"chain"[..]), 1)
     );
 
     // Taken: the rows move to the sent log.
-    db.log_sent(a, b"envelope-a", 2_000, 50_000).unwrap();
-    db.log_sent(b, b"envelope-b", 2_000, 90_000).unwrap();
-    db.log_sent(c, b"envelope-c", 2_000, 50_000).unwrap();
-    assert!(db.outbox_entries().unwrap().is_empty());
-    assert_eq!(db.sent_log_len().unwrap(), 3);
-    assert_eq!(db.copies_in_flight(first).unwrap(), 1, "sent, not yet confirmed");
-    let logged = db.sent_entry(b"envelope-a").unwrap().unwrap();
+    db.outbox().log_sent(a, b"envelope-a", 2_000, 50_000).unwrap();
+    db.outbox().log_sent(b, b"envelope-b", 2_000, 90_000).unwrap();
+    db.outbox().log_sent(c, b"envelope-c", 2_000, 50_000).unwrap();
+    assert!(db.outbox().entries().unwrap().is_empty());
+    assert_eq!(db.outbox().sent_log_len().unwrap(), 3);
+    assert_eq!(
+        db.outbox().copies_in_flight(first).unwrap(),
+        1,
+        "sent, not yet confirmed"
+    );
+    let logged = db.outbox().sent(b"envelope-a").unwrap().unwrap();
     assert_eq!(
         (logged.account_id.as_str(), logged.device_id, logged.resends),
         ("bob", 1, 0)
     );
 
     // Bob's device 1 confirms the second message: its entry goes.
-    db.forget_sent_messages("bob", 1, &[*second]).unwrap();
-    assert!(db.sent_entry(b"envelope-b").unwrap().is_none());
+    db.outbox().forget_sent_messages("bob", 1, &[*second]).unwrap();
+    assert!(db.outbox().sent(b"envelope-b").unwrap().is_none());
     // Bob asks for the first again: back in the outbox, due now, one resend more.
-    let again = db.requeue_sent(b"envelope-a", 3_000).unwrap().unwrap();
-    let row = db.queued_entry(again).unwrap().unwrap();
+    let again = db.outbox().requeue_sent(b"envelope-a", 3_000).unwrap().unwrap();
+    let row = db.outbox().queued(again).unwrap().unwrap();
     assert_eq!((row.resends, row.envelope, row.content.is_some()), (1, None, true));
-    assert!(db.sent_entry(b"envelope-a").unwrap().is_none());
+    assert!(db.outbox().sent(b"envelope-a").unwrap().is_none());
     assert!(
-        db.requeue_sent(b"envelope-a", 3_000).unwrap().is_none(),
+        db.outbox().requeue_sent(b"envelope-a", 3_000).unwrap().is_none(),
         "asked twice, sent once"
     );
     // Expiry takes the rest and says which messages they carried.
-    assert!(db.expire_sent(49_999).unwrap().is_empty());
+    assert!(db.outbox().expire_sent(49_999).unwrap().is_empty());
     assert_eq!(
-        db.expire_sent(50_000).unwrap(),
+        db.outbox().expire_sent(50_000).unwrap(),
         Vec::<Vec<u8>>::new(),
         "envelope-c carried no message"
     );
-    assert_eq!(db.sent_log_len().unwrap(), 0);
+    assert_eq!(db.outbox().sent_log_len().unwrap(), 0);
 }
 
 #[test]
@@ -299,28 +303,29 @@ fn a_removed_devices_sessions_queue_and_old_held_envelopes_go_and_its_retired_ma
     let dir = tempfile::tempdir().unwrap();
     let db = ProfileDb::create(&dir.path().join("profile.db"), &DbKey::random()).unwrap();
     for device in [1u8, 2] {
-        db.save_bundle("bob", device, b"bundle").unwrap();
-        db.enqueue(&queued_text("bob", device, None), 10).unwrap();
+        db.contacts().save_bundle("bob", device, b"bundle").unwrap();
+        db.outbox().enqueue(&queued_text("bob", device, None), 10).unwrap();
     }
     // Bob's list now names device 1 only: what was kept for device 2 goes.
-    assert_eq!(db.forget_unlisted_devices("bob", &[1]).unwrap(), 1);
-    assert_eq!(db.bundles("bob").unwrap().len(), 1);
-    assert_eq!(db.drop_queued_for("bob", &[2]).unwrap(), 1);
-    assert_eq!(db.queued_envelopes(10, i64::MAX).unwrap().len(), 1);
-    db.retire_devices("bob", &[2]).unwrap();
-    db.retire_devices("bob", &[2]).unwrap();
-    assert_eq!(db.retired_devices("bob").unwrap(), [2]);
-    assert!(db.retired_devices("carol").unwrap().is_empty());
+    assert_eq!(db.contacts().forget_unlisted_devices("bob", &[1]).unwrap(), 1);
+    assert_eq!(db.contacts().bundles("bob").unwrap().len(), 1);
+    assert_eq!(db.outbox().drop_queued_for("bob", &[2]).unwrap(), 1);
+    assert_eq!(db.outbox().due(10, i64::MAX).unwrap().len(), 1);
+    db.contacts().retire_devices("bob", &[2]).unwrap();
+    db.contacts().retire_devices("bob", &[2]).unwrap();
+    assert_eq!(db.contacts().retired_devices("bob").unwrap(), [2]);
+    assert!(db.contacts().retired_devices("carol").unwrap().is_empty());
     // Named again (say, a list from before the removal was wrong): no longer retired.
-    db.unretire_devices("bob", &[1, 2]).unwrap();
-    assert!(db.retired_devices("bob").unwrap().is_empty());
+    db.contacts().unretire_devices("bob", &[1, 2]).unwrap();
+    assert!(db.contacts().retired_devices("bob").unwrap().is_empty());
 
     // Held envelopes older than the cutoff go; newer ones stay.
-    db.hold_envelope(b"old", "stranger", b"sealed", 100).unwrap();
-    db.hold_envelope(b"new", "stranger", b"sealed", 300).unwrap();
-    assert_eq!(db.forget_held_before(200).unwrap(), 1);
+    db.held().hold(b"old", "stranger", b"sealed", 100).unwrap();
+    db.held().hold(b"new", "stranger", b"sealed", 300).unwrap();
+    assert_eq!(db.held().forget_before(200).unwrap(), 1);
     let held: Vec<Vec<u8>> = db
-        .held_envelopes("stranger")
+        .held()
+        .from_sender("stranger")
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)

@@ -31,7 +31,7 @@ impl Messenger {
                 Err(e) => return Err(e),
             };
             let mut found = false;
-            for (device_id, package) in self.db.key_packages(account)? {
+            for (device_id, package) in self.db().groups().key_packages(account)? {
                 let leaf = LeafName {
                     account_id: account.clone(),
                     device_id,
@@ -103,13 +103,13 @@ impl Messenger {
     /// next change.
     pub(crate) fn remove_unlisted_leaves(&mut self, account_id: &str) -> Result<Vec<OutboxId>> {
         // Never a listed device: a list that names a device takes its mark off.
-        let retired = self.db.retired_devices(account_id)?;
+        let retired = self.db().contacts().retired_devices(account_id)?;
         if retired.is_empty() {
             return Ok(Vec::new());
         }
         let own = self.own_leaf()?;
         let mut out = Vec::new();
-        for record in self.db.groups()? {
+        for record in self.db().groups().all()? {
             if !record.active || !record.admins.contains(&own.account_id) {
                 continue;
             }
@@ -218,11 +218,13 @@ impl Messenger {
     /// A contact's card as this device knows it.
     pub(crate) fn card_of(&self, account_id: &str) -> Result<ContactCard> {
         let contact = self
-            .db
-            .contact(account_id)?
+            .db()
+            .contacts()
+            .get(account_id)?
             .ok_or_else(|| CoreError::UnknownContact(account_id.to_owned()))?;
         let bundles = self
-            .db
+            .db()
+            .contacts()
             .bundles(account_id)?
             .into_iter()
             .map(|(_, bytes)| decode_versioned(&bytes, MAX_STORED_RECORD))
@@ -265,7 +267,7 @@ impl Messenger {
         rand::rng().fill_bytes(&mut id);
         let contents: Vec<Content> = packet
             .clone()
-            .into_parts(id, self.group_part_bytes)?
+            .into_parts(id, self.open_groups().part_bytes())?
             .into_iter()
             .map(Content::Group)
             .collect();

@@ -54,29 +54,30 @@ impl Messenger {
     fn receive_part(&mut self, sender: &str, part: GroupPart) -> Result<Option<GroupPacket>> {
         part.check()?;
         let now = self.now_millis();
-        self.db.forget_group_parts_before(now - PART_KEPT_FOR_MILLIS)?;
-        let mut kept = self.db.group_parts(sender, &part.id)?;
+        self.db().groups().forget_parts_before(now - PART_KEPT_FOR_MILLIS)?;
+        let mut kept = self.db().groups().parts(sender, &part.id)?;
         if kept.iter().any(|(_, count, _)| *count != part.count) {
             return Err(CoreError::GroupRefused(
                 "pieces of one packet disagree on their number".into(),
             ));
         }
-        if self.db.group_part_bytes(Some(sender))? + part.bytes.len() as u64 > MAX_PART_BYTES_PER_SENDER
-            || self.db.group_part_bytes(None)? + part.bytes.len() as u64 > MAX_PART_BYTES
+        if self.db().groups().part_bytes(Some(sender))? + part.bytes.len() as u64 > MAX_PART_BYTES_PER_SENDER
+            || self.db().groups().part_bytes(None)? + part.bytes.len() as u64 > MAX_PART_BYTES
         {
             return Err(CoreError::GroupRefused(
                 "too many pieces of group packets waiting".into(),
             ));
         }
         if let Err(at) = kept.binary_search_by_key(&part.index, |(index, _, _)| *index) {
-            self.db
-                .hold_group_part(sender, &part.id, part.index, part.count, &part.bytes, now)?;
+            self.db()
+                .groups()
+                .hold_part(sender, &part.id, part.index, part.count, &part.bytes, now)?;
             kept.insert(at, (part.index, part.count, part.bytes));
         }
         if kept.len() < usize::from(part.count) {
             return Ok(None);
         }
-        self.db.release_group_parts(sender, &part.id)?;
+        self.db().groups().release_parts(sender, &part.id)?;
         let pieces: Vec<GroupPart> = kept
             .into_iter()
             .map(|(index, count, bytes)| GroupPart {
@@ -90,7 +91,7 @@ impl Messenger {
     }
 
     fn receive_welcome(&mut self, sender: &str, welcome: &[u8], out: &mut Received) -> Result<String> {
-        let (_, device_state) = self.db.group_device()?.ok_or(CoreError::NoAccount)?;
+        let (_, device_state) = self.db().groups().device()?.ok_or(CoreError::NoAccount)?;
         // The join leaves the group in a copy of the device's key-package state.
         let mut state = GroupState::from_bytes(&device_state)?;
         state.mark_unsaved();
@@ -102,7 +103,7 @@ impl Messenger {
         if !group.members().iter().any(|l| l.account_id == sender) {
             return Err(CoreError::GroupRefused("a Welcome from outside the group".into()));
         }
-        let existing = self.db.group(&group_id)?;
+        let existing = self.db().groups().get(&group_id)?;
         if let Some(existing) = existing.as_ref().filter(|g| g.active) {
             // A second Welcome to a group this device is in: an admin re-adding it
             // after a concurrent commit won. Nobody else may reset the group.
@@ -110,8 +111,8 @@ impl Messenger {
                 return Err(CoreError::GroupRefused("a Welcome to a group this device is in".into()));
             }
         }
-        self.db.clear_group_state(&group_id)?;
-        self.open_groups.0.remove(&group_id);
+        self.db().groups().clear_state(&group_id)?;
+        self.open_groups_mut().forget(&group_id);
         let now = self.now_millis();
         let mut open = OpenGroup {
             record: GroupRecord {
@@ -133,7 +134,8 @@ impl Messenger {
             group,
         };
         self.store_group(&mut open)?;
-        self.db
+        self.db()
+            .messages()
             .ensure_conversation(group_id.as_bytes(), &open.record.name, now)?;
         self.keep_open(open);
         out.events.push(Event::GroupChanged(group_id.clone()));
@@ -149,7 +151,7 @@ impl Messenger {
         message: &[u8],
         out: &mut Received,
     ) -> Result<()> {
-        let Some(record) = self.db.group(group_id)? else {
+        let Some(record) = self.db().groups().get(group_id)? else {
             // Before its Welcome.
             return self.keep_waiting(group_id, header.epoch, sender, message);
         };
@@ -201,11 +203,11 @@ impl Messenger {
     ) -> Result<()> {
         tracing::info!(group_id, "a concurrent commit wins; switching to it");
         let redo = record.redo.take().and_then(|r| Redo::from_bytes(&r));
-        self.open_groups.0.remove(group_id);
-        self.db.undo_group_commit(group_id)?;
+        self.open_groups_mut().forget(group_id);
+        self.db().groups().undo_commit(group_id)?;
         record.epoch = record.epoch.saturating_sub(1);
         record.last_commit = None;
-        self.db.save_group(&record)?;
+        self.db().groups().save(&record)?;
         self.apply(group_id, sender, commit, out)?;
         let Some(redo) = redo else { return Ok(()) };
         let mut open = self.open_group(group_id)?;
@@ -290,7 +292,7 @@ impl Messenger {
         out: &mut Received,
     ) -> Result<()> {
         let own = from.account_id == self.account()?.id();
-        let new = self.db.insert_message(&NewMessage {
+        let new = self.db().messages().insert(&NewMessage {
             id: text.id,
             conversation_id: group_id.as_bytes(),
             sender: &from.account_id,
@@ -352,12 +354,12 @@ impl Messenger {
         if account_id == own {
             return Ok(());
         }
-        match self.db.pinned_identity(&account_id)? {
+        match self.db().contacts().pinned_identity(&account_id)? {
             Some(pinned) if pinned.identity_key[..] != identity.serialize()[..] => return Ok(()),
             Some(_) => {}
-            None => self.db.pin_identity(&account_id, &identity.serialize())?,
+            None => self.db().contacts().pin_identity(&account_id, &identity.serialize())?,
         }
-        let is_new = self.db.contact(&account_id)?.is_none();
+        let is_new = self.db().contacts().get(&account_id)?.is_none();
         match self.save_card(&account_id, card, &list) {
             Ok(()) | Err(CoreError::DeviceListRollback { .. }) => {}
             Err(e) => return Err(e),
@@ -369,31 +371,31 @@ impl Messenger {
     }
 
     fn keep_waiting(&self, group_id: &str, epoch: u64, sender: &str, message: &[u8]) -> Result<()> {
-        if self.db.held_group_message_count(group_id)? >= MAX_HELD_PER_GROUP
-            || self.db.held_group_message_total()? >= MAX_HELD_GROUP_MESSAGES
+        if self.db().groups().held_message_count(group_id)? >= MAX_HELD_PER_GROUP
+            || self.db().groups().held_message_total()? >= MAX_HELD_GROUP_MESSAGES
         {
             return Err(CoreError::GroupRefused("too many group messages waiting".into()));
         }
-        Ok(self.db.hold_group_message(group_id, epoch, sender, message)?)
+        Ok(self.db().groups().hold_message(group_id, epoch, sender, message)?)
     }
 
     /// Processes the messages that waited for the group's current epoch, epoch by
     /// epoch, until none moves it further.
     fn process_waiting(&mut self, group_id: &str, out: &mut Received) -> Result<()> {
         loop {
-            let Some(record) = self.db.group(group_id)? else {
+            let Some(record) = self.db().groups().get(group_id)? else {
                 return Ok(());
             };
             let mut moved = false;
-            for waiting in self.db.held_group_messages(group_id, record.epoch)? {
-                self.db.release_group_message(waiting.seq)?;
+            for waiting in self.db().groups().held_messages(group_id, record.epoch)? {
+                self.db().groups().release_message(waiting.seq)?;
                 let Ok(header) = MessageHeader::of(&waiting.message) else {
                     continue;
                 };
                 if let Err(e) = self.receive_group_message(group_id, &header, &waiting.sender, &waiting.message, out) {
                     tracing::debug!(group_id, %e, "a waiting group message did not open");
                 }
-                let now = self.db.group(group_id)?.map(|g| (g.epoch, g.active));
+                let now = self.db().groups().get(group_id)?.map(|g| (g.epoch, g.active));
                 if now != Some((record.epoch, record.active)) {
                     moved = true;
                     break;

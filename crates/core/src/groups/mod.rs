@@ -110,15 +110,38 @@ pub(crate) struct OpenGroup {
 /// changes and not for decoding the whole group again. The database stays the truth:
 /// an entry is put here only after its changes were written, and the cache is
 /// emptied whenever a transaction rolls back.
-#[derive(Default)]
-pub(crate) struct OpenGroups(HashMap<String, OpenGroup>);
+pub(crate) struct OpenGroups {
+    open: HashMap<String, OpenGroup>,
+    /// Group packets longer than this go in parts (smaller in tests).
+    part_bytes: usize,
+}
+
+impl Default for OpenGroups {
+    fn default() -> Self {
+        Self {
+            open: HashMap::new(),
+            part_bytes: cairn_proto::MAX_GROUP_PART_BYTES,
+        }
+    }
+}
 
 impl OpenGroups {
     /// Forgets every open group (after a rollback).
     pub(crate) fn clear(&mut self) {
-        self.0.clear();
+        self.open.clear();
+    }
+
+    /// Forgets one group (it was left, or its state was replaced).
+    pub(crate) fn forget(&mut self, group_id: &str) {
+        self.open.remove(group_id);
+    }
+
+    /// The longest group packet sent in one piece.
+    pub(crate) fn part_bytes(&self) -> usize {
+        self.part_bytes
     }
 }
+
 impl Messenger {
     /// Creates a group named `name` with this account as its admin, and adds the
     /// given contacts (every device of theirs with a key package) and this account's
@@ -150,7 +173,9 @@ impl Messenger {
                 group,
             };
             this.store_group(&mut open)?;
-            this.db.ensure_conversation(group_id.as_bytes(), name, now)?;
+            this.db()
+                .messages()
+                .ensure_conversation(group_id.as_bytes(), name, now)?;
             let mut accounts: Vec<String> = members.iter().filter(|m| **m != own).cloned().collect();
             accounts.push(own);
             accounts.dedup();
@@ -286,8 +311,9 @@ impl Messenger {
 
     /// Every group this device is or was in, newest first.
     pub fn groups(&self) -> Result<Vec<GroupView>> {
-        self.db
-            .groups()?
+        self.db()
+            .groups()
+            .all()?
             .into_iter()
             .map(|record| self.group(&record.group_id))
             .collect()
@@ -304,8 +330,9 @@ impl Messenger {
                 let display_name = if account_id == own.id() {
                     own.display_name().to_owned()
                 } else {
-                    self.db
-                        .contact(&account_id)
+                    self.db()
+                        .contacts()
+                        .get(&account_id)
                         .ok()
                         .flatten()
                         .map_or_else(|| account_id.clone(), |c| c.display_name)
@@ -332,13 +359,13 @@ impl Messenger {
     /// How many messages wait for `group_id` to reach a later epoch (or for its
     /// Welcome).
     pub fn waiting_group_messages(&self, group_id: &str) -> Result<usize> {
-        Ok(self.db.held_group_message_count(group_id)?)
+        Ok(self.db().groups().held_message_count(group_id)?)
     }
 
     /// This device's identity in groups, made on first use.
     pub(crate) fn group_identity(&self) -> Result<GroupIdentity> {
         self.ensure_group_device()?;
-        let (signer, _) = self.db.group_device()?.ok_or(CoreError::NoAccount)?;
+        let (signer, _) = self.db().groups().device()?.ok_or(CoreError::NoAccount)?;
         Ok(GroupIdentity::from_bytes(self.own_leaf()?, &signer)?)
     }
 
@@ -352,7 +379,7 @@ impl Messenger {
 
     /// Makes this device's group signature key and key package if it has none.
     pub(crate) fn ensure_group_device(&self) -> Result<()> {
-        if self.db.group_device()?.is_none() {
+        if self.db().groups().device()?.is_none() {
             let identity = GroupIdentity::generate(self.own_leaf()?)?;
             self.renew_key_package_with(&identity, GroupState::new())?;
         }
@@ -368,9 +395,12 @@ impl Messenger {
 
     fn renew_key_package_with(&self, identity: &GroupIdentity, state: GroupState) -> Result<()> {
         let key_package = identity.key_package(&state.provider())?;
-        self.db.save_group_device(&identity.to_bytes()?, &state.to_bytes()?)?;
+        self.db()
+            .groups()
+            .save_device(&identity.to_bytes()?, &state.to_bytes()?)?;
         let leaf = self.own_leaf()?;
-        self.db
+        self.db()
+            .groups()
             .save_key_package(&leaf.account_id, leaf.device_id, &key_package)?;
         Ok(())
     }
@@ -378,7 +408,8 @@ impl Messenger {
     /// The key packages known for `account_id`'s listed devices.
     pub(crate) fn key_packages_of(&self, account_id: &str) -> Result<Vec<DeviceKeyPackage>> {
         Ok(self
-            .db
+            .db()
+            .groups()
             .key_packages(account_id)?
             .into_iter()
             .map(|(device_id, key_package)| DeviceKeyPackage { device_id, key_package })
@@ -398,7 +429,8 @@ impl Messenger {
             }
             match key_package_device(&package.key_package) {
                 Ok(device) if device == expected => {
-                    self.db
+                    self.db()
+                        .groups()
                         .save_key_package(account_id, package.device_id, &package.key_package)?
                 }
                 Ok(_) => tracing::warn!(account_id, "dropping a key package for another device"),
@@ -410,7 +442,7 @@ impl Messenger {
 
     /// Takes a group out of the open ones, or loads it.
     fn open_group(&mut self, group_id: &str) -> Result<OpenGroup> {
-        match self.open_groups.0.remove(group_id) {
+        match self.open_groups_mut().open.remove(group_id) {
             Some(open) => Ok(open),
             None => self.load_group(group_id),
         }
@@ -419,10 +451,11 @@ impl Messenger {
     /// Reads a group from the database.
     fn load_group(&self, group_id: &str) -> Result<OpenGroup> {
         let record = self
-            .db
-            .group(group_id)?
+            .db()
+            .groups()
+            .get(group_id)?
             .ok_or_else(|| CoreError::UnknownGroup(group_id.to_owned()))?;
-        let state = GroupState::from_entries(self.db.group_state(group_id)?)?;
+        let state = GroupState::from_entries(self.db().groups().state(group_id)?)?;
         let group = Group::load(&state.provider(), group_id.as_bytes())?
             .ok_or_else(|| CoreError::UnknownGroup(group_id.to_owned()))?;
         Ok(OpenGroup { record, state, group })
@@ -430,7 +463,7 @@ impl Messenger {
 
     /// Puts a group whose changes are stored back among the open ones.
     fn keep_open(&mut self, open: OpenGroup) {
-        self.open_groups.0.insert(open.record.group_id.clone(), open);
+        self.open_groups_mut().open.insert(open.record.group_id.clone(), open);
     }
 
     /// Writes what changed in a group. While a concurrent commit may still win (the
@@ -442,12 +475,12 @@ impl Messenger {
     fn write_group(&self, open: &mut OpenGroup, commit: bool) -> Result<()> {
         let group_id = &open.record.group_id;
         let changes = open.state.take_changes()?;
-        self.db.write_group_state(group_id, &changes)?;
+        self.db().groups().write_state(group_id, &changes)?;
         if commit || open.record.last_commit.is_some() {
-            self.db.remember_group_undo(group_id, &changes, commit)?;
+            self.db().groups().remember_undo(group_id, &changes, commit)?;
         }
         open.record.epoch = open.group.epoch();
-        Ok(self.db.save_group(&open.record)?)
+        Ok(self.db().groups().save(&open.record)?)
     }
 
     /// Runs an admin's change in one transaction and queues what it sends.
@@ -525,7 +558,7 @@ mod tests {
 
         // Pieces of at most 1,500 bytes: the Welcome and the description with every
         // card take several each.
-        alice.group_part_bytes = 1_500;
+        alice.open_groups_mut().part_bytes = 1_500;
         let (group, queued) = alice.create_group("Climbing", std::slice::from_ref(&bob_id)).unwrap();
         let due = alice.due_envelopes(1000).unwrap();
         assert_eq!(due.len(), queued.len());
@@ -538,6 +571,10 @@ mod tests {
         alice.send_group_text(&group.group_id, "rope at 8").unwrap();
         deliver_backwards(&mut [&mut alice, &mut bob], Vec::new());
         assert_eq!(bob.conversation(&group.group_id, 10).unwrap()[0].body, "rope at 8");
-        assert_eq!(bob.db.group_part_bytes(None).unwrap(), 0, "no piece is left behind");
+        assert_eq!(
+            bob.db().groups().part_bytes(None).unwrap(),
+            0,
+            "no piece is left behind"
+        );
     }
 }

@@ -10,9 +10,10 @@ use tokio::sync::{mpsc, oneshot};
 use cairn_proto::{CacheRequest, CacheResponse};
 
 use super::{Inbound, InboundId, LinkReply};
-use crate::cache::{CacheConfig, CacheService};
+use crate::cache::CacheService;
 use crate::codec::Delivery;
 use crate::direct::Direct;
+use crate::mailbox::MailboxSide;
 use crate::NetError;
 
 /// Work run on the driver's cache service, given the time.
@@ -69,16 +70,10 @@ pub(super) enum Command {
 /// Talks to a running node; cheap to clone. The node stops when every handle is gone.
 #[derive(Clone)]
 pub struct NodeHandle {
-    pub(super) peer_id: PeerId,
-    pub(super) commands: mpsc::Sender<Command>,
-    pub(super) direct: Arc<Direct>,
-    pub(crate) cache: Arc<CacheConfig>,
-    /// This device's transport public key (its mailbox derives from it).
-    pub(crate) transport_key: [u8; 32],
-    /// Poked when a peer connects: the mailbox is worth fetching then.
-    pub(crate) connected: Arc<tokio::sync::Notify>,
-    /// Holders found lately for mailboxes, so a burst of envelopes needs one lookup.
-    pub(crate) recent_holders: Arc<crate::mailbox::RecentHolders>,
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    direct: Arc<Direct>,
+    mailbox: MailboxSide,
 }
 
 /// A [`NodeHandle`] that does not keep the node running.
@@ -86,10 +81,7 @@ pub(crate) struct WeakNodeHandle {
     peer_id: PeerId,
     commands: mpsc::WeakSender<Command>,
     direct: Arc<Direct>,
-    cache: Arc<CacheConfig>,
-    transport_key: [u8; 32],
-    connected: Arc<tokio::sync::Notify>,
-    recent_holders: Arc<crate::mailbox::RecentHolders>,
+    mailbox: MailboxSide,
 }
 
 impl WeakNodeHandle {
@@ -99,25 +91,38 @@ impl WeakNodeHandle {
             peer_id: self.peer_id,
             commands: self.commands.upgrade()?,
             direct: self.direct.clone(),
-            cache: self.cache.clone(),
-            transport_key: self.transport_key,
-            connected: self.connected.clone(),
-            recent_holders: self.recent_holders.clone(),
+            mailbox: self.mailbox.clone(),
         })
     }
 }
 
 impl NodeHandle {
+    pub(super) fn new(
+        peer_id: PeerId,
+        commands: mpsc::Sender<Command>,
+        direct: Arc<Direct>,
+        mailbox: MailboxSide,
+    ) -> Self {
+        Self {
+            peer_id,
+            commands,
+            direct,
+            mailbox,
+        }
+    }
+
     pub(super) fn downgrade(&self) -> WeakNodeHandle {
         WeakNodeHandle {
             peer_id: self.peer_id,
             commands: self.commands.downgrade(),
             direct: self.direct.clone(),
-            cache: self.cache.clone(),
-            transport_key: self.transport_key,
-            connected: self.connected.clone(),
-            recent_holders: self.recent_holders.clone(),
+            mailbox: self.mailbox.clone(),
         }
+    }
+
+    /// What the device side of the peer cache keeps.
+    pub(crate) fn mailbox_side(&self) -> &MailboxSide {
+        &self.mailbox
     }
 
     /// This node's peer id.

@@ -297,15 +297,8 @@ pub fn start(seed: [u8; 32], config: NodeConfig) -> Result<(NodeHandle, mpsc::Re
     let (events, event_rx) = mpsc::channel(256);
     let direct = Direct::new(peer_id, config.direct.clone(), events.clone())?;
     let connected = Arc::new(tokio::sync::Notify::new());
-    let handle = NodeHandle {
-        peer_id,
-        commands,
-        direct,
-        cache: Arc::new(config.cache.clone()),
-        transport_key,
-        connected: connected.clone(),
-        recent_holders: Arc::default(),
-    };
+    let mailbox = crate::mailbox::MailboxSide::new(config.cache.clone(), transport_key, connected.clone());
+    let handle = NodeHandle::new(peer_id, commands, direct, mailbox);
     tokio::spawn(Driver::new(swarm, command_rx, events.clone(), &config, connected).run());
     tokio::spawn(crate::mailbox::upkeep(handle.downgrade(), events));
     Ok((handle, event_rx))
