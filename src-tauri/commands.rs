@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use cairn_core::{
-    ContactView, CoreError, DeliveryState, GroupView, KeyVault, LinkStep, MessageView, Messenger, ServedLinkState,
-    SharedMessenger, Unlock,
+    AccountId, ContactView, CoreError, DeliveryState, DeviceId, GroupView, KeyVault, LinkStep, MessageView, Messenger,
+    ServedLinkState, SharedMessenger, Unlock,
 };
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
@@ -70,9 +70,9 @@ impl AccountView {
     pub(crate) fn of(messenger: &Messenger) -> Result<Self, AppError> {
         let info = messenger.account_info()?;
         Ok(Self {
-            account_id: info.account_id,
+            account_id: info.account_id.to_string(),
             display_name: info.display_name,
-            device_id: info.device_id,
+            device_id: info.device_id.get(),
             invite_link: info.invite_link,
             invite_qr_svg: messenger.invite_qr_svg()?,
             addresses: messenger.invite()?.addresses.len() as u32,
@@ -124,6 +124,21 @@ impl AppError {
             message: message.into(),
         }
     }
+}
+
+/// An account id the UI passed, checked.
+fn account_id(text: &str) -> Result<AccountId, AppError> {
+    AccountId::parse(text).map_err(|_| AppError::invalid("not an account id"))
+}
+
+/// Account ids the UI passed, checked.
+fn account_ids(texts: &[String]) -> Result<Vec<AccountId>, AppError> {
+    texts.iter().map(|text| account_id(text)).collect()
+}
+
+/// A device id the UI passed, checked.
+fn checked_device(id: u8) -> Result<DeviceId, AppError> {
+    DeviceId::new(id).map_err(|_| AppError::invalid("not a device id"))
 }
 
 impl From<CoreError> for AppError {
@@ -373,7 +388,7 @@ pub struct ContactItem {
 impl From<ContactView> for ContactItem {
     fn from(c: ContactView) -> Self {
         Self {
-            account_id: c.account_id,
+            account_id: c.account_id.to_string(),
             display_name: c.display_name,
             verified: c.verified,
             identity_changed: c.identity_changed,
@@ -408,7 +423,7 @@ impl From<MessageView> for MessageItem {
         Self {
             id: m.id.iter().map(|b| format!("{b:02x}")).collect(),
             conversation: m.conversation,
-            sender: m.sender,
+            sender: m.sender.to_string(),
             outgoing: m.outgoing,
             sent_at: m.sent_at as f64,
             body: m.body,
@@ -460,7 +475,7 @@ fn settings_of(m: &Messenger) -> Result<Settings, CoreError> {
 pub(crate) fn contact_item(
     m: &Messenger,
     courier: Option<&cairn_core::Courier>,
-    account_id: &str,
+    account_id: &AccountId,
 ) -> Result<ContactItem, CoreError> {
     let contact = m.contact(account_id)?;
     let keys: Vec<[u8; 32]> = m.device_keys_of(account_id)?.into_iter().map(|(_, key)| key).collect();
@@ -535,6 +550,7 @@ pub async fn mark_read(state: tauri::State<'_, AppState>, peer: String) -> Resul
 #[tauri::command]
 #[specta::specta]
 pub async fn send_text(state: tauri::State<'_, AppState>, peer: String, body: String) -> Result<MessageItem, AppError> {
+    let peer = account_id(&peer)?;
     with_messenger(&state, |m| Ok(m.send_text(&peer, &body)?.0.into())).inspect(|_| wake_network(&state))
 }
 
@@ -565,6 +581,7 @@ fn message_id(hex: &str) -> Result<[u8; 16], AppError> {
 #[tauri::command]
 #[specta::specta]
 pub async fn safety_number(state: tauri::State<'_, AppState>, peer: String) -> Result<SafetyNumberView, AppError> {
+    let peer = account_id(&peer)?;
     with_messenger(&state, |m| {
         let number = m.safety_number(&peer)?;
         Ok(SafetyNumberView {
@@ -580,6 +597,7 @@ pub async fn safety_number(state: tauri::State<'_, AppState>, peer: String) -> R
 #[tauri::command]
 #[specta::specta]
 pub async fn set_verified(state: tauri::State<'_, AppState>, peer: String, verified: bool) -> Result<(), AppError> {
+    let peer = account_id(&peer)?;
     with_messenger(&state, |m| m.set_verified(&peer, verified))
 }
 
@@ -587,6 +605,7 @@ pub async fn set_verified(state: tauri::State<'_, AppState>, peer: String, verif
 #[tauri::command]
 #[specta::specta]
 pub async fn accept_identity_change(state: tauri::State<'_, AppState>, peer: String) -> Result<ContactItem, AppError> {
+    let peer = account_id(&peer)?;
     with_messenger(&state, |m| {
         m.accept_identity_change(&peer)?;
         Ok(m.contact(&peer)?.into())
@@ -597,6 +616,7 @@ pub async fn accept_identity_change(state: tauri::State<'_, AppState>, peer: Str
 #[tauri::command]
 #[specta::specta]
 pub async fn reject_identity_change(state: tauri::State<'_, AppState>, peer: String) -> Result<ContactItem, AppError> {
+    let peer = account_id(&peer)?;
     with_messenger(&state, |m| {
         m.reject_identity_change(&peer)?;
         Ok(m.contact(&peer)?.into())
@@ -709,7 +729,7 @@ impl From<GroupView> for GroupItem {
                 .members
                 .into_iter()
                 .map(|m| GroupMemberItem {
-                    account_id: m.account_id,
+                    account_id: m.account_id.to_string(),
                     display_name: m.display_name,
                     admin: m.admin,
                     devices: m.devices as u32,
@@ -747,6 +767,7 @@ pub async fn create_group(
     name: String,
     members: Vec<String>,
 ) -> Result<GroupItem, AppError> {
+    let members = account_ids(&members)?;
     with_messenger(&state, |m| Ok(m.create_group(&name, &members)?.0.into())).inspect(|_| wake_network(&state))
 }
 
@@ -758,6 +779,7 @@ pub async fn add_group_members(
     group_id: String,
     members: Vec<String>,
 ) -> Result<GroupItem, AppError> {
+    let members = account_ids(&members)?;
     group_change(&state, &group_id, |m| m.add_group_members(&group_id, &members))
 }
 
@@ -769,6 +791,7 @@ pub async fn remove_group_members(
     group_id: String,
     members: Vec<String>,
 ) -> Result<GroupItem, AppError> {
+    let members = account_ids(&members)?;
     group_change(&state, &group_id, |m| m.remove_group_members(&group_id, &members))
 }
 
@@ -792,6 +815,7 @@ pub async fn set_group_admin(
     member: String,
     admin: bool,
 ) -> Result<GroupItem, AppError> {
+    let member = account_id(&member)?;
     group_change(&state, &group_id, |m| m.set_group_admin(&group_id, &member, admin))
 }
 
@@ -901,7 +925,7 @@ pub(crate) fn device_items(m: &Messenger) -> Result<Vec<DeviceItem>, CoreError> 
     Ok(m.devices()?
         .into_iter()
         .map(|d| DeviceItem {
-            device_id: d.device_id,
+            device_id: d.device_id.get(),
             name: d.name,
             this_device: d.this_device,
         })
@@ -923,6 +947,7 @@ pub async fn rename_device(
     device_id: u8,
     name: String,
 ) -> Result<Vec<DeviceItem>, AppError> {
+    let device_id = checked_device(device_id)?;
     with_messenger(&state, |m| m.rename_device(device_id, &name))?;
     devices(state).await
 }
@@ -932,6 +957,7 @@ pub async fn rename_device(
 #[tauri::command]
 #[specta::specta]
 pub async fn remove_device(state: tauri::State<'_, AppState>, device_id: u8) -> Result<Vec<DeviceItem>, AppError> {
+    let device_id = checked_device(device_id)?;
     with_messenger(&state, |m| m.remove_device(device_id))?;
     wake_network(&state);
     devices(state).await

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use cairn_core::{Courier, Event, KeyVault, Messenger, Multiaddr, SharedMessenger, Unlock};
+use cairn_core::{AccountId, Courier, Event, KeyVault, Messenger, Multiaddr, SharedMessenger, Unlock};
 use cairn_store::ProfileDir;
 use clap::{Parser, Subcommand};
 
@@ -147,7 +147,10 @@ async fn main() -> Result<()> {
         Command::SafetyNumber { ref account } => {
             println!(
                 "safety-number {}",
-                open(&dir)?.safety_number(account)?.groups().join(" ")
+                open(&dir)?
+                    .safety_number(&AccountId::parse(account)?)?
+                    .groups()
+                    .join(" ")
             );
         }
         Command::Listen { seconds, stdin } => run(&options, &dir, seconds.map(Duration::from_secs), stdin).await?,
@@ -169,14 +172,14 @@ fn print_lines(lines: Vec<String>) {
 
 /// Queues a text: `queued ID`.
 fn send(m: &mut Messenger, account: &str, text: &str) -> Result<String> {
-    let (message, _) = m.send_text(account, text)?;
+    let (message, _) = m.send_text(&AccountId::parse(account)?, text)?;
     Ok(format!("queued {}", hex(&message.id)))
 }
 
 /// The conversation with `account`, oldest first: `history ID in|out STATE TEXT`
 /// (line breaks in a text written as `\n`).
 fn history(m: &Messenger, account: &str) -> Result<Vec<String>> {
-    m.contact(account)?;
+    m.contact(&AccountId::parse(account)?)?;
     Ok(m.conversation(account, usize::MAX >> 1)?
         .into_iter()
         .map(|message| {
@@ -264,7 +267,7 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin
     println!("peer {}", courier.node().peer_id());
     let mut printed_invite = false;
     let mut printed_addresses = HashSet::new();
-    let mut known: HashSet<String> = {
+    let mut known: HashSet<AccountId> = {
         let guard = messenger.lock().unwrap_or_else(|p| p.into_inner());
         let m = guard.as_ref().expect("opened above");
         m.contacts()?.into_iter().map(|c| c.account_id).collect()
@@ -313,7 +316,7 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin
                         }
                     }
                     // Texts from contacts (not copies of this account's own, nor groups').
-                    Event::Message(message) if !message.outgoing && message.conversation == message.sender => {
+                    Event::Message(message) if !message.outgoing && message.sender == *message.conversation => {
                         println!("message {} {}", message.sender, message.body);
                     }
                     Event::PresenceChanged(account) if known.contains(&account) => {

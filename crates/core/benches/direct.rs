@@ -105,7 +105,7 @@ fn wait_sent(alice: &Person, ids: &[cairn_proto::MessageId]) {
     }
 }
 
-fn cairn_latency(alice: &Person, bob: &str, rounds: usize) -> Vec<Duration> {
+fn cairn_latency(alice: &Person, bob: &cairn_core::AccountId, rounds: usize) -> Vec<Duration> {
     (0..rounds)
         .map(|i| {
             while alice.changed.try_recv().is_ok() {}
@@ -118,7 +118,7 @@ fn cairn_latency(alice: &Person, bob: &str, rounds: usize) -> Vec<Duration> {
         .collect()
 }
 
-fn cairn_throughput(alice: &Person, bob: &str, count: usize) -> f64 {
+fn cairn_throughput(alice: &Person, bob: &cairn_core::AccountId, count: usize) -> f64 {
     let started = Instant::now();
     let ids: Vec<_> = (0..count)
         .map(|i| {

@@ -29,8 +29,8 @@ const GROUP_ID: &str = "g0123456789abcdef0123456789abcdef";
 
 fn leaf(n: usize) -> LeafName {
     LeafName {
-        account_id: format!("account{n:019}"),
-        device_id: 1,
+        account_id: cairn_proto::AccountId::from_random((n as u128).to_be_bytes()),
+        device_id: cairn_proto::DeviceId::FIRST,
     }
 }
 

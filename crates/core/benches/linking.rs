@@ -28,11 +28,12 @@ fn main() {
     let bodies: Vec<String> = (0..MESSAGES)
         .map(|i| format!("{i:08}{}", "m".repeat(BODY - 8)))
         .collect();
+    let contact = cairn_proto::AccountId::parse("abcdefghijklmnopqrstuvwxyz").unwrap();
     let messages = || {
         bodies.iter().enumerate().map(|(i, body)| NewMessage {
             id: (i as u128 + 1).to_be_bytes(),
             conversation_id: CONTACT,
-            sender: "abcdefghijklmnopqrstuvwxyz",
+            sender: &contact,
             sent_at: i as i64,
             body,
             state: DeliveryState::Read,

@@ -19,13 +19,14 @@ use cairn_crypto::{
     bundle_of, decrypt, encrypt, generate_kyber_prekey, generate_signed_prekey, seal, start_session, to_signal_bundle,
     unseal, AccountId, AccountIdentity, DeviceKeys, MemorySignalStore,
 };
-use cairn_proto::{Content, SealedInner, TextMessage};
+use cairn_proto::{Content, DeviceId, SealedInner, TextMessage};
 use cairn_store::ProfileDir;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::executor::block_on;
 use libsignal_protocol::{
-    message_decrypt, message_encrypt, process_prekey_bundle, DeviceId, GenericSignedPreKey, InMemSignalProtocolStore,
-    KyberPreKeyRecord, KyberPreKeyStore, ProtocolAddress, SignedPreKeyRecord, SignedPreKeyStore,
+    message_decrypt, message_encrypt, process_prekey_bundle, DeviceId as SignalDeviceId, GenericSignedPreKey,
+    InMemSignalProtocolStore, KyberPreKeyRecord, KyberPreKeyStore, ProtocolAddress, SignedPreKeyRecord,
+    SignedPreKeyStore,
 };
 
 fn plaintext() -> Vec<u8> {
@@ -43,7 +44,7 @@ fn signal_library_alone(c: &mut Criterion) {
     let (alice_identity, bob_identity) = (AccountIdentity::generate(), AccountIdentity::generate());
     let mut alice = InMemSignalProtocolStore::new(*alice_identity.key_pair(), 1).unwrap();
     let mut bob = InMemSignalProtocolStore::new(*bob_identity.key_pair(), 2).unwrap();
-    let bob_device = DeviceKeys::generate(1).unwrap();
+    let bob_device = DeviceKeys::generate(DeviceId::FIRST).unwrap();
     let (signed, kyber) = (
         generate_signed_prekey(&bob_identity, 1, std::time::SystemTime::now()).unwrap(),
         generate_kyber_prekey(&bob_identity, 1).unwrap(),
@@ -55,7 +56,7 @@ fn signal_library_alone(c: &mut Criterion) {
         &bundle_of(&bob_device, &signed, &kyber).unwrap(),
     )
     .unwrap();
-    let device = DeviceId::new(1).unwrap();
+    let device = SignalDeviceId::new(1).unwrap();
     let (alice_address, bob_address) = (
         ProtocolAddress::new("alice".into(), device),
         ProtocolAddress::new("bob".into(), device),
@@ -99,15 +100,15 @@ fn signal_library_alone(c: &mut Criterion) {
     });
 }
 
-fn memory_device() -> (String, AccountIdentity, MemorySignalStore, cairn_proto::PrekeyBundle) {
+fn memory_device() -> (AccountId, AccountIdentity, MemorySignalStore, cairn_proto::PrekeyBundle) {
     let identity = AccountIdentity::generate();
-    let keys = DeviceKeys::generate(1).unwrap();
+    let keys = DeviceKeys::generate(DeviceId::FIRST).unwrap();
     let (signed, kyber) = (
         generate_signed_prekey(&identity, 1, std::time::SystemTime::now()).unwrap(),
         generate_kyber_prekey(&identity, 1).unwrap(),
     );
     let bundle = bundle_of(&keys, &signed, &kyber).unwrap();
-    let account = AccountId::generate().to_string();
+    let account = cairn_crypto::new_account_id();
     let store =
         MemorySignalStore::new(&account, *identity.key_pair(), keys.registration_id(), &signed, &kyber).unwrap();
     (account, identity, store, bundle)
@@ -126,11 +127,18 @@ fn cairn_crypto_in_memory(c: &mut Criterion) {
     .unwrap();
     let plaintext = plaintext();
     let one_message = || {
-        let ciphertext = encrypt(&alice_store, &bob, 1, &plaintext, std::time::SystemTime::now()).unwrap();
+        let ciphertext = encrypt(
+            &alice_store,
+            &bob,
+            DeviceId::FIRST,
+            &plaintext,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
         let inner = SealedInner {
             sender_account: alice.clone(),
             sender_identity: alice_identity.public_key().serialize().into_vec(),
-            sender_device: 1,
+            sender_device: DeviceId::FIRST,
             prekey: ciphertext.prekey,
             message: ciphertext.bytes,
         };
@@ -155,7 +163,7 @@ fn seal_and_unseal_alone(c: &mut Criterion) {
     let inner = SealedInner {
         sender_account: alice,
         sender_identity: alice_identity.public_key().serialize().into_vec(),
-        sender_device: 1,
+        sender_device: DeviceId::FIRST,
         prekey: false,
         message: vec![0; 300],
     };

@@ -7,7 +7,9 @@
 //! the change.
 
 use cairn_crypto::{verify_device_list, IdentityKey, SafetyNumber};
-use cairn_proto::{decode_versioned, encode_versioned, ContactCard, Content, DeviceList, Invite, SignedDeviceList};
+use cairn_proto::{
+    decode_versioned, encode_versioned, AccountId, ContactCard, Content, DeviceId, DeviceList, Invite, SignedDeviceList,
+};
 use cairn_store::ContactRecord;
 
 use crate::messenger::{Messenger, MAX_STORED_RECORD};
@@ -54,21 +56,21 @@ impl Messenger {
 
     /// Pins `identity` for a first contact, or refuses (and records as pending) a key
     /// that differs from the pinned one.
-    pub(crate) fn check_identity(&self, account_id: &str, identity: &IdentityKey) -> Result<()> {
+    pub(crate) fn check_identity(&self, account_id: &AccountId, identity: &IdentityKey) -> Result<()> {
         let key = identity.serialize();
         match self.db().contacts().pinned_identity(account_id)? {
             None => Ok(self.db().contacts().pin_identity(account_id, &key)?),
             Some(pinned) if pinned.identity_key[..] == key[..] => Ok(()),
             Some(_) => {
                 self.db().contacts().set_pending_identity(account_id, &key)?;
-                tracing::warn!(account_id, "identity key changed; waiting for the person to accept it");
+                tracing::warn!(%account_id, "identity key changed; waiting for the person to accept it");
                 Err(CoreError::IdentityChanged(account_id.to_owned()))
             }
         }
     }
 
     /// Stores a verified card: name, device list (refusing a rollback), bundles.
-    pub(crate) fn save_card(&self, account_id: &str, card: &ContactCard, list: &DeviceList) -> Result<()> {
+    pub(crate) fn save_card(&self, account_id: &AccountId, card: &ContactCard, list: &DeviceList) -> Result<()> {
         let mut previous = None;
         if let Some(existing) = self.db().contacts().get(account_id)? {
             if list.version < existing.device_list_version {
@@ -103,7 +105,7 @@ impl Messenger {
                     .db()
                     .contacts()
                     .save_bundle(account_id, bundle.device_id, &encode_versioned(bundle))?,
-                Err(e) => tracing::warn!(account_id, device = bundle.device_id, %e, "dropping a bad prekey bundle"),
+                Err(e) => tracing::warn!(%account_id, device = %bundle.device_id, %e, "dropping a bad prekey bundle"),
             }
         }
         self.save_key_packages(account_id, &card.key_packages)?;
@@ -115,7 +117,7 @@ impl Messenger {
     /// devices telling us about itself).
     pub(crate) fn receive_hello(
         &mut self,
-        sender: &str,
+        sender: &AccountId,
         card: ContactCard,
         reply: bool,
         out: &mut Received,
@@ -138,14 +140,14 @@ impl Messenger {
                 Err(e) => return Err(e),
             };
             let this_device = self.account()?.device().device_id();
-            let listed = |id: u8| id != this_device && current.device(id).is_some();
+            let listed = |id: DeviceId| id != this_device && current.device(id).is_some();
             for bundle in card.bundles.iter().filter(|b| listed(b.device_id)) {
                 match cairn_crypto::to_signal_bundle(&identity, bundle) {
                     Ok(_) => self
                         .db()
                         .contacts()
                         .save_bundle(&own, bundle.device_id, &encode_versioned(bundle))?,
-                    Err(e) => tracing::warn!(device = bundle.device_id, %e, "dropping a bad own-device bundle"),
+                    Err(e) => tracing::warn!(device = %bundle.device_id, %e, "dropping a bad own-device bundle"),
                 }
             }
             let packages: Vec<_> = card
@@ -190,7 +192,7 @@ impl Messenger {
     }
 
     /// One contact.
-    pub fn contact(&self, account_id: &str) -> Result<ContactView> {
+    pub fn contact(&self, account_id: &AccountId) -> Result<ContactView> {
         let record = self
             .db()
             .contacts()
@@ -222,7 +224,7 @@ impl Messenger {
     }
 
     /// The safety number with a contact (as pinned: a pending key does not count).
-    pub fn safety_number(&self, account_id: &str) -> Result<SafetyNumber> {
+    pub fn safety_number(&self, account_id: &AccountId) -> Result<SafetyNumber> {
         let pinned = self
             .db()
             .contacts()
@@ -233,7 +235,7 @@ impl Messenger {
 
     /// The safety number the contact's changed (pending) key would give, so the person
     /// can compare it before accepting; `None` when no change is pending.
-    pub fn pending_safety_number(&self, account_id: &str) -> Result<Option<SafetyNumber>> {
+    pub fn pending_safety_number(&self, account_id: &AccountId) -> Result<Option<SafetyNumber>> {
         let pinned = self
             .db()
             .contacts()
@@ -245,7 +247,7 @@ impl Messenger {
             .transpose()
     }
 
-    fn safety_number_with(&self, account_id: &str, their_key: &[u8]) -> Result<SafetyNumber> {
+    fn safety_number_with(&self, account_id: &AccountId, their_key: &[u8]) -> Result<SafetyNumber> {
         let account = self.account()?;
         let theirs = IdentityKey::decode(their_key).map_err(|e| {
             CoreError::Crypto(cairn_crypto::CryptoError::InvalidKey {
@@ -262,7 +264,7 @@ impl Messenger {
     }
 
     /// Marks a contact verified (after comparing safety numbers) or not.
-    pub fn set_verified(&mut self, account_id: &str, verified: bool) -> Result<()> {
+    pub fn set_verified(&mut self, account_id: &AccountId, verified: bool) -> Result<()> {
         self.contact(account_id)?;
         self.db().contacts().set_verified(account_id, verified)?;
         self.emit([Event::ContactChanged(account_id.to_owned())]);
@@ -272,7 +274,7 @@ impl Messenger {
     /// The person accepts a contact's changed identity key: it is pinned, old
     /// sessions are dropped, verification is cleared, and the envelopes that waited
     /// for this are processed now.
-    pub fn accept_identity_change(&mut self, account_id: &str) -> Result<Received> {
+    pub fn accept_identity_change(&mut self, account_id: &AccountId) -> Result<Received> {
         let accepted = self.atomically(|this| {
             let accepted = this.db().contacts().accept_pending_identity(account_id)?;
             if accepted {
@@ -293,7 +295,7 @@ impl Messenger {
 
     /// The person refuses a contact's changed key: the old key stays pinned and what
     /// came with the new one is dropped.
-    pub fn reject_identity_change(&mut self, account_id: &str) -> Result<()> {
+    pub fn reject_identity_change(&mut self, account_id: &AccountId) -> Result<()> {
         let rejected = self.atomically(|this| {
             let rejected = this.db().contacts().reject_pending_identity(account_id)?;
             this.db().held().forget_sender(account_id)?;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_net::{peer_id_of, Delivery, NetEvent, NodeConfig, NodeHandle, PeerId};
-use cairn_proto::DirectSignal;
+use cairn_proto::{AccountId, DeviceId, DirectSignal};
 use tokio::sync::{mpsc, Notify};
 
 use crate::{CoreError, Event, Handed, Messenger, QueuedEnvelope, Result};
@@ -386,7 +386,7 @@ impl Courier {
 
     /// Acts on signaling from a device: answers an offer, or applies an answer. The
     /// session is made with the peer id of the device that sealed the signal.
-    async fn signaled(self, messenger: SharedMessenger, account: String, device: u8, signal: DirectSignal) {
+    async fn signaled(self, messenger: SharedMessenger, account: AccountId, device: DeviceId, signal: DirectSignal) {
         let key = with(&messenger, |m| m.transport_key_of(&account, device)).and_then(|k| k.ok().flatten());
         let Some(peer) = key.and_then(|k| peer_id_of(&k).ok()) else {
             return;
@@ -408,7 +408,14 @@ impl Courier {
     }
 
     /// Seals a signal for one device and sends it over libp2p.
-    async fn signal(&self, messenger: &SharedMessenger, peer: PeerId, account: &str, device: u8, signal: DirectSignal) {
+    async fn signal(
+        &self,
+        messenger: &SharedMessenger,
+        peer: PeerId,
+        account: &AccountId,
+        device: DeviceId,
+        signal: DirectSignal,
+    ) {
         let (to, signal) = (account.to_owned(), signal);
         let sealed = off_thread(messenger, move |m| m.direct_signal(&to, device, signal)).await;
         let sent = match sealed {
@@ -478,7 +485,7 @@ fn retry_for_peer(messenger: &mut Messenger, peer: PeerId) {
 }
 
 /// The known devices (account, device id) whose transport key is `peer`.
-fn devices_behind(messenger: &Messenger, peer: PeerId) -> Vec<(String, u8)> {
+fn devices_behind(messenger: &Messenger, peer: PeerId) -> Vec<(AccountId, DeviceId)> {
     let accounts = messenger.known_accounts().unwrap_or_default();
     let mut found = Vec::new();
     for account in accounts {

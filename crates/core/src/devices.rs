@@ -10,7 +10,8 @@ use cairn_crypto::{
     AccountIdentity,
 };
 use cairn_proto::{
-    encode_versioned, ContactCard, Content, DeviceList, LinkHandOver, MAX_ALWAYS_ON, MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
+    encode_versioned, AccountId, ContactCard, Content, DeviceId, DeviceList, LinkHandOver, MAX_ALWAYS_ON,
+    MAX_ALWAYS_ON_BYTES, MAX_DEVICES,
 };
 use data_encoding::HEXLOWER;
 use zeroize::{Zeroize, Zeroizing};
@@ -48,7 +49,7 @@ impl LinkGrant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceView {
     /// The device id within the account.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// The name given on this device ("Device 2" until named).
     pub name: String,
     /// Whether it is the device this profile runs on.
@@ -60,7 +61,7 @@ const MAX_DEVICE_NAME_CHARS: usize = 64;
 
 /// The setting that keeps a removed own device's transport key, so the notice of its
 /// removal can still be routed to it.
-pub(crate) fn removed_device_key(device_id: u8) -> String {
+pub(crate) fn removed_device_key(device_id: DeviceId) -> String {
     format!("removed_device.{device_id}")
 }
 
@@ -86,7 +87,7 @@ impl Messenger {
     }
 
     /// Names a device of this account (on this device only).
-    pub fn rename_device(&self, device_id: u8, name: &str) -> Result<()> {
+    pub fn rename_device(&self, device_id: DeviceId, name: &str) -> Result<()> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > MAX_DEVICE_NAME_CHARS {
             return Err(CoreError::InvalidSetting(format!(
@@ -107,7 +108,7 @@ impl Messenger {
     /// this account administers. The removed device gets one last
     /// envelope, the new list, so it can tell its person it was removed. Returns
     /// what was queued.
-    pub fn remove_device(&mut self, device_id: u8) -> Result<Vec<OutboxId>> {
+    pub fn remove_device(&mut self, device_id: DeviceId) -> Result<Vec<OutboxId>> {
         self.ensure_listed()?;
         if device_id == self.account()?.device().device_id() {
             return Err(CoreError::InvalidSetting("this device cannot remove itself".into()));
@@ -185,8 +186,9 @@ impl Messenger {
             .map(|d| d.device_id)
             .chain(retired.iter().copied())
             .max();
-        let device_id = (highest.unwrap_or(0).saturating_add(1)..=127u8)
-            .chain(1..=127u8)
+        let after_highest = DeviceId::all().skip_while(|id| highest.is_some_and(|highest| *id <= highest));
+        let device_id = after_highest
+            .chain(DeviceId::all())
             .find(|id| list.device(*id).is_none() && !retired.contains(id))
             .ok_or(CoreError::TooManyDevices)?;
         let own = self.own_card()?;
@@ -318,7 +320,7 @@ impl Messenger {
 
     /// The always-on nodes `account_id` (a contact, or this account) names in its
     /// signed device list: senders place envelopes for its devices there too.
-    pub fn always_on_of(&self, account_id: &str) -> Result<Vec<String>> {
+    pub fn always_on_of(&self, account_id: &AccountId) -> Result<Vec<String>> {
         if account_id == self.account()?.id() {
             return Ok(self.own_list()?.always_on);
         }

@@ -7,6 +7,8 @@
 //! envelopes and hands out what its outbox holds, and the network layer moves them. Does not own: any UI, SQL, or wire encoding — those live
 //! in the app, store and proto crates.
 
+pub use cairn_proto::{AccountId, DeviceId};
+
 mod contacts;
 mod courier;
 mod devices;
@@ -75,7 +77,7 @@ pub enum CoreError {
     InvalidSetting(String),
     /// No such contact.
     #[error("no contact {0}")]
-    UnknownContact(String),
+    UnknownContact(AccountId),
     /// No such message.
     #[error("no such message")]
     UnknownMessage,
@@ -85,7 +87,7 @@ pub enum CoreError {
     /// An envelope from a known device that its session could not decrypt (its
     /// chain was gone by the time it arrived); the device is asked to send it again.
     #[error("an envelope from {0} did not decrypt")]
-    Undecryptable(String),
+    Undecryptable(AccountId),
     /// This is this account's own invite.
     #[error("that is your own invite")]
     OwnInvite,
@@ -94,10 +96,10 @@ pub enum CoreError {
     SelfAsContact,
     /// The contact's identity key changed; nothing is sent until the change is accepted.
     #[error("the safety number with {0} has changed; accept the change before sending")]
-    IdentityChanged(String),
+    IdentityChanged(AccountId),
     /// No identity change is pending for that contact.
     #[error("no identity change is pending for {0}")]
-    NoIdentityChange(String),
+    NoIdentityChange(AccountId),
     /// A device list older than the one already held.
     #[error("device list version {got} is older than the known version {have}")]
     DeviceListRollback {
@@ -123,13 +125,13 @@ pub enum CoreError {
     Duplicate,
     /// No device of the contact can be reached yet (no session, no bundle).
     #[error("no device of {0} can be reached yet")]
-    NoReachableDevice(String),
+    NoReachableDevice(AccountId),
     /// An envelope from an account that is not a contact (kept until it becomes one).
     #[error("{0} is not a contact")]
-    UnknownSender(String),
+    UnknownSender(AccountId),
     /// Someone who does not hold this account's invite tried to introduce themselves.
     #[error("{0} tried to add you without your invite")]
-    Uninvited(String),
+    Uninvited(AccountId),
     /// A message id already used by another sender or conversation.
     #[error("a message id collides with another message")]
     MessageIdCollision,
@@ -150,13 +152,13 @@ pub enum CoreError {
     NotGroupAdmin,
     /// A contact's devices have handed out no key package yet, so none can be added.
     #[error("{0} cannot be added to groups yet (no key package from their devices)")]
-    NoKeyPackage(String),
+    NoKeyPackage(AccountId),
     /// A group message or request that is not allowed.
     #[error("group: {0}")]
     GroupRefused(String),
     /// An envelope from a device its account removed (dropped).
     #[error("an envelope from a device {0} removed")]
-    FromRemovedDevice(String),
+    FromRemovedDevice(AccountId),
     /// Another device of this account removed this one: it sends nothing more.
     #[error("this device was removed from your account on another of your devices")]
     DeviceRemoved,
@@ -242,13 +244,18 @@ mod tests {
     use super::*;
     use crate::Delivery;
 
+    /// The account id of someone in these tests ("bob" → "bobaaaa…").
+    fn someone(name: &str) -> AccountId {
+        AccountId::parse(&format!("{name:a<26}")).unwrap()
+    }
+
     #[test]
     fn what_this_side_must_fix_is_answered_not_now_and_what_a_peer_got_wrong_is_refused() {
         let this_side = [
             CoreError::Store(cairn_store::StoreError::Io(std::io::Error::other("disk full"))),
             CoreError::Crypto(cairn_crypto::CryptoError::Store("busy".into())),
-            CoreError::IdentityChanged("bob".into()),
-            CoreError::UnknownSender("carol".into()),
+            CoreError::IdentityChanged(someone("bob")),
+            CoreError::UnknownSender(someone("carol")),
             CoreError::NoAccount,
         ];
         for error in this_side {
@@ -260,7 +267,7 @@ mod tests {
             CoreError::NotFromOwnDevice,
             CoreError::SelfAsContact,
             CoreError::MessageIdCollision,
-            CoreError::FromRemovedDevice("bob".into()),
+            CoreError::FromRemovedDevice(someone("bob")),
             CoreError::DeviceListRollback { have: 3, got: 2 },
         ];
         for error in peers_fault {

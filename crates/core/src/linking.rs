@@ -499,13 +499,14 @@ mod tests {
             .ensure_conversation(b"a-contact", "Bob", 0)
             .unwrap();
         let bodies: Vec<String> = (0..1_234).map(|i| format!("message {i}")).collect();
+        let contact = cairn_proto::AccountId::parse("acontactaaaaaaaaaaaaaaaaaa").unwrap();
         laptop
             .db()
             .messages()
             .insert_all(bodies.iter().enumerate().map(|(i, body)| NewMessage {
                 id: (i as u128).to_be_bytes(),
                 conversation_id: b"a-contact",
-                sender: "a-contact",
+                sender: &contact,
                 sent_at: i as i64,
                 body,
                 // The last one failed to send: history carries failed messages too.

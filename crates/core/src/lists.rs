@@ -3,7 +3,7 @@
 //! it. A stored list's signature is checked once per distinct list, not per envelope.
 
 use cairn_crypto::{verify_device_list, IdentityKey};
-use cairn_proto::{decode_versioned, encode_versioned, DeviceEntry, DeviceList, SignedDeviceList};
+use cairn_proto::{decode_versioned, encode_versioned, AccountId, DeviceEntry, DeviceId, DeviceList, SignedDeviceList};
 
 use crate::messenger::{Messenger, MAX_STORED_RECORD};
 use crate::{CoreError, Result};
@@ -83,16 +83,16 @@ impl Messenger {
     /// them. A device the list names is not retired.
     pub(crate) fn note_device_list(
         &self,
-        account_id: &str,
+        account_id: &AccountId,
         previous: Option<&DeviceList>,
         list: &DeviceList,
     ) -> Result<()> {
-        let listed: Vec<u8> = list.devices.iter().map(|d| d.device_id).collect();
+        let listed: Vec<DeviceId> = list.devices.iter().map(|d| d.device_id).collect();
         let forgotten = self.db().contacts().forget_unlisted_devices(account_id, &listed)?;
         if forgotten > 0 {
-            tracing::info!(account_id, forgotten, "forgot what was kept for removed devices");
+            tracing::info!(%account_id, forgotten, "forgot what was kept for removed devices");
         }
-        let dropped: Vec<u8> = previous
+        let dropped: Vec<DeviceId> = previous
             .map(|p| {
                 p.devices
                     .iter()
@@ -109,7 +109,7 @@ impl Messenger {
 
     /// The devices of `account_id` (a contact, or this account's other devices) with
     /// the identity key their envelopes are sealed to.
-    pub(crate) fn devices_of(&self, account_id: &str) -> Result<(IdentityKey, Vec<DeviceEntry>)> {
+    pub(crate) fn devices_of(&self, account_id: &AccountId) -> Result<(IdentityKey, Vec<DeviceEntry>)> {
         let account = self.account()?;
         if account_id == account.id() {
             let list = self.own_list()?;

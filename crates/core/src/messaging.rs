@@ -4,8 +4,8 @@
 
 use cairn_crypto::{unseal, verify_device_list, Ciphertext, CryptoError, IdentityKey};
 use cairn_proto::{
-    Content, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, TextMessage, MAX_TEXT_BYTES,
-    MAX_TTL_SECS,
+    AccountId, Content, DeviceId, DirectSignal, Envelope, MessageId, Receipt, ReceiptKind, SealedBody, TextMessage,
+    MAX_TEXT_BYTES, MAX_TTL_SECS,
 };
 use cairn_store::NewMessage;
 use rand::RngCore;
@@ -29,13 +29,13 @@ impl Messenger {
     /// Sends a text to a contact: stores the message and queues it for each device of
     /// the contact and each other device of this account; returns the message and the
     /// rows queued. Refused while the contact's changed identity key is not accepted.
-    pub fn send_text(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<OutboxId>)> {
+    pub fn send_text(&mut self, peer: &AccountId, body: &str) -> Result<(MessageView, Vec<OutboxId>)> {
         let sent = self.atomically(|this| this.send_text_now(peer, body))?;
         self.emit([Event::Message(sent.0.clone())]);
         Ok(sent)
     }
 
-    fn send_text_now(&mut self, peer: &str, body: &str) -> Result<(MessageView, Vec<OutboxId>)> {
+    fn send_text_now(&mut self, peer: &AccountId, body: &str) -> Result<(MessageView, Vec<OutboxId>)> {
         self.ensure_listed()?;
         let contact = self.contact(peer)?;
         if contact.identity_changed {
@@ -65,8 +65,8 @@ impl Messenger {
         queued.extend(self.queue_to(&own, None, &copy, None)?);
         self.db()
             .messages()
-            .ensure_conversation(peer.as_bytes(), &contact.display_name, sent_at)?;
-        Ok((self.keep_outgoing(peer, id, sent_at, body)?, queued))
+            .ensure_conversation(peer.as_str().as_bytes(), &contact.display_name, sent_at)?;
+        Ok((self.keep_outgoing(peer.as_str(), id, sent_at, body)?, queued))
     }
 
     /// Stores a message this account sends in `conversation` (in the transaction that
@@ -93,7 +93,7 @@ impl Messenger {
 
     /// Seals a direct-session signal for one device of a contact or of this account.
     /// It is not queued: signaling is only worth sending while both devices are online.
-    pub fn direct_signal(&mut self, account: &str, device: u8, signal: DirectSignal) -> Result<Outgoing> {
+    pub fn direct_signal(&mut self, account: &AccountId, device: DeviceId, signal: DirectSignal) -> Result<Outgoing> {
         self.atomically(|this| {
             if account != this.account()?.id() && this.contact(account)?.identity_changed {
                 return Err(CoreError::IdentityChanged(account.to_owned()));
@@ -143,7 +143,7 @@ impl Messenger {
             other => other?,
         };
         let own = self.account()?.id().to_owned();
-        let changed: Vec<String> = received
+        let changed: Vec<AccountId> = received
             .events
             .iter()
             .filter_map(|e| match e {
@@ -159,7 +159,7 @@ impl Messenger {
             received.events.extend(drained.events);
             // The envelope is in; a group that cannot change now changes next time.
             if let Err(e) = self.remove_unlisted_leaves(&account) {
-                tracing::warn!(account, %e, "could not take removed devices out of groups");
+                tracing::warn!(%account, %e, "could not take removed devices out of groups");
             }
         }
         let shown = received
@@ -174,7 +174,7 @@ impl Messenger {
 
     /// Keeps an envelope for later, within per-sender and overall bounds, and for at
     /// most as long as an envelope may live.
-    fn hold(&mut self, sender: &str, bytes: &[u8]) -> Result<()> {
+    fn hold(&mut self, sender: &AccountId, bytes: &[u8]) -> Result<()> {
         self.forget_old_held()?;
         if self.db().held().from_sender(sender)?.len() >= MAX_HELD_PER_SENDER || self.db().held().count()? >= MAX_HELD {
             return Err(CoreError::UnknownSender(sender.to_owned()));
@@ -195,7 +195,7 @@ impl Messenger {
 
     /// Processes the envelopes held for `account`, releasing each once it went through
     /// (those older than any envelope may live are forgotten unopened).
-    pub(crate) fn drain_held(&mut self, account: &str) -> Result<Received> {
+    pub(crate) fn drain_held(&mut self, account: &AccountId) -> Result<Received> {
         self.forget_old_held()?;
         let mut received = Received::default();
         for (envelope_id, envelope) in self.db().held().from_sender(account)? {
@@ -309,7 +309,7 @@ impl Messenger {
     /// Whether the list of `sender`'s account names the device that sent `content`.
     /// A card may introduce its own sender's device, with a list newer than the one
     /// held here.
-    fn sender_standing(&self, sender: &str, device_id: u8, content: &Content) -> Result<Standing> {
+    fn sender_standing(&self, sender: &AccountId, device_id: DeviceId, content: &Content) -> Result<Standing> {
         let own = self.account()?.id().to_owned();
         let (listed, held_version) = if sender == own {
             let list = self.own_list()?;
@@ -348,7 +348,7 @@ impl Messenger {
     /// and warn. Anything else claiming a new key is refused and changes nothing.
     fn hold_for_identity_change(
         &mut self,
-        sender: &str,
+        sender: &AccountId,
         sender_key: &IdentityKey,
         inner: &cairn_proto::SealedInner,
         envelope: &Envelope,
@@ -378,7 +378,7 @@ impl Messenger {
 
     fn receive_text(
         &mut self,
-        sender: &str,
+        sender: &AccountId,
         from_own_device: bool,
         text: TextMessage,
         out: &mut Received,
@@ -394,13 +394,14 @@ impl Messenger {
             .db()
             .contacts()
             .get(&conversation)?
-            .map_or_else(|| conversation.clone(), |c| c.display_name);
+            .map_or_else(|| conversation.to_string(), |c| c.display_name);
+        let conversation_id = conversation.as_str().as_bytes();
         self.db()
             .messages()
-            .ensure_conversation(conversation.as_bytes(), &title, text.sent_at as i64)?;
+            .ensure_conversation(conversation_id, &title, text.sent_at as i64)?;
         let new = self.db().messages().insert(&NewMessage {
             id: text.id,
-            conversation_id: conversation.as_bytes(),
+            conversation_id,
             sender: if from_own_device { &own } else { sender },
             sent_at: text.sent_at as i64,
             body: &text.body,
@@ -411,8 +412,8 @@ impl Messenger {
             // Ids are random: the same id from another sender or conversation is not
             // a copy but a collision (or an attempt to shadow a message).
             let existing = self.message(&text.id)?;
-            let stored_sender = if from_own_device { own.as_str() } else { sender };
-            if existing.conversation != conversation || existing.sender != stored_sender {
+            let stored_sender = if from_own_device { &own } else { sender };
+            if existing.conversation != conversation.as_str() || existing.sender != *stored_sender {
                 return Err(CoreError::MessageIdCollision);
             }
             return Ok(());
@@ -425,13 +426,19 @@ impl Messenger {
             });
             // A failed receipt must not undo the message (a card may not have arrived yet).
             if let Err(e) = self.queue_to(sender, None, &receipt, None) {
-                tracing::debug!(sender, %e, "no delivery receipt");
+                tracing::debug!(%sender, %e, "no delivery receipt");
             }
         }
         Ok(())
     }
 
-    fn receive_receipt(&mut self, sender: &str, device: u8, receipt: Receipt, out: &mut Received) -> Result<()> {
+    fn receive_receipt(
+        &mut self,
+        sender: &AccountId,
+        device: DeviceId,
+        receipt: Receipt,
+        out: &mut Received,
+    ) -> Result<()> {
         let state = match receipt.kind {
             ReceiptKind::Delivered => DeliveryState::Delivered,
             ReceiptKind::Read => DeliveryState::Read,
@@ -445,7 +452,7 @@ impl Messenger {
             let Some(message) = self.db().messages().get(&id)? else {
                 continue;
             };
-            if message.conversation_id != sender.as_bytes() {
+            if message.conversation_id != sender.as_str().as_bytes() {
                 continue;
             }
             if self.db().messages().advance(&id, state)? {
@@ -476,8 +483,13 @@ impl Messenger {
             kind: ReceiptKind::Read,
             message_ids: ids,
         });
-        match self.queue_to(peer, None, &receipt, None) {
-            // Someone who is not a contact gets no receipt; the messages are read all the same.
+        // A group's messages get no read receipts (its conversation is named by the
+        // group id), nor does someone who is not a contact; the messages are read all
+        // the same.
+        let Ok(peer) = AccountId::parse(peer) else {
+            return Ok(Vec::new());
+        };
+        match self.queue_to(&peer, None, &receipt, None) {
             Err(CoreError::UnknownContact(_)) => Ok(Vec::new()),
             other => other,
         }

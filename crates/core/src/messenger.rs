@@ -3,11 +3,12 @@
 //! account, and this device's prekeys and device list.
 
 use cairn_crypto::{
-    bundle_of, generate_kyber_prekey, generate_signed_prekey, mailbox_of, seal, sign_device_list, verify_device_list,
-    AccountId, AccountIdentity, Ciphertext, CryptoError, DeviceKeys, IdentityKey, FIRST_DEVICE_ID,
+    bundle_of, generate_kyber_prekey, generate_signed_prekey, mailbox_of, new_account_id, seal, sign_device_list,
+    verify_device_list, AccountIdentity, Ciphertext, CryptoError, DeviceKeys, IdentityKey,
 };
 use cairn_proto::{
-    decode_versioned, ContactCard, Content, DeviceEntry, DeviceList, Envelope, Invite, PrekeyBundle, SealedInner,
+    decode_versioned, AccountId, ContactCard, Content, DeviceEntry, DeviceId, DeviceList, Envelope, Invite,
+    PrekeyBundle, SealedInner,
 };
 use cairn_store::{AccountRecord, DeviceRecord, KdfParams, KeyVault, ProfileDb, ProfileDir};
 
@@ -34,11 +35,11 @@ pub enum Unlock<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountInfo {
     /// The account id.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// The chosen display name.
     pub display_name: String,
     /// This device's id within the account.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// The invite link others can paste to add this account.
     pub invite_link: String,
 }
@@ -48,12 +49,12 @@ pub(crate) struct Account {
     identity: AccountIdentity,
     device: DeviceKeys,
     display_name: String,
-    account_id: String,
+    account_id: AccountId,
 }
 
 impl Account {
     /// The account id.
-    pub(crate) fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &AccountId {
         &self.account_id
     }
 
@@ -216,12 +217,7 @@ impl Messenger {
 
     fn create_account_now(&mut self, display_name: &str) -> Result<AccountInfo> {
         let identity = AccountIdentity::generate();
-        self.install_identity(
-            AccountId::generate().to_string(),
-            identity,
-            display_name,
-            FIRST_DEVICE_ID,
-        )?;
+        self.install_identity(new_account_id(), identity, display_name, DeviceId::FIRST)?;
         let list = DeviceList {
             account_id: self.account()?.id().to_owned(),
             identity_key: self.account()?.identity().public_key().serialize().into_vec(),
@@ -238,10 +234,10 @@ impl Messenger {
     /// joining one) and makes its prekeys.
     pub(crate) fn install_identity(
         &mut self,
-        account_id: String,
+        account_id: AccountId,
         identity: AccountIdentity,
         display_name: &str,
-        device_id: u8,
+        device_id: DeviceId,
     ) -> Result<()> {
         // `installing` has checked that there is no account yet.
         let display_name = normalize_display_name(display_name)?;
@@ -394,7 +390,7 @@ impl Messenger {
 
     /// The devices of `account_id` with their transport public keys (for routing and
     /// presence).
-    pub fn device_keys_of(&self, account_id: &str) -> Result<Vec<(u8, [u8; 32])>> {
+    pub fn device_keys_of(&self, account_id: &AccountId) -> Result<Vec<(DeviceId, [u8; 32])>> {
         Ok(self
             .devices_of(account_id)?
             .1
@@ -404,15 +400,15 @@ impl Messenger {
     }
 
     /// Every account this device talks to: its contacts and its own account.
-    pub fn known_accounts(&self) -> Result<Vec<String>> {
-        let mut accounts: Vec<String> = self.db.contacts().all()?.into_iter().map(|c| c.account_id).collect();
+    pub fn known_accounts(&self) -> Result<Vec<AccountId>> {
+        let mut accounts: Vec<AccountId> = self.db.contacts().all()?.into_iter().map(|c| c.account_id).collect();
         accounts.push(self.account()?.id().to_owned());
         Ok(accounts)
     }
 
     /// The transport public key of a device of `account_id` (a contact's or this
     /// account's), if its device list names it.
-    pub fn transport_key_of(&self, account_id: &str, device_id: u8) -> Result<Option<[u8; 32]>> {
+    pub fn transport_key_of(&self, account_id: &AccountId, device_id: DeviceId) -> Result<Option<[u8; 32]>> {
         let (_, devices) = self.devices_of(account_id)?;
         if let Some(device) = devices.iter().find(|d| d.device_id == device_id) {
             return Ok(Some(device.transport_key));
@@ -472,7 +468,7 @@ impl Messenger {
     /// Seals `content` for one device of `account_id` now, outside the outbox: for
     /// what is only worth sending at once (direct-session signaling) or must be sealed
     /// before the state it is made in changes.
-    pub(crate) fn seal_now(&self, account_id: &str, device_id: u8, content: &Content) -> Result<Outgoing> {
+    pub(crate) fn seal_now(&self, account_id: &AccountId, device_id: DeviceId, content: &Content) -> Result<Outgoing> {
         let (identity, devices) = self.devices_of(account_id)?;
         let device = devices
             .iter()
@@ -489,7 +485,7 @@ impl Messenger {
     /// envelope comes the sending chain it was sealed in.
     pub(crate) fn envelope_to_entry(
         &self,
-        account_id: &str,
+        account_id: &AccountId,
         identity: &IdentityKey,
         device: &DeviceEntry,
         plaintext: &[u8],
@@ -506,8 +502,8 @@ impl Messenger {
                 Ok(ciphertext) => break ciphertext,
                 Err(CryptoError::NoSession(_)) if !fresh => {
                     tracing::info!(
-                        account_id,
-                        device = device.device_id,
+                        %account_id,
+                        device = %device.device_id,
                         "a stale session; starting a new one"
                     );
                     cairn_crypto::archive_session(&self.db, account_id, device.device_id)?;
@@ -522,10 +518,15 @@ impl Messenger {
     /// Starts a session with a device from its stored bundle; false if there is none
     /// or it does not work (one bad bundle must not cut the account's other devices
     /// off).
-    fn start_session_from_bundle(&self, account_id: &str, identity: &IdentityKey, device_id: u8) -> Result<bool> {
+    fn start_session_from_bundle(
+        &self,
+        account_id: &AccountId,
+        identity: &IdentityKey,
+        device_id: DeviceId,
+    ) -> Result<bool> {
         let bundles = self.db.contacts().bundles(account_id)?;
         let Some((_, bytes)) = bundles.iter().find(|(id, _)| *id == device_id) else {
-            tracing::debug!(account_id, device = device_id, "no session or bundle yet");
+            tracing::debug!(%account_id, device = %device_id, "no session or bundle yet");
             return Ok(false);
         };
         let started = decode_versioned::<PrekeyBundle>(bytes, MAX_STORED_RECORD)
@@ -540,14 +541,14 @@ impl Messenger {
                 )?)
             });
         if let Err(e) = &started {
-            tracing::warn!(account_id, device = device_id, %e, "skipping a device whose bundle fails");
+            tracing::warn!(%account_id, device = %device_id, %e, "skipping a device whose bundle fails");
         }
         Ok(started.is_ok())
     }
 
     fn seal_for(
         &self,
-        account_id: &str,
+        account_id: &AccountId,
         identity: &IdentityKey,
         device: &DeviceEntry,
         ciphertext: Ciphertext,

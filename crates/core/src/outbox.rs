@@ -22,7 +22,7 @@
 //! plaintext kept — ends the message as *failed*, which the person can retry.
 
 use cairn_crypto::{unseal, Ciphertext, CryptoError};
-use cairn_proto::{Content, Envelope, FailedEnvelope, MessageId, ResendRequest, SealedBody};
+use cairn_proto::{AccountId, Content, DeviceId, Envelope, FailedEnvelope, MessageId, ResendRequest, SealedBody};
 use cairn_store::{NewOutgoing, QueuedRecord};
 
 use crate::messenger::Messenger;
@@ -67,9 +67,9 @@ pub struct OutboxEntry {
     /// Its row.
     pub id: OutboxId,
     /// The recipient account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// The recipient device.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// What it carries (`text`, `receipt`, `card`, `group`, `resend`, …).
     pub kind: String,
     /// The message it carries, if any.
@@ -86,8 +86,8 @@ impl Messenger {
     /// either are skipped. Returns the rows queued.
     pub(crate) fn queue_to(
         &self,
-        account_id: &str,
-        only: Option<u8>,
+        account_id: &AccountId,
+        only: Option<DeviceId>,
         content: &Content,
         message: Option<MessageId>,
     ) -> Result<Vec<OutboxId>> {
@@ -96,7 +96,7 @@ impl Messenger {
         let mut queued = Vec::new();
         for device in devices.iter().filter(|d| only.is_none_or(|id| d.device_id == id)) {
             if !self.can_reach(account_id, device.device_id)? {
-                tracing::debug!(account_id, device = device.device_id, "no session or bundle yet");
+                tracing::debug!(%account_id, device = %device.device_id, "no session or bundle yet");
                 continue;
             }
             queued.push(self.enqueue(&NewOutgoing {
@@ -131,7 +131,7 @@ impl Messenger {
     }
 
     /// Whether a session with the device exists or can start from its bundle.
-    fn can_reach(&self, account_id: &str, device_id: u8) -> Result<bool> {
+    fn can_reach(&self, account_id: &AccountId, device_id: DeviceId) -> Result<bool> {
         Ok(cairn_crypto::has_session(self.db(), account_id, device_id)?
             || self
                 .db()
@@ -213,8 +213,8 @@ impl Messenger {
         };
         let Some(device) = devices.iter().find(|d| d.device_id == row.device_id) else {
             tracing::info!(
-                account = row.account_id,
-                device = row.device_id,
+                account = %row.account_id,
+                device = %row.device_id,
                 "a queued envelope's device is gone"
             );
             return Ok(None);
@@ -331,7 +331,7 @@ impl Messenger {
     }
 
     /// Makes the envelopes queued for one device due now (it came online).
-    pub fn retry_now_for(&self, account_id: &str, device_id: u8) -> Result<()> {
+    pub fn retry_now_for(&self, account_id: &AccountId, device_id: DeviceId) -> Result<()> {
         Ok(self.db().outbox().retry_now(Some((account_id, device_id)))?)
     }
 
@@ -367,7 +367,7 @@ impl Messenger {
         if self.queue_to(&sender, Some(device), &request, None)?.is_empty() {
             return Err(undecryptable());
         }
-        tracing::info!(sender, device, "an envelope did not decrypt; asked for it again");
+        tracing::info!(%sender, %device, "an envelope did not decrypt; asked for it again");
         Ok(())
     }
 
@@ -376,24 +376,29 @@ impl Messenger {
     /// envelope went to can ask for it. If a report names the chain the session sends
     /// in now, the session is broken on the other side: the next envelope starts a
     /// new one. What cannot be sent again (too many resends, no plaintext kept) fails.
-    pub(crate) fn receive_resend(&mut self, sender: &str, device: u8, request: ResendRequest) -> Result<Vec<Event>> {
+    pub(crate) fn receive_resend(
+        &mut self,
+        sender: &AccountId,
+        device: DeviceId,
+        request: ResendRequest,
+    ) -> Result<Vec<Event>> {
         let mut events = Vec::new();
         let mut session_reset = false;
         for failed in request.failed {
             let Some(entry) = self.db().outbox().sent(&failed.envelope_id)? else {
-                tracing::debug!(sender, device, "a resend request for an envelope no longer kept");
+                tracing::debug!(%sender, %device, "a resend request for an envelope no longer kept");
                 continue;
             };
             if entry.account_id != sender || entry.device_id != device {
-                tracing::warn!(sender, device, "a resend request for an envelope that went elsewhere");
+                tracing::warn!(%sender, %device, "a resend request for an envelope that went elsewhere");
                 continue;
             }
             if !session_reset
                 && cairn_crypto::reports_current_chain(self.db(), sender, device, &failed.error).unwrap_or(false)
             {
                 tracing::warn!(
-                    sender,
-                    device,
+                    %sender,
+                    %device,
                     "the other side cannot open the current session; starting a new one"
                 );
                 cairn_crypto::archive_session(self.db(), sender, device)?;
@@ -424,8 +429,10 @@ impl Messenger {
             if message.state != DeliveryState::Failed {
                 return Err(CoreError::NotFailed);
             }
-            let queued = if cairn_proto::is_group_id(&message.conversation) {
-                this.resend_group_text(&message)?
+            if cairn_proto::is_group_id(&message.conversation) {
+                if this.resend_group_text(&message)?.is_empty() {
+                    return Err(CoreError::GroupRefused("no member device can be reached yet".into()));
+                }
             } else {
                 let text = Content::Text(cairn_proto::TextMessage {
                     id: message.id,
@@ -433,10 +440,10 @@ impl Messenger {
                     body: message.body.clone(),
                     sync_peer: None,
                 });
-                this.queue_to(&message.conversation, None, &text, Some(message.id))?
-            };
-            if queued.is_empty() {
-                return Err(CoreError::NoReachableDevice(message.conversation));
+                let contact = AccountId::parse(&message.conversation)?;
+                if this.queue_to(&contact, None, &text, Some(message.id))?.is_empty() {
+                    return Err(CoreError::NoReachableDevice(contact));
+                }
             }
             this.db().messages().unfail(id)?;
             this.message(id)

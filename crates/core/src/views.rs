@@ -1,7 +1,7 @@
 //! What the core hands to its callers: envelopes to deliver, events to show, and
 //! read-only views of contacts and messages.
 
-use cairn_proto::{Envelope, MessageId};
+use cairn_proto::{AccountId, DeviceId, Envelope, MessageId};
 pub use cairn_store::DeliveryState;
 use cairn_store::MessageRecord;
 
@@ -9,9 +9,9 @@ use cairn_store::MessageRecord;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     /// The recipient account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// The recipient device.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// The sealed envelope (its `mailbox` names the device).
     pub envelope: Envelope,
     /// The message it carries to the contact, if any: once a device or cache takes
@@ -27,7 +27,7 @@ pub struct MessageView {
     /// The other party's account id (1:1 conversations are named by it).
     pub conversation: String,
     /// The sender's account id.
-    pub sender: String,
+    pub sender: AccountId,
     /// Whether this account sent it.
     pub outgoing: bool,
     /// Send time, Unix milliseconds.
@@ -60,7 +60,7 @@ impl MessageView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactView {
     /// Their account id.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Their display name.
     pub display_name: String,
     /// Marked verified after comparing safety numbers.
@@ -86,17 +86,17 @@ pub enum Event {
         state: DeliveryState,
     },
     /// A contact was added or changed (name, devices).
-    ContactChanged(String),
+    ContactChanged(AccountId),
     /// This account's device list changed (a device was linked or removed; this
     /// device itself may be the one removed, see [`crate::Messenger::is_listed`]).
     DevicesChanged,
     /// A group was joined, or its members, name or admins changed.
     GroupChanged(String),
     /// A contact's identity key changed; sending to them is blocked until accepted.
-    IdentityChanged(String),
+    IdentityChanged(AccountId),
     /// A device of this contact (or of this account) came online or went away, or a
     /// direct session with it opened or closed.
-    PresenceChanged(String),
+    PresenceChanged(AccountId),
     /// Where this device can be reached changed (its invite with it).
     AccountChanged,
     /// A device link this device serves moved on (a code to confirm, the hand-over,
@@ -106,9 +106,9 @@ pub enum Event {
     /// for the courier, not for display.
     DirectSignal {
         /// The sending account.
-        account: String,
+        account: AccountId,
         /// The sending device.
-        device: u8,
+        device: DeviceId,
         /// The offer or answer.
         signal: cairn_proto::DirectSignal,
     },

@@ -6,12 +6,13 @@
 
 mod world;
 
+use cairn_core::AccountId;
 use cairn_core::{CoreError, DeliveryState, Event, Handed};
 use cairn_proto::MessageId;
 use world::World;
 
 /// Alice and Bob, one device each, contacts of each other.
-fn alice_and_bob() -> (World, usize, usize, String, String) {
+fn alice_and_bob() -> (World, usize, usize, AccountId, AccountId) {
     let mut w = World::new();
     let alice = w.account("alice", "Alice");
     let bob = w.account("bob", "Bob");
@@ -23,7 +24,7 @@ fn alice_and_bob() -> (World, usize, usize, String, String) {
 }
 
 /// Alice writes `count` texts to Bob, `backlog 0`, `backlog 1`, …
-fn backlog(w: &mut World, alice: usize, bob_id: &str, count: usize) -> Vec<MessageId> {
+fn backlog(w: &mut World, alice: usize, bob_id: &AccountId, count: usize) -> Vec<MessageId> {
     (0..count)
         .map(|i| w.m(alice).send_text(bob_id, &format!("backlog {i}")).unwrap().0.id)
         .collect()
@@ -238,7 +239,7 @@ fn stale_envelopes_replayed_at_bob_make_him_ask_a_bounded_number_of_times() {
     // Alice sends it again at most sixteen times; Bob keeps it once.
     w.deliver_all();
     assert_eq!(
-        w.texts(bob, &w.account_id(alice))
+        w.texts(bob, w.account_id(alice))
             .iter()
             .filter(|t| *t == "backlog 0")
             .count(),

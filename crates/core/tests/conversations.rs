@@ -4,6 +4,8 @@
 
 mod world;
 
+use cairn_core::AccountId;
+use cairn_core::DeviceId;
 use cairn_core::{CoreError, DeliveryState, Event, Handed};
 use world::World;
 
@@ -143,7 +145,7 @@ fn a_tampered_or_replayed_envelope_is_rejected_with_a_typed_error_and_changes_no
     ));
     assert!(matches!(b1m.receive(&[0xff; 40]), Err(CoreError::Proto(_))));
     assert!(
-        b1m.conversation(&alice, 10).unwrap().is_empty(),
+        b1m.conversation(alice.as_str(), 10).unwrap().is_empty(),
         "nothing stored from bad envelopes"
     );
 
@@ -182,7 +184,7 @@ fn closing_and_reopening_every_store_mid_conversation_loses_no_session() {
 fn both_sides_see_the_same_safety_number_on_every_device() {
     let (w, [a1, a2, b1, b2]) = alice_and_bob();
     let (alice, bob) = (w.account_id(a1), w.account_id(b1));
-    let at = |d: usize, peer: &str| w.devices[d].messenger.safety_number(peer).unwrap();
+    let at = |d: usize, peer: &AccountId| w.devices[d].messenger.safety_number(peer).unwrap();
     let number = at(a1, &bob);
     assert_eq!(number.digits().len(), 60);
     for (device, peer) in [(a2, &bob), (b1, &alice), (b2, &alice)] {
@@ -197,7 +199,7 @@ fn read_receipts_reach_the_sender_unless_switched_off() {
     let (alice, bob) = (w.account_id(a1), w.account_id(b1));
     let (first, _) = w.m(a1).send_text(&bob, "read me").unwrap();
     w.deliver_all();
-    w.m(b1).mark_read(&alice).unwrap();
+    w.m(b1).mark_read(alice.as_str()).unwrap();
     w.deliver_all();
     assert_eq!(w.m(a1).message(&first.id).unwrap().state, DeliveryState::Read);
 
@@ -205,7 +207,7 @@ fn read_receipts_reach_the_sender_unless_switched_off() {
     let (second, _) = w.m(a1).send_text(&bob, "and me").unwrap();
     w.deliver_all();
     assert!(
-        w.m(b2).mark_read(&alice).unwrap().is_empty(),
+        w.m(b2).mark_read(alice.as_str()).unwrap().is_empty(),
         "no receipt with read receipts off"
     );
     assert_eq!(w.m(a1).message(&second.id).unwrap().state, DeliveryState::Delivered);
@@ -230,7 +232,7 @@ fn search_finds_messages_across_conversations() {
     let hits = w.m(a1).search("picnic", 10).unwrap();
     let mut conversations: Vec<_> = hits.iter().map(|m| m.conversation.clone()).collect();
     conversations.sort();
-    let mut expected = vec![bob, carol_id];
+    let mut expected = vec![bob.to_string(), carol_id.to_string()];
     expected.sort();
     assert_eq!(conversations, expected);
 }
@@ -351,10 +353,10 @@ struct Impostor {
     store: cairn_crypto::MemorySignalStore,
 }
 
-fn impostor_of(account_id: &str) -> Impostor {
+fn impostor_of(account_id: &AccountId) -> Impostor {
     use cairn_crypto::*;
     let identity = AccountIdentity::generate();
-    let keys = DeviceKeys::generate(1).unwrap();
+    let keys = DeviceKeys::generate(DeviceId::FIRST).unwrap();
     let (signed, kyber) = (
         generate_signed_prekey(&identity, 1, std::time::SystemTime::now()).unwrap(),
         generate_kyber_prekey(&identity, 1).unwrap(),
@@ -364,7 +366,7 @@ fn impostor_of(account_id: &str) -> Impostor {
         identity_key: identity.public_key().serialize().into_vec(),
         version: 1,
         devices: vec![DeviceEntry {
-            device_id: 1,
+            device_id: DeviceId::FIRST,
             registration_id: keys.registration_id(),
             transport_key: keys.transport_public_key(),
         }],
@@ -446,16 +448,23 @@ fn an_identity_change_warns_blocks_sending_and_holds_envelopes_until_accepted() 
         invite_secret: None,
     }
     .to_padded_bytes();
-    let ciphertext = cairn_crypto::encrypt(&impostor.store, &alice, 1, &hello, std::time::SystemTime::now()).unwrap();
+    let ciphertext = cairn_crypto::encrypt(
+        &impostor.store,
+        &alice,
+        DeviceId::FIRST,
+        &hello,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     let inner = SealedInner {
         sender_account: bob.clone(),
         sender_identity: impostor.identity.public_key().serialize().into_vec(),
-        sender_device: 1,
+        sender_device: DeviceId::FIRST,
         prekey: ciphertext.prekey,
         message: ciphertext.bytes,
     };
     let envelope = Envelope {
-        mailbox: cairn_crypto::mailbox_of(&alice_list.device(1).unwrap().transport_key),
+        mailbox: cairn_crypto::mailbox_of(&alice_list.device(DeviceId::FIRST).unwrap().transport_key),
         created: 0,
         ttl: DEFAULT_TTL_SECS,
         pow: 0,
@@ -509,14 +518,14 @@ fn queued_envelopes_survive_a_restart_and_leave_the_outbox_once_delivered() {
 /// her invite) and seals it as coming from account `claimed` with `claimed_key`.
 fn forged_envelope(
     author: &Impostor,
-    claimed: &str,
+    claimed: &AccountId,
     claimed_key: &IdentityKey,
-    alice: &str,
+    alice: &AccountId,
     alice_link: &str,
 ) -> Envelope {
     let card = Invite::from_link(alice_link).unwrap().card;
     let (list, key) = cairn_crypto::verify_device_list(&card.device_list).unwrap();
-    if !cairn_crypto::has_session(&author.store, alice, 1).unwrap() {
+    if !cairn_crypto::has_session(&author.store, alice, DeviceId::FIRST).unwrap() {
         cairn_crypto::start_session(
             &author.store,
             alice,
@@ -531,16 +540,23 @@ fn forged_envelope(
         invite_secret: None,
     }
     .to_padded_bytes();
-    let ciphertext = cairn_crypto::encrypt(&author.store, alice, 1, &content, std::time::SystemTime::now()).unwrap();
+    let ciphertext = cairn_crypto::encrypt(
+        &author.store,
+        alice,
+        DeviceId::FIRST,
+        &content,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     let inner = SealedInner {
         sender_account: claimed.to_owned(),
         sender_identity: claimed_key.serialize().into_vec(),
-        sender_device: 1,
+        sender_device: DeviceId::FIRST,
         prekey: ciphertext.prekey,
         message: ciphertext.bytes,
     };
     Envelope {
-        mailbox: cairn_crypto::mailbox_of(&list.device(1).unwrap().transport_key),
+        mailbox: cairn_crypto::mailbox_of(&list.device(DeviceId::FIRST).unwrap().transport_key),
         created: 0,
         ttl: DEFAULT_TTL_SECS,
         pow: 0,

@@ -7,6 +7,7 @@
 
 mod world;
 
+use cairn_core::AccountId;
 use cairn_core::{CoreError, GroupView};
 use world::World;
 
@@ -48,8 +49,8 @@ fn group_of(w: &World, device: usize, group_id: &str) -> GroupView {
 }
 
 /// Member account ids, sorted.
-fn members(view: &GroupView) -> Vec<String> {
-    let mut accounts: Vec<String> = view.members.iter().map(|m| m.account_id.clone()).collect();
+fn members(view: &GroupView) -> Vec<AccountId> {
+    let mut accounts: Vec<AccountId> = view.members.iter().map(|m| m.account_id.clone()).collect();
     accounts.sort();
     accounts
 }
@@ -74,7 +75,7 @@ fn say(w: &mut World, device: usize, group_id: &str, text: &str) {
 /// Alice's group with everyone in it, all envelopes delivered.
 fn everyone_in_a_group() -> (World, Cast, String) {
     let (mut w, cast) = cast();
-    let friends: Vec<String> = [cast.b1, cast.c, cast.d, cast.e].map(|i| w.account_id(i)).to_vec();
+    let friends: Vec<AccountId> = [cast.b1, cast.c, cast.d, cast.e].map(|i| w.account_id(i)).to_vec();
     let (view, _) = w.m(cast.a).create_group("Climbing", &friends).unwrap();
     w.deliver_all();
     (w, cast, view.group_id)
@@ -337,7 +338,7 @@ fn group_names_and_strangers_are_checked() {
 #[test]
 fn a_newcomer_gets_every_members_card_and_the_others_only_the_newcomers() {
     let (mut w, cast) = cast();
-    let friends: Vec<String> = [cast.b1, cast.c, cast.d].map(|i| w.account_id(i)).to_vec();
+    let friends: Vec<AccountId> = [cast.b1, cast.c, cast.d].map(|i| w.account_id(i)).to_vec();
     let (view, _) = w.m(cast.a).create_group("Climbing", &friends).unwrap();
     w.deliver_all();
     let erin = w.account_id(cast.e);

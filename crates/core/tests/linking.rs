@@ -10,6 +10,7 @@
 mod common;
 mod world;
 
+use cairn_core::{AccountId, DeviceId};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,7 +54,7 @@ fn link_with_history(w: &mut World, existing: usize, new: usize, offer: &LinkOff
 
 /// Bob takes the invite of Alice's `laptop`, and Alice starts the group "Family" with
 /// him; returns their account ids and the group.
-fn bob_joins_alices_family(w: &mut World, laptop: usize, bob: usize) -> (String, String, GroupView) {
+fn bob_joins_alices_family(w: &mut World, laptop: usize, bob: usize) -> (AccountId, AccountId, GroupView) {
     let invite = w.m(laptop).account_info().unwrap().invite_link;
     w.m(bob).accept_invite(&invite).unwrap();
     w.deliver_all();
@@ -72,7 +73,7 @@ fn shown(w: &mut World, device: usize, conversation: &str) -> Vec<(String, Strin
         .conversation(conversation, 10_000)
         .unwrap()
         .into_iter()
-        .map(|m| (m.body, m.sender, format!("{:?}", m.state), m.outgoing))
+        .map(|m| (m.body, m.sender.to_string(), format!("{:?}", m.state), m.outgoing))
         .collect()
 }
 
@@ -91,8 +92,8 @@ fn with_the_persons_consent_the_new_device_gets_the_whole_history_page_by_page()
     }
     w.m(bob).send_group_text(&group.group_id, "dinner at 7").unwrap();
     w.deliver_all();
-    w.m(laptop).mark_read(&bob_id).unwrap();
-    let on_laptop = shown(&mut w, laptop, &bob_id);
+    w.m(laptop).mark_read(bob_id.as_str()).unwrap();
+    let on_laptop = shown(&mut w, laptop, bob_id.as_str());
     assert_eq!(on_laptop.len(), 80);
 
     let desktop = w.new_profile("desktop");
@@ -105,7 +106,7 @@ fn with_the_persons_consent_the_new_device_gets_the_whole_history_page_by_page()
     assert_eq!(progress.last().unwrap().0, progress.last().unwrap().1);
     // The desktop shows the conversation as the laptop does: every message, in
     // order, with its sender, delivery state and direction; the group's too.
-    assert_eq!(shown(&mut w, desktop, &bob_id), on_laptop);
+    assert_eq!(shown(&mut w, desktop, bob_id.as_str()), on_laptop);
     assert_eq!(w.texts(desktop, &group.group_id), ["dinner at 7"]);
     // And it goes on from there.
     w.m(bob).send_text(&alice_id, "and now?").unwrap();
@@ -128,7 +129,7 @@ fn without_consent_no_history_goes_to_the_new_device() {
             .unwrap()
             .as_ref()
             .unwrap()
-            .conversation(&bob_id, 10)
+            .conversation(bob_id.as_str(), 10)
             .unwrap();
         let history: Vec<_> = steps.iter().filter(|s| matches!(s, LinkStep::History { .. })).collect();
         if share_history {
@@ -439,8 +440,8 @@ fn a_removed_device_learns_it_was_removed_and_gets_nothing_new() {
 
     // A device linked later gets an id of its own, not the removed desktop's.
     let tablet = w.link(laptop, "tablet");
-    let ids: Vec<u8> = w.m(tablet).devices().unwrap().iter().map(|d| d.device_id).collect();
-    assert_eq!(ids, [laptop_id, desktop_id + 1]);
+    let ids: Vec<DeviceId> = w.m(tablet).devices().unwrap().iter().map(|d| d.device_id).collect();
+    assert_eq!(ids, [laptop_id, desktop_id.next().unwrap()]);
 }
 
 #[test]

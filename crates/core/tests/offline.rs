@@ -8,6 +8,7 @@
 
 mod common;
 
+use cairn_core::AccountId;
 use std::time::Duration;
 
 use cairn_core::{CoreError, DeliveryState};
@@ -181,9 +182,9 @@ fn dave_is_away_for_three_epochs_and_catches_up_on_the_group_through_the_cache()
     for friend in &people[1..] {
         befriend(&people[0], friend);
     }
-    let ids: Vec<String> = people.iter().map(Person::account_id).collect();
+    let ids: Vec<AccountId> = people.iter().map(Person::account_id).collect();
     let [alice, bob, carol, dave] = <[Person; 4]>::try_from(people).ok().unwrap();
-    let [_, bob_id, carol_id, _] = <[String; 4]>::try_from(ids.clone()).unwrap();
+    let [_, bob_id, carol_id, _] = <[AccountId; 4]>::try_from(ids.clone()).unwrap();
     let group = alice.with(|m| m.create_group("Trip", &ids[1..]).unwrap().0.group_id);
     alice.courier.wake();
     let in_group = |p: &Person, epoch: u64| p.with(|m| m.group(&group).map(|g| g.epoch >= epoch && g.name == "Trip"));
@@ -218,7 +219,7 @@ fn dave_is_away_for_three_epochs_and_catches_up_on_the_group_through_the_cache()
 
     dave.come_online();
     let texts = |p: &Person| -> Vec<String> {
-        p.with(|m| m.conversation(&group, 100).unwrap())
+        p.with(|m| m.conversation(group.as_str(), 100).unwrap())
             .into_iter()
             .map(|m| m.body)
             .collect()

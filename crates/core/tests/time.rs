@@ -6,6 +6,7 @@
 
 mod world;
 
+use cairn_core::AccountId;
 use std::time::Duration;
 
 use cairn_core::{DeliveryState, Handed};
@@ -14,7 +15,7 @@ use world::World;
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Alice and Bob, one device each, contacts of each other.
-fn alice_and_bob() -> (World, usize, usize, String, String) {
+fn alice_and_bob() -> (World, usize, usize, AccountId, AccountId) {
     let mut w = World::new();
     let alice = w.account("alice", "Alice");
     let bob = w.account("bob", "Bob");
@@ -74,7 +75,7 @@ fn a_signed_prekey_falls_due_after_a_week_and_contacts_get_the_new_bundle() {
     // Sessions go on across the rotation.
     w.m(alice).send_text(&bob_id, "still here").unwrap();
     w.deliver_all();
-    assert_eq!(w.texts(bob, &w.account_id(alice)), ["still here"]);
+    assert_eq!(w.texts(bob, w.account_id(alice)), ["still here"]);
 }
 
 #[test]
@@ -146,7 +147,7 @@ fn an_attempt_that_waited_half_its_time_in_caches_is_sealed_again() {
     w.unreachable.remove(&bob);
     w.in_flight.extend(later);
     w.deliver_all();
-    assert_eq!(w.texts(bob, &w.account_id(alice)), ["one try"]);
+    assert_eq!(w.texts(bob, w.account_id(alice)), ["one try"]);
 }
 
 #[test]
@@ -168,5 +169,5 @@ fn a_session_whose_start_went_unanswered_for_a_month_is_started_anew() {
     w.unreachable.remove(&alice);
     w.m(bob).retry_now().unwrap();
     w.deliver_all();
-    assert_eq!(w.texts(alice, &w.account_id(bob)), ["did my invite reach you?"]);
+    assert_eq!(w.texts(alice, w.account_id(bob)), ["did my invite reach you?"]);
 }

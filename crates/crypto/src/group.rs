@@ -8,6 +8,7 @@
 //! `StorageProvider`, which the store crate implements over the profile database, and
 //! `openmls_memory_storage` in tests) or how messages travel.
 
+use crate::{AccountId, DeviceId};
 use std::collections::HashMap;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
@@ -74,9 +75,9 @@ fn group_error(what: &str, e: impl std::fmt::Display) -> CryptoError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LeafName {
     /// The account id.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// The device id within the account.
-    pub device_id: u8,
+    pub device_id: DeviceId,
 }
 
 impl LeafName {
@@ -89,8 +90,8 @@ impl LeafName {
         let text = std::str::from_utf8(basic.identity()).ok()?;
         let (account_id, device) = text.split_once('/')?;
         Some(Self {
-            account_id: account_id.to_owned(),
-            device_id: device.parse().ok()?,
+            account_id: AccountId::parse(account_id).ok()?,
+            device_id: DeviceId::new(device.parse().ok()?).ok()?,
         })
     }
 }

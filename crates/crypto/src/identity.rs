@@ -9,55 +9,19 @@
 
 use std::fmt;
 
-use data_encoding::BASE32_NOPAD;
+use cairn_proto::{AccountId, DeviceId};
 use ed25519_dalek::SigningKey;
-use libsignal_protocol::{DeviceId, IdentityKey, IdentityKeyPair};
+use libsignal_protocol::{IdentityKey, IdentityKeyPair};
 use rand::{Rng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::CryptoError;
 
-/// The device id of the device that created the account.
-pub const FIRST_DEVICE_ID: u8 = 1;
-
-/// The stable name of an account: 128 random bits in lowercase base32 (26
-/// characters), chosen when the account is created.
-///
-/// It is deliberately *not* derived from the identity key. Like Signal's account
-/// identifier, it stays the same while the key behind it is what contacts pin: a
-/// different key presented under a known account id is exactly the identity change
-/// (a reinstall, or someone in the middle) that people are warned about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AccountId(String);
-
-impl AccountId {
-    /// A fresh random account id.
-    pub fn generate() -> Self {
-        let mut bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut bytes);
-        Self(BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
-    }
-
-    /// Checks the shape of an account id received from elsewhere.
-    pub fn parse(text: &str) -> Result<Self, CryptoError> {
-        let ok = text.len() == 26
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
-        ok.then(|| Self(text.to_owned()))
-            .ok_or_else(|| CryptoError::InvalidAccountId(text.chars().take(40).collect()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for AccountId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A fresh random account id.
+pub fn new_account_id() -> AccountId {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    AccountId::from_random(bytes)
 }
 
 /// The account's long-term identity key pair.
@@ -115,8 +79,8 @@ pub struct DeviceKeys {
 }
 
 impl DeviceKeys {
-    /// Creates fresh keys for the device with the given id (1..=127).
-    pub fn generate(device_id: u8) -> Result<Self, CryptoError> {
+    /// Creates fresh keys for the device with the given id.
+    pub fn generate(device_id: DeviceId) -> Result<Self, CryptoError> {
         let mut rng = rand::rng();
         let mut seed = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(seed.as_mut());
@@ -126,17 +90,21 @@ impl DeviceKeys {
     }
 
     /// Restores device keys from stored parts.
-    pub fn from_parts(device_id: u8, registration_id: u32, transport_seed: &[u8; 32]) -> Result<Self, CryptoError> {
+    pub fn from_parts(
+        device_id: DeviceId,
+        registration_id: u32,
+        transport_seed: &[u8; 32],
+    ) -> Result<Self, CryptoError> {
         Ok(Self {
-            device_id: DeviceId::new(device_id).map_err(|_| CryptoError::InvalidDeviceId(device_id))?,
+            device_id,
             registration_id,
             transport_key: SigningKey::from_bytes(transport_seed),
         })
     }
 
     /// The device id within the account.
-    pub fn device_id(&self) -> u8 {
-        self.device_id.into()
+    pub fn device_id(&self) -> DeviceId {
+        self.device_id
     }
 
     /// The Signal registration id of this device.
@@ -177,15 +145,9 @@ mod tests {
 
     #[test]
     fn two_accounts_get_different_ids_of_fixed_shape() {
-        let (a, b) = (AccountId::generate(), AccountId::generate());
+        let (a, b) = (new_account_id(), new_account_id());
         assert_ne!(a, b);
         assert_eq!(AccountId::parse(a.as_str()).unwrap(), a);
-        for bad in ["", "UPPERCASEUPPERCASEUPPERCAS", "abc", "aaaaaaaaaaaaaaaaaaaaaaaaa1"] {
-            assert!(
-                matches!(AccountId::parse(bad), Err(CryptoError::InvalidAccountId(_))),
-                "{bad}"
-            );
-        }
     }
 
     #[test]
@@ -197,16 +159,11 @@ mod tests {
     }
 
     #[test]
-    fn device_keys_survive_storage_and_refuse_bad_ids() {
-        let keys = DeviceKeys::generate(FIRST_DEVICE_ID).unwrap();
+    fn device_keys_survive_storage() {
+        let keys = DeviceKeys::generate(DeviceId::FIRST).unwrap();
         let restored =
             DeviceKeys::from_parts(keys.device_id(), keys.registration_id(), &keys.transport_seed()).unwrap();
         assert_eq!(restored.transport_public_key(), keys.transport_public_key());
         assert!((1..=0x3fff).contains(&keys.registration_id()));
-        assert!(matches!(DeviceKeys::generate(0), Err(CryptoError::InvalidDeviceId(0))));
-        assert!(matches!(
-            DeviceKeys::generate(128),
-            Err(CryptoError::InvalidDeviceId(128))
-        ));
     }
 }

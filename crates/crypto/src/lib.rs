@@ -17,12 +17,13 @@ mod seal;
 mod session;
 
 pub use cairn_proto::mailbox_of;
+pub use cairn_proto::{AccountId, DeviceId};
 pub use device_list::{sign_device_list, verify_device_list};
 pub use group::{
     key_package_device, Group, GroupEvent, GroupIdentity, GroupProvider, GroupState, LeafName, MessageHeader,
     StateChange, GROUP_CIPHERSUITE, MAX_GROUP_MESSAGE_BYTES, MAX_GROUP_STATE_BYTES,
 };
-pub use identity::{AccountId, AccountIdentity, DeviceKeys, FIRST_DEVICE_ID};
+pub use identity::{new_account_id, AccountIdentity, DeviceKeys};
 pub use libsignal_protocol::{IdentityKey, IdentityKeyPair};
 pub use link::{answer_link, LinkChannel, LinkInitiator, LINK_NOISE_PATTERN, MAX_LINK_FRAME};
 pub use mls_crypto::GroupCrypto;
@@ -50,8 +51,6 @@ pub enum CryptoError {
         reason: String,
     },
     /// Text that is not an account id.
-    #[error("not an account id: {0:?}")]
-    InvalidAccountId(String),
     /// A device id outside Signal's range of 1..=127.
     #[error("device id {0} is outside 1..=127")]
     InvalidDeviceId(u8),

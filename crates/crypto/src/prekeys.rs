@@ -89,7 +89,8 @@ pub fn to_signal_bundle(identity_key: &IdentityKey, bundle: &PrekeyBundle) -> Re
     {
         return Err(CryptoError::BadSignature("prekey bundle"));
     }
-    let device_id = DeviceId::new(bundle.device_id).map_err(|_| CryptoError::InvalidDeviceId(bundle.device_id))?;
+    let device_id =
+        DeviceId::new(bundle.device_id.get()).map_err(|_| CryptoError::InvalidDeviceId(bundle.device_id.get()))?;
     PreKeyBundle::new(
         bundle.registration_id,
         device_id,

@@ -4,7 +4,7 @@
 
 use libsignal_protocol::{Fingerprint, IdentityKey, ScannableFingerprint};
 
-use crate::CryptoError;
+use crate::{AccountId, CryptoError};
 
 const VERSION: u32 = 2;
 const ITERATIONS: u32 = 5200;
@@ -19,6 +19,16 @@ pub struct SafetyNumber {
 impl SafetyNumber {
     /// Computes the safety number between `local` and `remote` (account id, identity key).
     pub fn compute(
+        local_id: &AccountId,
+        local_key: &IdentityKey,
+        remote_id: &AccountId,
+        remote_key: &IdentityKey,
+    ) -> Result<Self, CryptoError> {
+        Self::of_names(local_id.as_str(), local_key, remote_id.as_str(), remote_key)
+    }
+
+    /// The same over any stable names (Signal's own test vectors use phone numbers).
+    fn of_names(
         local_id: &str,
         local_key: &IdentityKey,
         remote_id: &str,
@@ -89,7 +99,7 @@ mod tests {
             "05f781b6fb32fed9ba1cf2de978d4d5da28dc34046ae814402b5c0dbd96fda907b",
         ))
         .unwrap();
-        let number = SafetyNumber::compute("+14152222222", &alice, "+14153333333", &bob).unwrap();
+        let number = SafetyNumber::of_names("+14152222222", &alice, "+14153333333", &bob).unwrap();
         assert_eq!(
             number.digits(),
             "300354477692869396892869876765458257569162576843440918079131"
@@ -111,10 +121,7 @@ mod tests {
             AccountIdentity::generate(),
             AccountIdentity::generate(),
         );
-        let (a, b) = (
-            crate::AccountId::generate().to_string(),
-            crate::AccountId::generate().to_string(),
-        );
+        let (a, b) = (crate::new_account_id(), crate::new_account_id());
         let at_alice = SafetyNumber::compute(&a, alice.public_key(), &b, bob.public_key()).unwrap();
         let at_bob = SafetyNumber::compute(&b, bob.public_key(), &a, alice.public_key()).unwrap();
         assert_eq!(at_alice.digits(), at_bob.digits());

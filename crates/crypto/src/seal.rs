@@ -87,9 +87,9 @@ mod tests {
 
     fn inner() -> SealedInner {
         SealedInner {
-            sender_account: crate::AccountId::generate().to_string(),
+            sender_account: crate::new_account_id(),
             sender_identity: AccountIdentity::generate().public_key().serialize().into_vec(),
-            sender_device: 2,
+            sender_device: cairn_proto::DeviceId::new(2).unwrap(),
             prekey: true,
             message: b"signal ciphertext".to_vec(),
         }

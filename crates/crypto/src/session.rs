@@ -12,13 +12,13 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use cairn_proto::PrekeyBundle;
+use cairn_proto::{AccountId, DeviceId, PrekeyBundle};
 use futures::executor::block_on;
 use libsignal_protocol::{
-    CiphertextMessage, DeviceId, Direction, GenericSignedPreKey, IdentityChange, IdentityKey, IdentityKeyPair,
-    IdentityKeyStore, KyberPreKeyId, KyberPreKeyRecord, KyberPreKeyStore, PreKeyId, PreKeyRecord, PreKeySignalMessage,
-    PreKeyStore, ProtocolAddress, PublicKey, SessionRecord, SessionStore, SignalMessage, SignalProtocolError,
-    SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore,
+    CiphertextMessage, DeviceId as SignalDeviceId, Direction, GenericSignedPreKey, IdentityChange, IdentityKey,
+    IdentityKeyPair, IdentityKeyStore, KyberPreKeyId, KyberPreKeyRecord, KyberPreKeyStore, PreKeyId, PreKeyRecord,
+    PreKeySignalMessage, PreKeyStore, ProtocolAddress, PublicKey, SessionRecord, SessionStore, SignalMessage,
+    SignalProtocolError, SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore,
 };
 
 use crate::{prekeys::to_signal_bundle, CryptoError};
@@ -34,19 +34,19 @@ pub type StoreResult<T> = Result<T, StoreFailure>;
 /// What the Signal sessions need stored. Records are opaque bytes to the store.
 pub trait SignalStore {
     /// This account's id.
-    fn account_id(&self) -> StoreResult<String>;
+    fn account_id(&self) -> StoreResult<AccountId>;
     /// This account's identity key pair.
     fn identity_key_pair(&self) -> StoreResult<IdentityKeyPair>;
     /// This device's registration id.
     fn registration_id(&self) -> StoreResult<u32>;
     /// The identity key pinned for another account, if any.
-    fn peer_identity(&self, account_id: &str) -> StoreResult<Option<Vec<u8>>>;
+    fn peer_identity(&self, account_id: &AccountId) -> StoreResult<Option<Vec<u8>>>;
     /// Pins an identity key for an account seen for the first time.
-    fn save_peer_identity(&self, account_id: &str, identity_key: &[u8]) -> StoreResult<()>;
+    fn save_peer_identity(&self, account_id: &AccountId, identity_key: &[u8]) -> StoreResult<()>;
     /// The session record with a device, if any.
-    fn session(&self, account_id: &str, device_id: u8) -> StoreResult<Option<Vec<u8>>>;
+    fn session(&self, account_id: &AccountId, device_id: DeviceId) -> StoreResult<Option<Vec<u8>>>;
     /// Stores the session record with a device.
-    fn save_session(&self, account_id: &str, device_id: u8, record: &[u8]) -> StoreResult<()>;
+    fn save_session(&self, account_id: &AccountId, device_id: DeviceId, record: &[u8]) -> StoreResult<()>;
     /// A signed prekey record of this device.
     fn signed_prekey(&self, id: u32) -> StoreResult<Option<Vec<u8>>>;
     /// A Kyber prekey record of this device.
@@ -57,9 +57,18 @@ pub trait SignalStore {
 }
 
 /// Where a Signal message goes or comes from: an account and one of its devices.
-fn address(account_id: &str, device_id: u8) -> Result<ProtocolAddress, CryptoError> {
-    let device = DeviceId::new(device_id).map_err(|_| CryptoError::InvalidDeviceId(device_id))?;
-    Ok(ProtocolAddress::new(account_id.to_owned(), device))
+fn address(account_id: &AccountId, device_id: DeviceId) -> Result<ProtocolAddress, CryptoError> {
+    let device = SignalDeviceId::new(device_id.get()).map_err(|_| CryptoError::InvalidDeviceId(device_id.get()))?;
+    Ok(ProtocolAddress::new(account_id.to_string(), device))
+}
+
+/// The account and device an address the Signal library hands back names (always
+/// one this crate made with [`address`]).
+fn parts_of(address: &ProtocolAddress) -> Result<(AccountId, DeviceId), SignalProtocolError> {
+    let bad = |what: &str| SignalProtocolError::InvalidArgument(format!("{what} in a session address"));
+    let account = AccountId::parse(address.name()).map_err(|_| bad("not an account id"))?;
+    let device = DeviceId::new(address.device_id().into()).map_err(|_| bad("not a device id"))?;
+    Ok((account, device))
 }
 
 fn callback(method: &'static str) -> impl Fn(StoreFailure) -> SignalProtocolError {
@@ -72,21 +81,18 @@ struct Adapter<'s> {
 }
 
 impl Adapter<'_> {
-    fn own_account(&self) -> Result<String, SignalProtocolError> {
+    fn own_account(&self) -> Result<AccountId, SignalProtocolError> {
         self.store.account_id().map_err(callback("account_id"))
     }
 
     /// The identity pinned for `address`: our own for our own devices.
     fn pinned(&self, address: &ProtocolAddress) -> Result<Option<IdentityKey>, SignalProtocolError> {
-        if address.name() == self.own_account()? {
+        let (account, _) = parts_of(address)?;
+        if account == self.own_account()? {
             let pair = self.store.identity_key_pair().map_err(callback("identity_key_pair"))?;
             return Ok(Some(*pair.identity_key()));
         }
-        match self
-            .store
-            .peer_identity(address.name())
-            .map_err(callback("peer_identity"))?
-        {
+        match self.store.peer_identity(&account).map_err(callback("peer_identity"))? {
             Some(bytes) => Ok(Some(IdentityKey::decode(&bytes)?)),
             None => Ok(None),
         }
@@ -114,7 +120,7 @@ impl IdentityKeyStore for Adapter<'_> {
             Some(pinned) => Ok(IdentityChange::from_changed(pinned != *identity)),
             None => {
                 self.store
-                    .save_peer_identity(address.name(), &identity.serialize())
+                    .save_peer_identity(&parts_of(address)?.0, &identity.serialize())
                     .map_err(callback("save_peer_identity"))?;
                 Ok(IdentityChange::NewOrUnchanged)
             }
@@ -139,12 +145,8 @@ impl IdentityKeyStore for Adapter<'_> {
 #[async_trait(?Send)]
 impl SessionStore for Adapter<'_> {
     async fn load_session(&self, address: &ProtocolAddress) -> Result<Option<SessionRecord>, SignalProtocolError> {
-        let device: u8 = address.device_id().into();
-        match self
-            .store
-            .session(address.name(), device)
-            .map_err(callback("session"))?
-        {
+        let (account, device) = parts_of(address)?;
+        match self.store.session(&account, device).map_err(callback("session"))? {
             Some(bytes) => Ok(Some(SessionRecord::deserialize(&bytes)?)),
             None => Ok(None),
         }
@@ -155,9 +157,9 @@ impl SessionStore for Adapter<'_> {
         address: &ProtocolAddress,
         record: &SessionRecord,
     ) -> Result<(), SignalProtocolError> {
-        let device: u8 = address.device_id().into();
+        let (account, device) = parts_of(address)?;
         self.store
-            .save_session(address.name(), device, &record.serialize()?)
+            .save_session(&account, device, &record.serialize()?)
             .map_err(callback("save_session"))
     }
 }
@@ -242,12 +244,12 @@ impl KyberPreKeyStore for Adapter<'_> {
     }
 }
 
-fn signal_error(account_id: &str, error: SignalProtocolError) -> CryptoError {
+fn signal_error(account_id: &AccountId, error: SignalProtocolError) -> CryptoError {
     match error {
         SignalProtocolError::DuplicatedMessage(..) => CryptoError::DuplicateMessage,
-        SignalProtocolError::UntrustedIdentity(_) => CryptoError::UntrustedIdentity(account_id.to_owned()),
+        SignalProtocolError::UntrustedIdentity(_) => CryptoError::UntrustedIdentity(account_id.to_string()),
         SignalProtocolError::SessionNotFound(_) | SignalProtocolError::NoSenderKeyState { .. } => {
-            CryptoError::NoSession(account_id.to_owned())
+            CryptoError::NoSession(account_id.to_string())
         }
         SignalProtocolError::InvalidMessage(_, reason) => CryptoError::InvalidMessage(reason.to_owned()),
         SignalProtocolError::InvalidProtobufEncoding
@@ -268,7 +270,7 @@ fn signal_error(account_id: &str, error: SignalProtocolError) -> CryptoError {
 /// `now`.
 pub fn start_session(
     store: &dyn SignalStore,
-    peer_account: &str,
+    peer_account: &AccountId,
     peer_identity: &IdentityKey,
     bundle: &PrekeyBundle,
     now: SystemTime,
@@ -290,7 +292,7 @@ pub fn start_session(
 
 /// Whether a session with the device exists (a record whose current session was
 /// archived, see [`archive_session`], does not count: the next message starts anew).
-pub fn has_session(store: &dyn SignalStore, account_id: &str, device_id: u8) -> Result<bool, CryptoError> {
+pub fn has_session(store: &dyn SignalStore, account_id: &AccountId, device_id: DeviceId) -> Result<bool, CryptoError> {
     match store
         .session(account_id, device_id)
         .map_err(|e| CryptoError::Store(e.0))?
@@ -306,7 +308,11 @@ pub fn has_session(store: &dyn SignalStore, account_id: &str, device_id: u8) -> 
 /// Puts the current session with a device aside (it stays among the previous ones,
 /// so what is still in flight in it opens): the next message to the device starts
 /// a new session from its bundle. For a session the other side reports broken.
-pub fn archive_session(store: &dyn SignalStore, account_id: &str, device_id: u8) -> Result<(), CryptoError> {
+pub fn archive_session(
+    store: &dyn SignalStore,
+    account_id: &AccountId,
+    device_id: DeviceId,
+) -> Result<(), CryptoError> {
     let Some(bytes) = store
         .session(account_id, device_id)
         .map_err(|e| CryptoError::Store(e.0))?
@@ -343,8 +349,8 @@ pub fn sending_chain_of(ciphertext: &Ciphertext) -> Result<Vec<u8>, CryptoError>
 /// once a reply turned the ratchet, or without a session).
 pub fn sends_in_chain(
     store: &dyn SignalStore,
-    account_id: &str,
-    device_id: u8,
+    account_id: &AccountId,
+    device_id: DeviceId,
     ratchet_key: &[u8],
 ) -> Result<bool, CryptoError> {
     let Ok(key) = PublicKey::deserialize(ratchet_key) else {
@@ -364,7 +370,11 @@ pub fn sends_in_chain(
 /// Signal's decryption-error message for a ciphertext from device `sender_device`
 /// that did not open (it names the sending chain the message was in), as bytes to
 /// send back to its sender; `sent_at` is the envelope's time, Unix milliseconds.
-pub fn decryption_error(ciphertext: &Ciphertext, sent_at: u64, sender_device: u8) -> Result<Vec<u8>, CryptoError> {
+pub fn decryption_error(
+    ciphertext: &Ciphertext,
+    sent_at: u64,
+    sender_device: DeviceId,
+) -> Result<Vec<u8>, CryptoError> {
     let kind = if ciphertext.prekey {
         libsignal_protocol::CiphertextMessageType::PreKey
     } else {
@@ -374,7 +384,7 @@ pub fn decryption_error(ciphertext: &Ciphertext, sent_at: u64, sender_device: u8
         &ciphertext.bytes,
         kind,
         libsignal_protocol::Timestamp::from_epoch_millis(sent_at),
-        sender_device.into(),
+        sender_device.get().into(),
     )
     .map_err(|e| CryptoError::InvalidMessage(e.to_string()))?;
     Ok(message.serialized().to_vec())
@@ -386,8 +396,8 @@ pub fn decryption_error(ciphertext: &Ciphertext, sent_at: u64, sender_device: u8
 /// a new one is needed.
 pub fn reports_current_chain(
     store: &dyn SignalStore,
-    account_id: &str,
-    device_id: u8,
+    account_id: &AccountId,
+    device_id: DeviceId,
     error: &[u8],
 ) -> Result<bool, CryptoError> {
     let message = libsignal_protocol::DecryptionErrorMessage::try_from(error)
@@ -417,8 +427,8 @@ pub fn prekey_message_identity(bytes: &[u8]) -> Result<IdentityKey, CryptoError>
 /// session whose start was never answered goes stale after 30 days).
 pub fn encrypt(
     store: &dyn SignalStore,
-    account_id: &str,
-    device_id: u8,
+    account_id: &AccountId,
+    device_id: DeviceId,
     plaintext: &[u8],
     now: SystemTime,
 ) -> Result<Ciphertext, CryptoError> {
@@ -445,8 +455,8 @@ pub fn encrypt(
 /// PreKeySignalMessage.
 pub fn decrypt(
     store: &dyn SignalStore,
-    account_id: &str,
-    device_id: u8,
+    account_id: &AccountId,
+    device_id: DeviceId,
     ciphertext: &Ciphertext,
 ) -> Result<Vec<u8>, CryptoError> {
     let remote = address(account_id, device_id)?;
@@ -481,11 +491,11 @@ pub fn decrypt(
 
 /// An in-memory [`SignalStore`] for unit tests; the app uses the SQLCipher one.
 pub struct MemorySignalStore {
-    account_id: String,
+    account_id: AccountId,
     identity: IdentityKeyPair,
     registration_id: u32,
-    peers: RefCell<HashMap<String, Vec<u8>>>,
-    sessions: RefCell<HashMap<(String, u8), Vec<u8>>>,
+    peers: RefCell<HashMap<AccountId, Vec<u8>>>,
+    sessions: RefCell<HashMap<(AccountId, DeviceId), Vec<u8>>>,
     signed_prekeys: HashMap<u32, Vec<u8>>,
     kyber_prekeys: HashMap<u32, Vec<u8>>,
     kyber_uses: RefCell<std::collections::HashSet<(u32, u32, Vec<u8>)>>,
@@ -494,7 +504,7 @@ pub struct MemorySignalStore {
 impl MemorySignalStore {
     /// A store for a device of `identity` holding the given serialised prekeys.
     pub fn new(
-        account_id: &str,
+        account_id: &AccountId,
         identity: IdentityKeyPair,
         registration_id: u32,
         signed: &[u8],
@@ -510,7 +520,7 @@ impl MemorySignalStore {
                 .map_err(signal)?,
         );
         Ok(Self {
-            account_id: account_id.to_owned(),
+            account_id: account_id.clone(),
             identity,
             registration_id,
             peers: RefCell::default(),
@@ -523,7 +533,7 @@ impl MemorySignalStore {
 }
 
 impl SignalStore for MemorySignalStore {
-    fn account_id(&self) -> StoreResult<String> {
+    fn account_id(&self) -> StoreResult<AccountId> {
         Ok(self.account_id.clone())
     }
     fn identity_key_pair(&self) -> StoreResult<IdentityKeyPair> {
@@ -532,22 +542,22 @@ impl SignalStore for MemorySignalStore {
     fn registration_id(&self) -> StoreResult<u32> {
         Ok(self.registration_id)
     }
-    fn peer_identity(&self, account_id: &str) -> StoreResult<Option<Vec<u8>>> {
+    fn peer_identity(&self, account_id: &AccountId) -> StoreResult<Option<Vec<u8>>> {
         Ok(self.peers.borrow().get(account_id).cloned())
     }
-    fn save_peer_identity(&self, account_id: &str, identity_key: &[u8]) -> StoreResult<()> {
+    fn save_peer_identity(&self, account_id: &AccountId, identity_key: &[u8]) -> StoreResult<()> {
         self.peers
             .borrow_mut()
-            .insert(account_id.to_owned(), identity_key.to_vec());
+            .insert(account_id.clone(), identity_key.to_vec());
         Ok(())
     }
-    fn session(&self, account_id: &str, device_id: u8) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.sessions.borrow().get(&(account_id.to_owned(), device_id)).cloned())
+    fn session(&self, account_id: &AccountId, device_id: DeviceId) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.sessions.borrow().get(&(account_id.clone(), device_id)).cloned())
     }
-    fn save_session(&self, account_id: &str, device_id: u8, record: &[u8]) -> StoreResult<()> {
+    fn save_session(&self, account_id: &AccountId, device_id: DeviceId, record: &[u8]) -> StoreResult<()> {
         self.sessions
             .borrow_mut()
-            .insert((account_id.to_owned(), device_id), record.to_vec());
+            .insert((account_id.clone(), device_id), record.to_vec());
         Ok(())
     }
     fn signed_prekey(&self, id: u32) -> StoreResult<Option<Vec<u8>>> {

@@ -3,7 +3,7 @@
 //! every device's state reloads from its storage. (The messenger carries these bytes
 //! over the network; here they are handed over directly.)
 
-use cairn_crypto::{CryptoError, Group, GroupEvent, GroupIdentity, GroupProvider, LeafName};
+use cairn_crypto::{AccountId, CryptoError, DeviceId, Group, GroupEvent, GroupIdentity, GroupProvider, LeafName};
 use openmls_memory_storage::MemoryStorage;
 
 /// One device: its identity in groups and its own storage.
@@ -13,11 +13,16 @@ struct Device {
     group: Option<Group>,
 }
 
+/// An account id named after a person ("alice" → "aliceaaaa…", 26 characters).
+fn account(name: &str) -> AccountId {
+    AccountId::parse(&format!("{name:a<26}")).unwrap()
+}
+
 impl Device {
-    fn new(account: &str, device_id: u8) -> Self {
+    fn new(name: &str, device_id: u8) -> Self {
         let name = LeafName {
-            account_id: account.into(),
-            device_id,
+            account_id: account(name),
+            device_id: DeviceId::new(device_id).unwrap(),
         };
         Self {
             identity: GroupIdentity::generate(name).unwrap(),
@@ -91,21 +96,21 @@ fn five_people_one_with_two_devices_chat_and_a_removed_member_reads_nothing_afte
     for device in &mut others {
         assert_eq!(
             text_from(device.receive(&hello).unwrap()),
-            ("alice/1".into(), "hello, everyone".into())
+            (format!("{}/1", account("alice")), "hello, everyone".into())
         );
     }
     // Bob answers from his second device.
     let answer = others[1].send("hi from my laptop");
     assert_eq!(
         text_from(alice.receive(&answer).unwrap()),
-        ("bob/2".into(), "hi from my laptop".into())
+        (format!("{}/2", account("bob")), "hi from my laptop".into())
     );
 
     // Alice removes Dave.
     let provider = GroupProvider::new(&alice.storage);
     let dave = LeafName {
-        account_id: "dave".into(),
-        device_id: 1,
+        account_id: account("dave"),
+        device_id: DeviceId::FIRST,
     };
     let removal = alice
         .group
@@ -176,8 +181,8 @@ fn a_key_package_names_its_device() {
     assert_eq!(
         cairn_crypto::key_package_device(&package).unwrap(),
         LeafName {
-            account_id: "abcdefghijklmnopqrstuvwxyz".into(),
-            device_id: 3
+            account_id: account("abcdefghijklmnopqrstuvwxyz"),
+            device_id: DeviceId::new(3).unwrap()
         }
     );
     assert!(cairn_crypto::key_package_device(&package[1..]).is_err());

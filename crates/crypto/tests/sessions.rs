@@ -2,25 +2,25 @@
 //! PQXDH start and Double Ratchet, as Cairn drives them.
 
 use cairn_crypto::{
-    bundle_of, decrypt, encrypt, generate_kyber_prekey, generate_signed_prekey, start_session, AccountId,
+    bundle_of, decrypt, encrypt, generate_kyber_prekey, generate_signed_prekey, new_account_id, start_session,
     AccountIdentity, CryptoError, DeviceKeys, MemorySignalStore,
 };
-use cairn_proto::PrekeyBundle;
+use cairn_proto::{AccountId, DeviceId, PrekeyBundle};
 
 struct Device {
     identity: AccountIdentity,
-    account: String,
+    account: AccountId,
     store: MemorySignalStore,
     bundle: PrekeyBundle,
 }
 
 fn device() -> Device {
     let identity = AccountIdentity::generate();
-    let keys = DeviceKeys::generate(1).unwrap();
+    let keys = DeviceKeys::generate(DeviceId::FIRST).unwrap();
     let signed = generate_signed_prekey(&identity, 1, std::time::SystemTime::now()).unwrap();
     let kyber = generate_kyber_prekey(&identity, 1).unwrap();
     let bundle = bundle_of(&keys, &signed, &kyber).unwrap();
-    let account = AccountId::generate().to_string();
+    let account = new_account_id();
     let store =
         MemorySignalStore::new(&account, *identity.key_pair(), keys.registration_id(), &signed, &kyber).unwrap();
     Device {
@@ -45,16 +45,29 @@ fn alice_starts_a_session_from_bobs_bundle_and_they_talk_both_ways() {
     let first = encrypt(
         &alice.store,
         &bob.account,
-        1,
+        DeviceId::FIRST,
         b"hello bob",
         std::time::SystemTime::now(),
     )
     .unwrap();
     assert!(first.prekey, "the first message starts the session");
-    assert_eq!(decrypt(&bob.store, &alice.account, 1, &first).unwrap(), b"hello bob");
-    let reply = encrypt(&bob.store, &alice.account, 1, b"hi alice", std::time::SystemTime::now()).unwrap();
+    assert_eq!(
+        decrypt(&bob.store, &alice.account, DeviceId::FIRST, &first).unwrap(),
+        b"hello bob"
+    );
+    let reply = encrypt(
+        &bob.store,
+        &alice.account,
+        DeviceId::FIRST,
+        b"hi alice",
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     assert!(!reply.prekey);
-    assert_eq!(decrypt(&alice.store, &bob.account, 1, &reply).unwrap(), b"hi alice");
+    assert_eq!(
+        decrypt(&alice.store, &bob.account, DeviceId::FIRST, &reply).unwrap(),
+        b"hi alice"
+    );
 }
 
 #[test]
@@ -73,7 +86,7 @@ fn out_of_order_messages_decrypt_and_a_replay_is_refused() {
             encrypt(
                 &alice.store,
                 &bob.account,
-                1,
+                DeviceId::FIRST,
                 format!("m{i}").as_bytes(),
                 std::time::SystemTime::now(),
             )
@@ -82,12 +95,12 @@ fn out_of_order_messages_decrypt_and_a_replay_is_refused() {
         .collect();
     for i in [4, 0, 2, 1, 3] {
         assert_eq!(
-            decrypt(&bob.store, &alice.account, 1, &messages[i]).unwrap(),
+            decrypt(&bob.store, &alice.account, DeviceId::FIRST, &messages[i]).unwrap(),
             format!("m{i}").as_bytes()
         );
     }
     assert!(matches!(
-        decrypt(&bob.store, &alice.account, 1, &messages[2]),
+        decrypt(&bob.store, &alice.account, DeviceId::FIRST, &messages[2]),
         Err(CryptoError::DuplicateMessage)
     ));
 }
@@ -103,10 +116,17 @@ fn a_tampered_ciphertext_is_refused() {
         std::time::SystemTime::now(),
     )
     .unwrap();
-    let mut message = encrypt(&alice.store, &bob.account, 1, b"hello", std::time::SystemTime::now()).unwrap();
+    let mut message = encrypt(
+        &alice.store,
+        &bob.account,
+        DeviceId::FIRST,
+        b"hello",
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     let last = message.bytes.len() - 1;
     message.bytes[last] ^= 1;
-    assert!(decrypt(&bob.store, &alice.account, 1, &message).is_err());
+    assert!(decrypt(&bob.store, &alice.account, DeviceId::FIRST, &message).is_err());
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{decode_versioned, encode_versioned, ProtoError};
+use crate::{decode_versioned, encode_versioned, AccountId, DeviceId, ProtoError};
 
 /// Most devices one account may list.
 pub const MAX_DEVICES: usize = 32;
@@ -23,7 +23,7 @@ pub const MAX_ALWAYS_ON_BYTES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceEntry {
     /// Device id within the account (1..=127).
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// The device's Signal registration id.
     pub registration_id: u32,
     /// The device's transport public key (ed25519); its mailbox derives from it.
@@ -34,7 +34,7 @@ pub struct DeviceEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceList {
     /// The account these devices belong to.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// The account identity public key that signs this list.
     pub identity_key: Vec<u8>,
     /// Monotonic version; a receiver refuses one lower than what it has.
@@ -51,7 +51,7 @@ pub struct DeviceList {
 /// then are still read.
 #[derive(Deserialize)]
 struct DeviceListV1 {
-    account_id: String,
+    account_id: AccountId,
     identity_key: Vec<u8>,
     version: u64,
     devices: Vec<DeviceEntry>,
@@ -95,22 +95,22 @@ impl DeviceList {
                 reason: format!("{} devices, expected 1..={MAX_DEVICES}", list.devices.len()),
             });
         }
-        let mut ids: Vec<u8> = list.devices.iter().map(|d| d.device_id).collect();
+        let mut ids: Vec<DeviceId> = list.devices.iter().map(|d| d.device_id).collect();
         ids.sort_unstable();
         ids.dedup();
-        if ids.len() != list.devices.len() || ids.iter().any(|&id| id == 0 || id > 127) {
+        // In range already: a `DeviceId` is checked as it is decoded.
+        if ids.len() != list.devices.len() {
             return Err(ProtoError::InvalidField {
                 field: "devices",
-                reason: "device ids must be distinct and in 1..=127".into(),
+                reason: "device ids must be distinct".into(),
             });
         }
         check_identity_key(&list.identity_key)?;
-        check_account_id(&list.account_id)?;
         Ok(list)
     }
 
     /// The entry of device `device_id`, if listed.
-    pub fn device(&self, device_id: u8) -> Option<&DeviceEntry> {
+    pub fn device(&self, device_id: DeviceId) -> Option<&DeviceEntry> {
         self.devices.iter().find(|d| d.device_id == device_id)
     }
 }
@@ -129,7 +129,7 @@ pub struct SignedDeviceList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrekeyBundle {
     /// The device these prekeys belong to.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// Its Signal registration id.
     pub registration_id: u32,
     /// Signed EC prekey id.
@@ -144,17 +144,6 @@ pub struct PrekeyBundle {
     pub kyber_prekey: Vec<u8>,
     /// Identity-key signature over `kyber_prekey`.
     pub kyber_prekey_signature: Vec<u8>,
-}
-
-/// Account ids are 26 characters of lowercase base32.
-pub(crate) fn check_account_id(id: &str) -> Result<(), ProtoError> {
-    if id.len() != 26 || !id.bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)) {
-        return Err(ProtoError::InvalidField {
-            field: "account_id",
-            reason: "not 26 base32 characters".into(),
-        });
-    }
-    Ok(())
 }
 
 /// A Signal identity key is a type byte plus 32 bytes of Curve25519 point.
@@ -174,11 +163,11 @@ mod tests {
 
     fn list(always_on: Vec<String>) -> DeviceList {
         DeviceList {
-            account_id: "abcdefghijklmnopqrstuvwxyz".into(),
+            account_id: AccountId::parse("abcdefghijklmnopqrstuvwxyz").unwrap(),
             identity_key: vec![5; 33],
             version: 3,
             devices: vec![DeviceEntry {
-                device_id: 1,
+                device_id: DeviceId::FIRST,
                 registration_id: 7,
                 transport_key: [7; 32],
             }],
@@ -197,7 +186,7 @@ mod tests {
         }
         let current = list(Vec::new());
         let old = encode_versioned(&FirstLayout {
-            account_id: current.account_id.clone(),
+            account_id: current.account_id.to_string(),
             identity_key: current.identity_key.clone(),
             version: current.version,
             devices: current.devices.clone(),

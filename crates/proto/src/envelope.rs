@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{decode_versioned, encode_versioned, ContactCard, ProtoError};
+use crate::{decode_versioned, encode_versioned, AccountId, ContactCard, DeviceId, ProtoError};
 
 /// Largest encoded envelope accepted.
 pub const MAX_ENVELOPE_BYTES: usize = 256 * 1024;
@@ -105,11 +105,11 @@ impl SealedBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedInner {
     /// The sender's account id.
-    pub sender_account: String,
+    pub sender_account: AccountId,
     /// The sender account's identity public key.
     pub sender_identity: Vec<u8>,
     /// The sending device's id.
-    pub sender_device: u8,
+    pub sender_device: DeviceId,
     /// Whether `message` is a PreKeySignalMessage (session start) or a SignalMessage.
     pub prekey: bool,
     /// The serialised Signal ciphertext message.
@@ -125,7 +125,6 @@ impl SealedInner {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
         let inner: SealedInner = decode_versioned(bytes, MAX_ENVELOPE_BYTES)?;
         crate::device::check_identity_key(&inner.sender_identity)?;
-        crate::device::check_account_id(&inner.sender_account)?;
         Ok(inner)
     }
 }
@@ -141,7 +140,7 @@ pub struct TextMessage {
     pub body: String,
     /// On copies to the sender's own other devices: the account id of the contact
     /// the message went to. `None` on the copy for the contact.
-    pub sync_peer: Option<String>,
+    pub sync_peer: Option<AccountId>,
 }
 
 /// Which receipt.

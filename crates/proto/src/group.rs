@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{decode_versioned, encode_versioned, ContactCard, ProtoError, TextMessage, MAX_TEXT_BYTES};
+use crate::{decode_versioned, encode_versioned, AccountId, ContactCard, ProtoError, TextMessage, MAX_TEXT_BYTES};
 
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME_BYTES: usize = 256;
@@ -137,7 +137,7 @@ pub struct GroupInfo {
     /// The name.
     pub name: String,
     /// Account ids of the admins.
-    pub admins: Vec<String>,
+    pub admins: Vec<AccountId>,
     /// The members' cards.
     pub cards: Vec<ContactCard>,
 }
@@ -173,9 +173,6 @@ impl GroupInfo {
                 field: "admins",
                 reason: "no admin, or too many accounts".into(),
             });
-        }
-        for admin in &self.admins {
-            crate::device::check_account_id(admin)?;
         }
         for card in &self.cards {
             card.check()?;
@@ -213,15 +210,14 @@ mod tests {
     fn group_content_round_trips_and_bad_descriptions_are_refused() {
         let info = GroupContent::Info(GroupInfo {
             name: "Climbing".into(),
-            admins: vec!["abcdefghijklmnopqrstuvwxyz".into()],
+            admins: vec![AccountId::parse("abcdefghijklmnopqrstuvwxyz").unwrap()],
             cards: Vec::new(),
         });
         assert_eq!(GroupContent::from_bytes(&info.to_bytes()).unwrap(), info);
         for (name, admins) in [
-            ("", vec!["abcdefghijklmnopqrstuvwxyz".to_owned()]),
-            ("a\u{7}b", vec!["abcdefghijklmnopqrstuvwxyz".to_owned()]),
+            ("", vec![AccountId::parse("abcdefghijklmnopqrstuvwxyz").unwrap()]),
+            ("a\u{7}b", vec![AccountId::parse("abcdefghijklmnopqrstuvwxyz").unwrap()]),
             ("ok", vec![]),
-            ("ok", vec!["not an account".to_owned()]),
         ] {
             let bad = GroupContent::Info(GroupInfo {
                 name: name.into(),

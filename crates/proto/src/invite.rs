@@ -10,7 +10,7 @@
 use data_encoding::BASE64URL_NOPAD;
 use serde::{Deserialize, Serialize};
 
-use crate::{decode_versioned, encode_versioned, DeviceList, PrekeyBundle, ProtoError, SignedDeviceList};
+use crate::{decode_versioned, encode_versioned, DeviceId, DeviceList, PrekeyBundle, ProtoError, SignedDeviceList};
 
 /// The scheme and path every invite link starts with.
 pub const INVITE_LINK_PREFIX: &str = "cairn://invite/";
@@ -44,7 +44,7 @@ pub struct ContactCard {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceKeyPackage {
     /// The device.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// The encoded key package (a last-resort one: it serves every group).
     pub key_package: Vec<u8>,
 }
@@ -143,16 +143,17 @@ impl Invite {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::AccountId;
     use crate::DeviceEntry;
     use proptest::prelude::*;
 
     pub(crate) fn sample() -> Invite {
         let list = DeviceList {
-            account_id: "abcdefghijklmnopqrstuvwxyz".into(),
+            account_id: AccountId::parse("abcdefghijklmnopqrstuvwxyz").unwrap(),
             identity_key: [5u8; 33].to_vec(),
             version: 1,
             devices: vec![DeviceEntry {
-                device_id: 1,
+                device_id: DeviceId::FIRST,
                 registration_id: 7,
                 transport_key: [7u8; 32],
             }],
@@ -166,7 +167,7 @@ pub(crate) mod tests {
                     signature: vec![1; 64],
                 },
                 bundles: vec![PrekeyBundle {
-                    device_id: 1,
+                    device_id: DeviceId::FIRST,
                     registration_id: 7,
                     signed_prekey_id: 1,
                     signed_prekey: vec![5; 33],
@@ -227,7 +228,7 @@ pub(crate) mod tests {
     #[test]
     fn a_bundle_for_an_unlisted_device_is_refused() {
         let mut invite = sample();
-        invite.card.bundles[0].device_id = 2;
+        invite.card.bundles[0].device_id = DeviceId::new(2).unwrap();
         assert!(matches!(
             Invite::from_bytes(&invite.to_bytes()),
             Err(ProtoError::InvalidField { field: "bundles", .. })

@@ -12,6 +12,7 @@ mod codec;
 mod device;
 mod envelope;
 mod group;
+mod ids;
 mod invite;
 mod link;
 
@@ -33,6 +34,7 @@ pub use group::{
     check_group_name, is_group_id, GroupContent, GroupInfo, GroupPacket, GroupPart, GROUP_ID_LEN, MAX_GROUP_ACCOUNTS,
     MAX_GROUP_CONTENT_BYTES, MAX_GROUP_NAME_BYTES, MAX_GROUP_PARTS, MAX_GROUP_PART_BYTES,
 };
+pub use ids::{AccountId, DeviceId};
 pub use invite::{
     ContactCard, DeviceKeyPackage, Invite, INVITE_LINK_PREFIX, MAX_DISPLAY_NAME_BYTES, MAX_INVITE_BYTES,
     MAX_INVITE_LINK_LEN, MAX_KEY_PACKAGE_BYTES,

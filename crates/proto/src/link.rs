@@ -11,7 +11,8 @@ use data_encoding::BASE64URL_NOPAD;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    decode_versioned, encode_versioned, ContactCard, DeviceKeyPackage, PrekeyBundle, ProtoError, SignedDeviceList,
+    decode_versioned, encode_versioned, AccountId, ContactCard, DeviceId, DeviceKeyPackage, PrekeyBundle, ProtoError,
+    SignedDeviceList,
 };
 
 /// Largest hand-over accepted (contacts' cards are a few KiB each).
@@ -91,13 +92,13 @@ impl LinkOffer {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkHandOver {
     /// The account id.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// The account identity key pair, private half included.
     pub identity: Vec<u8>,
     /// The account's display name.
     pub display_name: String,
     /// The device id the new device takes.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// The account's signed device list, as the granting device has it.
     pub device_list: SignedDeviceList,
     /// Prekey bundles of the account's devices.
@@ -107,7 +108,7 @@ pub struct LinkHandOver {
     /// The contacts' cards.
     pub contacts: Vec<ContactCard>,
     /// Account ids of the contacts marked verified.
-    pub verified: Vec<String>,
+    pub verified: Vec<AccountId>,
     /// Settings, as keys and values.
     pub settings: Vec<(String, String)>,
 }
@@ -163,7 +164,7 @@ pub struct HistoryMessage {
     /// The conversation it belongs to.
     pub conversation_id: Vec<u8>,
     /// The sender's account id.
-    pub sender: String,
+    pub sender: AccountId,
     /// Send time, Unix milliseconds.
     pub sent_at: i64,
     /// The text.

@@ -42,6 +42,7 @@ fn open(path: &Path, encrypted: bool) -> ProfileDb {
 
 fn fill(db: &mut ProfileDb, bodies: &[String]) {
     db.messages().ensure_conversation(b"conv", "Bench", 0).unwrap();
+    let alice = cairn_proto::AccountId::from_random([7; 16]);
     let inserted = db
         .messages()
         .insert_all(bodies.iter().enumerate().map(|(i, body)| {
@@ -50,7 +51,7 @@ fn fill(db: &mut ProfileDb, bodies: &[String]) {
             NewMessage {
                 id,
                 conversation_id: b"conv",
-                sender: "alice",
+                sender: &alice,
                 sent_at: i as i64,
                 body,
                 state: DeliveryState::Sent,

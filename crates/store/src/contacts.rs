@@ -2,6 +2,7 @@
 //! the person, and whether they verified it), their names and signed device lists,
 //! their devices' prekey bundles, and their removed devices.
 
+use cairn_proto::{AccountId, DeviceId};
 use rusqlite::{params, OptionalExtension};
 
 use crate::Result;
@@ -21,7 +22,7 @@ pub struct PinnedIdentity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactRecord {
     /// Their account id.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Their chosen display name.
     pub display_name: String,
     /// Their signed device list, encoded.
@@ -39,7 +40,7 @@ tables! {
 
 impl Contacts<'_> {
     /// The identity pinned for `account_id`.
-    pub fn pinned_identity(&self, account_id: &str) -> Result<Option<PinnedIdentity>> {
+    pub fn pinned_identity(&self, account_id: &AccountId) -> Result<Option<PinnedIdentity>> {
         Ok(self
             .conn
             .query_row(
@@ -57,7 +58,7 @@ impl Contacts<'_> {
     }
 
     /// Pins `key` for an account seen for the first time (no-op if one is pinned).
-    pub fn pin_identity(&self, account_id: &str, key: &[u8]) -> Result<()> {
+    pub fn pin_identity(&self, account_id: &AccountId, key: &[u8]) -> Result<()> {
         self.conn.execute(
             "INSERT OR IGNORE INTO identities (account_id, identity_key) VALUES (?1, ?2)",
             params![account_id, key],
@@ -67,7 +68,7 @@ impl Contacts<'_> {
 
     /// Records a changed key that waits for the person's acceptance. A pending key
     /// is never replaced by yet another one: false if a different key is pending.
-    pub fn set_pending_identity(&self, account_id: &str, key: &[u8]) -> Result<bool> {
+    pub fn set_pending_identity(&self, account_id: &AccountId, key: &[u8]) -> Result<bool> {
         let changed = self.conn.execute(
             "UPDATE identities SET pending_key = ?2
              WHERE account_id = ?1 AND identity_key != ?2 AND (pending_key IS NULL OR pending_key = ?2)",
@@ -78,7 +79,7 @@ impl Contacts<'_> {
 
     /// The person refuses a changed key: it is forgotten (what it sent is the held
     /// envelopes' to drop).
-    pub fn reject_pending_identity(&self, account_id: &str) -> Result<bool> {
+    pub fn reject_pending_identity(&self, account_id: &AccountId) -> Result<bool> {
         let changed = self.conn.execute(
             "UPDATE identities SET pending_key = NULL WHERE account_id = ?1 AND pending_key IS NOT NULL",
             [account_id],
@@ -89,7 +90,7 @@ impl Contacts<'_> {
     /// The person accepted the changed key: pin it, drop verification and the
     /// bundles and device list version had under the old key (the sessions made with
     /// it are [`crate::Sessions`]'). Returns false if nothing was pending.
-    pub fn accept_pending_identity(&self, account_id: &str) -> Result<bool> {
+    pub fn accept_pending_identity(&self, account_id: &AccountId) -> Result<bool> {
         let changed = self.conn.execute(
             "UPDATE identities SET identity_key = pending_key, pending_key = NULL, verified = 0
              WHERE account_id = ?1 AND pending_key IS NOT NULL",
@@ -107,7 +108,7 @@ impl Contacts<'_> {
     }
 
     /// Marks the pinned identity verified (or not).
-    pub fn set_verified(&self, account_id: &str, verified: bool) -> Result<()> {
+    pub fn set_verified(&self, account_id: &AccountId, verified: bool) -> Result<()> {
         self.conn.execute(
             "UPDATE identities SET verified = ?2 WHERE account_id = ?1",
             params![account_id, verified],
@@ -134,7 +135,7 @@ impl Contacts<'_> {
     }
 
     /// A contact by account id.
-    pub fn get(&self, account_id: &str) -> Result<Option<ContactRecord>> {
+    pub fn get(&self, account_id: &AccountId) -> Result<Option<ContactRecord>> {
         Ok(self
             .conn
             .query_row(
@@ -157,7 +158,7 @@ impl Contacts<'_> {
     }
 
     /// Stores the prekey bundle of an account's device (a contact's or our own other).
-    pub fn save_bundle(&self, account_id: &str, device_id: u8, bundle: &[u8]) -> Result<()> {
+    pub fn save_bundle(&self, account_id: &AccountId, device_id: DeviceId, bundle: &[u8]) -> Result<()> {
         self.conn.execute(
             "INSERT OR REPLACE INTO bundles (account_id, device_id, bundle) VALUES (?1, ?2, ?3)",
             params![account_id, device_id, bundle],
@@ -168,9 +169,9 @@ impl Contacts<'_> {
     /// Forgets what this profile keeps for the devices of an account that its device
     /// list no longer names: their sessions, bundles and key packages. Returns how
     /// many rows went.
-    pub fn forget_unlisted_devices(&self, account_id: &str, listed: &[u8]) -> Result<usize> {
+    pub fn forget_unlisted_devices(&self, account_id: &AccountId, listed: &[DeviceId]) -> Result<usize> {
         // Device ids are small integers, so the list can be written into the statement.
-        let listed = listed.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
+        let listed = listed.iter().map(DeviceId::to_string).collect::<Vec<_>>().join(",");
         let mut forgotten = 0;
         for table in ["sessions", "bundles", "key_packages"] {
             forgotten += self.conn.execute(
@@ -182,7 +183,7 @@ impl Contacts<'_> {
     }
 
     /// Marks devices of an account as retired: its device list dropped them.
-    pub fn retire_devices(&self, account_id: &str, device_ids: &[u8]) -> Result<()> {
+    pub fn retire_devices(&self, account_id: &AccountId, device_ids: &[DeviceId]) -> Result<()> {
         for device_id in device_ids {
             self.conn.execute(
                 "INSERT OR IGNORE INTO retired_devices (account_id, device_id) VALUES (?1, ?2)",
@@ -193,7 +194,7 @@ impl Contacts<'_> {
     }
 
     /// Takes the retired mark off devices an account's list names (again).
-    pub fn unretire_devices(&self, account_id: &str, device_ids: &[u8]) -> Result<()> {
+    pub fn unretire_devices(&self, account_id: &AccountId, device_ids: &[DeviceId]) -> Result<()> {
         for device_id in device_ids {
             self.conn.execute(
                 "DELETE FROM retired_devices WHERE account_id = ?1 AND device_id = ?2",
@@ -204,7 +205,7 @@ impl Contacts<'_> {
     }
 
     /// The retired devices of an account.
-    pub fn retired_devices(&self, account_id: &str) -> Result<Vec<u8>> {
+    pub fn retired_devices(&self, account_id: &AccountId) -> Result<Vec<DeviceId>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT device_id FROM retired_devices WHERE account_id = ?1 ORDER BY device_id")?;
@@ -213,7 +214,7 @@ impl Contacts<'_> {
     }
 
     /// The stored bundles of an account's devices.
-    pub fn bundles(&self, account_id: &str) -> Result<Vec<(u8, Vec<u8>)>> {
+    pub fn bundles(&self, account_id: &AccountId) -> Result<Vec<(DeviceId, Vec<u8>)>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT device_id, bundle FROM bundles WHERE account_id = ?1 ORDER BY device_id")?;

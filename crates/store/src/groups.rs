@@ -5,6 +5,7 @@
 //! packages of others' devices.
 
 use cairn_crypto::StateChange;
+use cairn_proto::{AccountId, DeviceId};
 use rusqlite::{params, OptionalExtension, Row};
 
 use crate::Result;
@@ -17,7 +18,7 @@ pub struct GroupRecord {
     /// Its name.
     pub name: String,
     /// Account ids of its admins.
-    pub admins: Vec<String>,
+    pub admins: Vec<AccountId>,
     /// The current epoch.
     pub epoch: u64,
     /// SHA-256 of the last commit applied; while set, the state from before it can
@@ -37,7 +38,7 @@ pub struct PendingGroupMessage {
     /// Its place, to drop it once processed.
     pub seq: i64,
     /// The account that sent it (from the 1:1 session that carried it).
-    pub sender: String,
+    pub sender: AccountId,
     /// The MLS message.
     pub message: Vec<u8>,
 }
@@ -49,7 +50,11 @@ fn group_from_row(row: &Row<'_>) -> rusqlite::Result<GroupRecord> {
     Ok(GroupRecord {
         group_id: row.get(0)?,
         name: row.get(1)?,
-        admins: admins.split_whitespace().map(str::to_owned).collect(),
+        admins: admins
+            .split_whitespace()
+            .map(AccountId::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e)))?,
         epoch: row.get::<_, i64>(3)? as u64,
         last_commit: row.get(4)?,
         redo: row.get(5)?,
@@ -77,7 +82,7 @@ impl Groups<'_> {
             params![
                 group.group_id,
                 group.name,
-                group.admins.join(" "),
+                group.admins.iter().map(AccountId::as_str).collect::<Vec<_>>().join(" "),
                 group.epoch as i64,
                 group.last_commit,
                 group.redo,
@@ -182,7 +187,7 @@ impl Groups<'_> {
     }
 
     /// Keeps a group message for when the group reaches `epoch`.
-    pub fn hold_message(&self, group_id: &str, epoch: u64, sender: &str, message: &[u8]) -> Result<()> {
+    pub fn hold_message(&self, group_id: &str, epoch: u64, sender: &AccountId, message: &[u8]) -> Result<()> {
         self.conn.execute(
             "INSERT INTO group_pending (group_id, epoch, sender, message) VALUES (?1, ?2, ?3, ?4)",
             params![group_id, epoch as i64, sender, message],
@@ -233,7 +238,7 @@ impl Groups<'_> {
     /// Keeps one part of a group packet from `sender` (a part already kept stays).
     pub fn hold_part(
         &self,
-        sender: &str,
+        sender: &AccountId,
         packet_id: &[u8],
         index: u16,
         count: u16,
@@ -249,7 +254,7 @@ impl Groups<'_> {
     }
 
     /// The parts of one packet kept so far, by index: `(index, count, bytes)`.
-    pub fn parts(&self, sender: &str, packet_id: &[u8]) -> Result<Vec<(u16, u16, Vec<u8>)>> {
+    pub fn parts(&self, sender: &AccountId, packet_id: &[u8]) -> Result<Vec<(u16, u16, Vec<u8>)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT idx, count, bytes FROM group_parts WHERE sender = ?1 AND packet_id = ?2 ORDER BY idx",
         )?;
@@ -258,7 +263,7 @@ impl Groups<'_> {
     }
 
     /// Bytes of parts kept from `sender` (or from everyone, with `None`).
-    pub fn part_bytes(&self, sender: Option<&str>) -> Result<u64> {
+    pub fn part_bytes(&self, sender: Option<&AccountId>) -> Result<u64> {
         let total: i64 = self.conn.query_row(
             "SELECT coalesce(sum(length(bytes)), 0) FROM group_parts WHERE ?1 IS NULL OR sender = ?1",
             [sender],
@@ -268,7 +273,7 @@ impl Groups<'_> {
     }
 
     /// Drops the parts of one packet (it was put together, or refused).
-    pub fn release_parts(&self, sender: &str, packet_id: &[u8]) -> Result<()> {
+    pub fn release_parts(&self, sender: &AccountId, packet_id: &[u8]) -> Result<()> {
         self.conn.execute(
             "DELETE FROM group_parts WHERE sender = ?1 AND packet_id = ?2",
             params![sender, packet_id],
@@ -306,7 +311,7 @@ impl Groups<'_> {
 
     /// Stores the key package a device of an account (a contact's, or our own other)
     /// handed out.
-    pub fn save_key_package(&self, account_id: &str, device_id: u8, key_package: &[u8]) -> Result<()> {
+    pub fn save_key_package(&self, account_id: &AccountId, device_id: DeviceId, key_package: &[u8]) -> Result<()> {
         self.conn.execute(
             "INSERT INTO key_packages (account_id, device_id, key_package) VALUES (?1, ?2, ?3)
              ON CONFLICT (account_id, device_id) DO UPDATE SET key_package = excluded.key_package",
@@ -316,7 +321,7 @@ impl Groups<'_> {
     }
 
     /// The key packages known for an account's devices.
-    pub fn key_packages(&self, account_id: &str) -> Result<Vec<(u8, Vec<u8>)>> {
+    pub fn key_packages(&self, account_id: &AccountId) -> Result<Vec<(DeviceId, Vec<u8>)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT device_id, key_package FROM key_packages WHERE account_id = ?1 ORDER BY device_id",
         )?;

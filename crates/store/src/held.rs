@@ -2,6 +2,7 @@
 //! changed and the person has not decided): kept in the profile until they can be
 //! read, or until they are too old to wait for.
 
+use cairn_proto::AccountId;
 use rusqlite::params;
 
 use crate::Result;
@@ -13,7 +14,7 @@ tables! {
 
 impl HeldEnvelopes<'_> {
     /// Holds an envelope from `sender` until their changed key is accepted.
-    pub fn hold(&self, envelope_id: &[u8], sender: &str, envelope: &[u8], now: i64) -> Result<()> {
+    pub fn hold(&self, envelope_id: &[u8], sender: &AccountId, envelope: &[u8], now: i64) -> Result<()> {
         self.conn.execute(
             "INSERT OR IGNORE INTO held_envelopes (envelope_id, sender, envelope, received_at) VALUES (?1, ?2, ?3, ?4)",
             params![envelope_id, sender, envelope, now],
@@ -22,7 +23,7 @@ impl HeldEnvelopes<'_> {
     }
 
     /// The envelopes held for `sender`, oldest first, as (envelope id, bytes).
-    pub fn from_sender(&self, sender: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn from_sender(&self, sender: &AccountId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT envelope_id, envelope FROM held_envelopes WHERE sender = ?1 ORDER BY received_at, envelope_id",
         )?;
@@ -53,7 +54,7 @@ impl HeldEnvelopes<'_> {
     }
 
     /// Drops everything held from `sender` (the person refused their changed key).
-    pub fn forget_sender(&self, sender: &str) -> Result<usize> {
+    pub fn forget_sender(&self, sender: &AccountId) -> Result<usize> {
         Ok(self
             .conn
             .execute("DELETE FROM held_envelopes WHERE sender = ?1", [sender])?)

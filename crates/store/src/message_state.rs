@@ -97,7 +97,7 @@ mod tests {
         let message = crate::NewMessage {
             id: [1; 16],
             conversation_id: b"c",
-            sender: "carol",
+            sender: &cairn_proto::AccountId::parse("carolaaaaaaaaaaaaaaaaaaaaa").unwrap(),
             sent_at: 0,
             body: "hi",
             state: DeliveryState::Received,

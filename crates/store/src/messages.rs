@@ -1,6 +1,7 @@
 //! Message history: conversations, messages with their delivery state, full-text
 //! search, and the pages history is handed to a newly linked device in.
 
+use cairn_proto::AccountId;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{DeliveryState, Result, StoreError};
@@ -13,7 +14,7 @@ pub struct NewMessage<'a> {
     /// The conversation it belongs to.
     pub conversation_id: &'a [u8],
     /// The sender's account id.
-    pub sender: &'a str,
+    pub sender: &'a AccountId,
     /// Send time, Unix milliseconds.
     pub sent_at: i64,
     /// The text.
@@ -32,7 +33,7 @@ pub struct MessageRecord {
     /// The conversation it belongs to.
     pub conversation_id: Vec<u8>,
     /// The sender's account id.
-    pub sender: String,
+    pub sender: AccountId,
     /// Send time, Unix milliseconds.
     pub sent_at: i64,
     /// The text.

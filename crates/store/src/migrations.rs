@@ -282,8 +282,11 @@ mod tests {
     /// version's SQL, so the upgrade is checked against real older data.
     fn write_fixture(conn: &Connection, version: usize) {
         if version >= 1 {
-            conn.execute("INSERT INTO account VALUES (1, 'acct', 'Alice', x'0102', 10)", [])
-                .unwrap();
+            conn.execute(
+                "INSERT INTO account VALUES (1, 'acctaaaaaaaaaaaaaaaaaaaaaa', 'Alice', x'0102', 10)",
+                [],
+            )
+            .unwrap();
             conn.execute("INSERT INTO device VALUES (1, 1, 42, ?1, 11)", params![vec![7u8; 32]])
                 .unwrap();
             conn.execute("INSERT INTO settings VALUES ('read_receipts', 'off')", [])
@@ -294,7 +297,7 @@ mod tests {
                 .unwrap();
             conn.execute(
                 "INSERT INTO messages (id, conversation_id, sender, sent_at, body, state)
-                 VALUES (x'01', x'aa', 'acct', 13, 'hello from the old schema', 'sent')",
+                 VALUES (x'01', x'aa', 'acctaaaaaaaaaaaaaaaaaaaaaa', 13, 'hello from the old schema', 'sent')",
                 [],
             )
             .unwrap();
@@ -302,7 +305,7 @@ mod tests {
         if (3..7).contains(&version) {
             conn.execute(
                 "INSERT INTO outbox (account_id, device_id, envelope, message_id, created_at)
-                 VALUES ('bob', 2, x'0a0b0c', x'01', 14)",
+                 VALUES ('bobaaaaaaaaaaaaaaaaaaaaaaa', 2, x'0a0b0c', x'01', 14)",
                 [],
             )
             .unwrap();
@@ -363,7 +366,7 @@ mod tests {
         let message = crate::NewMessage {
             id: [9; 16],
             conversation_id: b"new",
-            sender: "acct",
+            sender: &cairn_proto::AccountId::parse("acctaaaaaaaaaaaaaaaaaaaaaa").unwrap(),
             sent_at: 21,
             body: "written after the upgrade",
             state: crate::DeliveryState::Sending,

@@ -13,6 +13,7 @@
 //! gone by the time it arrived) asks for it again by id, and the row goes back to
 //! the outbox.
 
+use cairn_proto::{AccountId, DeviceId};
 use rusqlite::{params, OptionalExtension};
 
 use crate::Result;
@@ -21,9 +22,9 @@ use crate::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewOutgoing<'a> {
     /// Recipient account.
-    pub account_id: &'a str,
+    pub account_id: &'a AccountId,
     /// Recipient device.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// What it is (`text`, `receipt`, `card`, …), for listings and limits.
     pub kind: &'a str,
     /// The padded plaintext, sealed when it leaves (`None`: `envelope` is sealed already).
@@ -42,9 +43,9 @@ pub struct QueuedRecord {
     /// Queue position.
     pub seq: i64,
     /// Recipient account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Recipient device.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// What it is.
     pub kind: String,
     /// The padded plaintext, if it is sealed as it leaves.
@@ -71,9 +72,9 @@ pub struct SentRecord {
     /// The id of the envelope that left.
     pub envelope_id: Vec<u8>,
     /// Recipient account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Recipient device.
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// What it was.
     pub kind: String,
     /// The plaintext it carried (`None` for envelopes sealed before they were queued:
@@ -180,7 +181,7 @@ impl Outbox<'_> {
     }
 
     /// Makes queued rows due now: all of them, or those for one device.
-    pub fn retry_now(&self, device: Option<(&str, u8)>) -> Result<()> {
+    pub fn retry_now(&self, device: Option<(&AccountId, DeviceId)>) -> Result<()> {
         match device {
             None => self.conn.execute("UPDATE outbox SET next_attempt = 0", [])?,
             Some((account_id, device_id)) => self.conn.execute(
@@ -199,7 +200,7 @@ impl Outbox<'_> {
 
     /// Drops what is queued or logged for devices of an account (ones its list
     /// dropped). Returns how many queued rows went.
-    pub fn drop_queued_for(&self, account_id: &str, device_ids: &[u8]) -> Result<usize> {
+    pub fn drop_queued_for(&self, account_id: &AccountId, device_ids: &[DeviceId]) -> Result<usize> {
         let mut dropped = 0;
         for device_id in device_ids {
             dropped += self.conn.execute(
@@ -215,7 +216,7 @@ impl Outbox<'_> {
     }
 
     /// How many rows of one kind are queued for a device.
-    pub fn queued_count(&self, account_id: &str, device_id: u8, kind: &str) -> Result<usize> {
+    pub fn queued_count(&self, account_id: &AccountId, device_id: DeviceId, kind: &str) -> Result<usize> {
         let count: i64 = self.conn.query_row(
             "SELECT count(*) FROM outbox WHERE account_id = ?1 AND device_id = ?2 AND kind = ?3",
             params![account_id, device_id, kind],
@@ -296,7 +297,12 @@ impl Outbox<'_> {
     }
 
     /// Drops the sent log's entries of messages a device confirmed it has.
-    pub fn forget_sent_messages(&self, account_id: &str, device_id: u8, message_ids: &[[u8; 16]]) -> Result<()> {
+    pub fn forget_sent_messages(
+        &self,
+        account_id: &AccountId,
+        device_id: DeviceId,
+        message_ids: &[[u8; 16]],
+    ) -> Result<()> {
         let mut stmt = self
             .conn
             .prepare_cached("DELETE FROM sent_log WHERE account_id = ?1 AND device_id = ?2 AND message_id = ?3")?;

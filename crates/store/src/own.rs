@@ -2,6 +2,7 @@
 //! identity key pair included), this device's keys, its signed and Kyber prekeys, and
 //! the account's signed device list as last adopted.
 
+use cairn_proto::{AccountId, DeviceId};
 use rusqlite::{params, OptionalExtension};
 
 use cairn_crypto::IdentityKeyPair;
@@ -12,7 +13,7 @@ use crate::{Result, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRecord {
     /// The account id shown to people.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// The name this person chose.
     pub display_name: String,
     /// The serialised identity key pair (private half included).
@@ -25,7 +26,7 @@ pub struct AccountRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
     /// The device id within the account (1..=127).
-    pub device_id: u8,
+    pub device_id: DeviceId,
     /// The Signal registration id.
     pub registration_id: u32,
     /// The transport key's secret seed.
@@ -69,7 +70,7 @@ impl OwnAccount<'_> {
                 [],
                 |r| {
                     Ok((
-                        r.get::<_, u8>(0)?,
+                        r.get::<_, DeviceId>(0)?,
                         r.get::<_, u32>(1)?,
                         r.get::<_, Vec<u8>>(2)?,
                         r.get(3)?,

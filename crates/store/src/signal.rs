@@ -2,6 +2,7 @@
 //! [`crate::OwnAccount`], pinned identities from [`crate::Contacts`], and the Signal
 //! sessions, which this module owns.
 
+use cairn_proto::{AccountId, DeviceId};
 use rusqlite::{params, OptionalExtension};
 
 use cairn_crypto::{IdentityKeyPair, SignalStore, StoreFailure, StoreResult};
@@ -15,7 +16,7 @@ tables! {
 
 impl Sessions<'_> {
     /// The session with one device of an account.
-    pub fn get(&self, account_id: &str, device_id: u8) -> Result<Option<Vec<u8>>> {
+    pub fn get(&self, account_id: &AccountId, device_id: DeviceId) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
             .query_row(
@@ -27,7 +28,7 @@ impl Sessions<'_> {
     }
 
     /// Stores the session with one device of an account.
-    pub fn save(&self, account_id: &str, device_id: u8, record: &[u8]) -> Result<()> {
+    pub fn save(&self, account_id: &AccountId, device_id: DeviceId, record: &[u8]) -> Result<()> {
         self.conn.execute(
             "INSERT OR REPLACE INTO sessions (account_id, device_id, record) VALUES (?1, ?2, ?3)",
             params![account_id, device_id, record],
@@ -37,7 +38,7 @@ impl Sessions<'_> {
 
     /// Drops every session with an account (its identity key changed: they were made
     /// under the old one).
-    pub fn forget_account(&self, account_id: &str) -> Result<()> {
+    pub fn forget_account(&self, account_id: &AccountId) -> Result<()> {
         self.conn
             .execute("DELETE FROM sessions WHERE account_id = ?1", [account_id])?;
         Ok(())
@@ -49,7 +50,7 @@ fn failure(e: impl std::fmt::Display) -> StoreFailure {
 }
 
 impl SignalStore for ProfileDb {
-    fn account_id(&self) -> StoreResult<String> {
+    fn account_id(&self) -> StoreResult<AccountId> {
         Ok(self
             .own()
             .account()
@@ -71,7 +72,7 @@ impl SignalStore for ProfileDb {
             .registration_id)
     }
 
-    fn peer_identity(&self, account_id: &str) -> StoreResult<Option<Vec<u8>>> {
+    fn peer_identity(&self, account_id: &AccountId) -> StoreResult<Option<Vec<u8>>> {
         Ok(self
             .contacts()
             .pinned_identity(account_id)
@@ -79,19 +80,19 @@ impl SignalStore for ProfileDb {
             .map(|p| p.identity_key))
     }
 
-    fn save_peer_identity(&self, account_id: &str, identity_key: &[u8]) -> StoreResult<()> {
+    fn save_peer_identity(&self, account_id: &AccountId, identity_key: &[u8]) -> StoreResult<()> {
         // Never pin a key for our own account id: our devices share our key.
-        if self.account_id()? == account_id {
+        if self.account_id()? == *account_id {
             return Err(failure("refusing to pin a key for our own account"));
         }
         self.contacts().pin_identity(account_id, identity_key).map_err(failure)
     }
 
-    fn session(&self, account_id: &str, device_id: u8) -> StoreResult<Option<Vec<u8>>> {
+    fn session(&self, account_id: &AccountId, device_id: DeviceId) -> StoreResult<Option<Vec<u8>>> {
         self.sessions().get(account_id, device_id).map_err(failure)
     }
 
-    fn save_session(&self, account_id: &str, device_id: u8, record: &[u8]) -> StoreResult<()> {
+    fn save_session(&self, account_id: &AccountId, device_id: DeviceId, record: &[u8]) -> StoreResult<()> {
         self.sessions().save(account_id, device_id, record).map_err(failure)
     }
 

@@ -1,6 +1,7 @@
 //! The encrypted profile on real SQLCipher files: what reaches the disk, what a wrong
 //! key or passphrase does (and does not do), and the real OS keyring.
 
+use cairn_proto::{AccountId, DeviceId};
 use std::fs;
 use std::path::Path;
 
@@ -10,6 +11,16 @@ use cairn_store::{
 };
 
 /// Weak but valid parameters so the passphrase tests stay quick.
+/// The account id of someone in these tests ("bob" → "bobaaaa…", 26 characters).
+fn id(name: &str) -> AccountId {
+    AccountId::parse(&format!("{name:a<26}")).unwrap()
+}
+
+/// A device id.
+fn dev(id: u8) -> DeviceId {
+    DeviceId::new(id).unwrap()
+}
+
 fn quick_kdf() -> KdfParams {
     KdfParams {
         m_cost_kib: 8 * 1024,
@@ -23,7 +34,7 @@ fn write_marker(db: &ProfileDb, marker: &str) {
     let message = NewMessage {
         id: [1; 16],
         conversation_id: b"conv-1",
-        sender: "alice",
+        sender: &id("alice"),
         sent_at: 2,
         body: marker,
         state: DeliveryState::Sent,
@@ -165,13 +176,13 @@ fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let profile = ProfileDir::new(dir.path());
     let account = AccountRecord {
-        account_id: "acct".into(),
+        account_id: id("acct"),
         display_name: "Alice".into(),
         identity_key: vec![1, 2, 3],
         created_at: 5,
     };
     let device = DeviceRecord {
-        device_id: 1,
+        device_id: dev(1),
         registration_id: 77,
         transport_seed: [3; 32],
         created_at: 6,
@@ -183,7 +194,7 @@ fn identity_and_messages_survive_a_reopen_and_duplicates_are_ignored() {
         let again = NewMessage {
             id: [1; 16],
             conversation_id: b"conv-1",
-            sender: "alice",
+            sender: &id("alice"),
             sent_at: 2,
             body: "once",
             state: DeliveryState::Sent,
@@ -227,7 +238,7 @@ fn a_keyring_profile_reopens_with_the_key_from_the_os_keyring() {
 }
 
 /// A text for `account`'s `device`, queued as plaintext (sealed as it leaves).
-fn queued_text<'a>(account: &'a str, device: u8, message: Option<&'a [u8]>) -> NewOutgoing<'a> {
+fn queued_text<'a>(account: &'a AccountId, device: DeviceId, message: Option<&'a [u8]>) -> NewOutgoing<'a> {
     NewOutgoing {
         account_id: account,
         device_id: device,
@@ -244,9 +255,15 @@ fn what_leaves_the_outbox_waits_in_the_sent_log_until_confirmed_asked_for_again_
     let dir = tempfile::tempdir().unwrap();
     let db = ProfileDb::create(&dir.path().join("profile.db"), &DbKey::random()).unwrap();
     let (first, second) = (b"message-1_______", b"message-2_______");
-    let a = db.outbox().enqueue(&queued_text("bob", 1, Some(first)), 10).unwrap();
-    let b = db.outbox().enqueue(&queued_text("bob", 1, Some(second)), 10).unwrap();
-    let c = db.outbox().enqueue(&queued_text("bob", 2, None), 10).unwrap();
+    let a = db
+        .outbox()
+        .enqueue(&queued_text(&id("bob"), dev(1), Some(first)), 10)
+        .unwrap();
+    let b = db
+        .outbox()
+        .enqueue(&queued_text(&id("bob"), dev(1), Some(second)), 10)
+        .unwrap();
+    let c = db.outbox().enqueue(&queued_text(&id("bob"), dev(2), None), 10).unwrap();
     assert_eq!(db.outbox().copies_in_flight(first).unwrap(), 1);
     // A sealed attempt keeps its envelope and chain; a failed one backs off.
     db.outbox().seal_queued(a, b"sealed-a", Some(b"chain")).unwrap();
@@ -272,12 +289,14 @@ fn what_leaves_the_outbox_waits_in_the_sent_log_until_confirmed_asked_for_again_
     );
     let logged = db.outbox().sent(b"envelope-a").unwrap().unwrap();
     assert_eq!(
-        (logged.account_id.as_str(), logged.device_id, logged.resends),
-        ("bob", 1, 0)
+        (logged.account_id, logged.device_id, logged.resends),
+        (id("bob"), dev(1), 0)
     );
 
     // Bob's device 1 confirms the second message: its entry goes.
-    db.outbox().forget_sent_messages("bob", 1, &[*second]).unwrap();
+    db.outbox()
+        .forget_sent_messages(&id("bob"), dev(1), &[*second])
+        .unwrap();
     assert!(db.outbox().sent(b"envelope-b").unwrap().is_none());
     // Bob asks for the first again: back in the outbox, due now, one resend more.
     let again = db.outbox().requeue_sent(b"envelope-a", 3_000).unwrap().unwrap();
@@ -302,30 +321,30 @@ fn what_leaves_the_outbox_waits_in_the_sent_log_until_confirmed_asked_for_again_
 fn a_removed_devices_sessions_queue_and_old_held_envelopes_go_and_its_retired_mark_stays() {
     let dir = tempfile::tempdir().unwrap();
     let db = ProfileDb::create(&dir.path().join("profile.db"), &DbKey::random()).unwrap();
-    for device in [1u8, 2] {
-        db.contacts().save_bundle("bob", device, b"bundle").unwrap();
-        db.outbox().enqueue(&queued_text("bob", device, None), 10).unwrap();
+    for device in [dev(1), dev(2)] {
+        db.contacts().save_bundle(&id("bob"), device, b"bundle").unwrap();
+        db.outbox().enqueue(&queued_text(&id("bob"), device, None), 10).unwrap();
     }
     // Bob's list now names device 1 only: what was kept for device 2 goes.
-    assert_eq!(db.contacts().forget_unlisted_devices("bob", &[1]).unwrap(), 1);
-    assert_eq!(db.contacts().bundles("bob").unwrap().len(), 1);
-    assert_eq!(db.outbox().drop_queued_for("bob", &[2]).unwrap(), 1);
+    assert_eq!(db.contacts().forget_unlisted_devices(&id("bob"), &[dev(1)]).unwrap(), 1);
+    assert_eq!(db.contacts().bundles(&id("bob")).unwrap().len(), 1);
+    assert_eq!(db.outbox().drop_queued_for(&id("bob"), &[dev(2)]).unwrap(), 1);
     assert_eq!(db.outbox().due(10, i64::MAX).unwrap().len(), 1);
-    db.contacts().retire_devices("bob", &[2]).unwrap();
-    db.contacts().retire_devices("bob", &[2]).unwrap();
-    assert_eq!(db.contacts().retired_devices("bob").unwrap(), [2]);
-    assert!(db.contacts().retired_devices("carol").unwrap().is_empty());
+    db.contacts().retire_devices(&id("bob"), &[dev(2)]).unwrap();
+    db.contacts().retire_devices(&id("bob"), &[dev(2)]).unwrap();
+    assert_eq!(db.contacts().retired_devices(&id("bob")).unwrap(), [dev(2)]);
+    assert!(db.contacts().retired_devices(&id("carol")).unwrap().is_empty());
     // Named again (say, a list from before the removal was wrong): no longer retired.
-    db.contacts().unretire_devices("bob", &[1, 2]).unwrap();
-    assert!(db.contacts().retired_devices("bob").unwrap().is_empty());
+    db.contacts().unretire_devices(&id("bob"), &[dev(1), dev(2)]).unwrap();
+    assert!(db.contacts().retired_devices(&id("bob")).unwrap().is_empty());
 
     // Held envelopes older than the cutoff go; newer ones stay.
-    db.held().hold(b"old", "stranger", b"sealed", 100).unwrap();
-    db.held().hold(b"new", "stranger", b"sealed", 300).unwrap();
+    db.held().hold(b"old", &id("stranger"), b"sealed", 100).unwrap();
+    db.held().hold(b"new", &id("stranger"), b"sealed", 300).unwrap();
     assert_eq!(db.held().forget_before(200).unwrap(), 1);
     let held: Vec<Vec<u8>> = db
         .held()
-        .from_sender("stranger")
+        .from_sender(&id("stranger"))
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)

@@ -5,7 +5,9 @@
 //! too large for one envelope).
 
 use cairn_crypto::LeafName;
-use cairn_proto::{decode_versioned, ContactCard, Content, GroupContent, GroupInfo, GroupPacket, MessageId};
+use cairn_proto::{
+    decode_versioned, AccountId, ContactCard, Content, DeviceId, GroupContent, GroupInfo, GroupPacket, MessageId,
+};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -20,12 +22,12 @@ impl Messenger {
     /// Adds the devices of `accounts` that are not in the group yet and have key
     /// packages: a commit to the members, a Welcome to the new devices, and the
     /// group's description to all.
-    pub(super) fn add_now(&mut self, open: &mut OpenGroup, accounts: &[String]) -> Result<Vec<OutboxId>> {
+    pub(super) fn add_now(&mut self, open: &mut OpenGroup, accounts: &[AccountId]) -> Result<Vec<OutboxId>> {
         let own = self.own_leaf()?;
         let before = open.group.members();
         let mut packages = Vec::new();
         for account in accounts {
-            let listed: Vec<u8> = match self.devices_of(account) {
+            let listed: Vec<DeviceId> = match self.devices_of(account) {
                 Ok((_, devices)) => devices.iter().map(|d| d.device_id).collect(),
                 Err(CoreError::UnknownContact(_)) => return Err(CoreError::UnknownContact(account.clone())),
                 Err(e) => return Err(e),
@@ -68,7 +70,7 @@ impl Messenger {
 
     /// Removes every device of `accounts`: a commit to all (the removed learn they
     /// are out), and the description to those who stay.
-    pub(super) fn remove_now(&mut self, open: &mut OpenGroup, accounts: &[String]) -> Result<Vec<OutboxId>> {
+    pub(super) fn remove_now(&mut self, open: &mut OpenGroup, accounts: &[AccountId]) -> Result<Vec<OutboxId>> {
         let own = self.account()?.id().to_owned();
         if accounts.contains(&own) {
             return Err(CoreError::GroupRefused(
@@ -101,7 +103,7 @@ impl Messenger {
     /// commits, so a removal does not set off concurrent commits. Runs outside any
     /// transaction (each group is one); a group that fails is logged and left for the
     /// next change.
-    pub(crate) fn remove_unlisted_leaves(&mut self, account_id: &str) -> Result<Vec<OutboxId>> {
+    pub(crate) fn remove_unlisted_leaves(&mut self, account_id: &AccountId) -> Result<Vec<OutboxId>> {
         // Never a listed device: a list that names a device takes its mark off.
         let retired = self.db().contacts().retired_devices(account_id)?;
         if retired.is_empty() {
@@ -157,8 +159,8 @@ impl Messenger {
     /// Texts and descriptions are MLS application messages; only admins'
     /// descriptions are taken.
     pub(super) fn send_info(&mut self, open: &mut OpenGroup, added: &[LeafName]) -> Result<Vec<OutboxId>> {
-        let everyone: Vec<String> = member_accounts(&open.group).into_keys().collect();
-        let new_accounts: Vec<String> = everyone
+        let everyone: Vec<AccountId> = member_accounts(&open.group).into_keys().collect();
+        let new_accounts: Vec<AccountId> = everyone
             .iter()
             .filter(|a| added.iter().any(|l| l.account_id == **a))
             .cloned()
@@ -179,7 +181,7 @@ impl Messenger {
         &mut self,
         open: &mut OpenGroup,
         leaves: &[LeafName],
-        accounts: &[String],
+        accounts: &[AccountId],
     ) -> Result<Vec<OutboxId>> {
         let me = self.own_leaf()?;
         if leaves.iter().all(|l| *l == me) {
@@ -195,7 +197,7 @@ impl Messenger {
             };
             match card {
                 Ok(card) => cards.push(card),
-                Err(e) => tracing::warn!(account, %e, "a member without a card"),
+                Err(e) => tracing::warn!(%account, %e, "a member without a card"),
             }
         }
         let parts: Vec<Vec<ContactCard>> = if cards.is_empty() {
@@ -216,7 +218,7 @@ impl Messenger {
     }
 
     /// A contact's card as this device knows it.
-    pub(crate) fn card_of(&self, account_id: &str) -> Result<ContactCard> {
+    pub(crate) fn card_of(&self, account_id: &AccountId) -> Result<ContactCard> {
         let contact = self
             .db()
             .contacts()
@@ -277,7 +279,7 @@ impl Messenger {
                 match self.queue_to(&leaf.account_id, Some(leaf.device_id), content, message) {
                     Ok(queued) => out.extend(queued),
                     Err(e) => {
-                        tracing::warn!(account = leaf.account_id, device = leaf.device_id, %e, "a member device out of reach");
+                        tracing::warn!(account = %leaf.account_id, device = %leaf.device_id, %e, "a member device out of reach");
                         break;
                     }
                 }

@@ -5,7 +5,7 @@
 //! packets too large for one envelope.
 
 use cairn_crypto::{verify_device_list, Group, GroupEvent, GroupState, LeafName, MessageHeader};
-use cairn_proto::{is_group_id, ContactCard, GroupContent, GroupInfo, GroupPacket, GroupPart, TextMessage};
+use cairn_proto::{is_group_id, AccountId, ContactCard, GroupContent, GroupInfo, GroupPacket, GroupPart, TextMessage};
 use cairn_store::{GroupRecord, NewMessage};
 
 use super::ordering::{place, Placement, Position, Standing};
@@ -28,7 +28,7 @@ const MAX_PART_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Messenger {
     /// Handles a group packet that `sender`'s device sent this device.
-    pub(crate) fn receive_group(&mut self, sender: &str, packet: GroupPacket, out: &mut Received) -> Result<()> {
+    pub(crate) fn receive_group(&mut self, sender: &AccountId, packet: GroupPacket, out: &mut Received) -> Result<()> {
         let group_id = match packet {
             GroupPacket::Welcome(welcome) => self.receive_welcome(sender, &welcome, out)?,
             GroupPacket::Message(message) => {
@@ -51,7 +51,7 @@ impl Messenger {
     /// Keeps one piece of a large packet; once every piece is here, returns the packet.
     /// Pieces are bounded per sender and in all, and those whose packet never
     /// completes go after [`PART_KEPT_FOR_MILLIS`].
-    fn receive_part(&mut self, sender: &str, part: GroupPart) -> Result<Option<GroupPacket>> {
+    fn receive_part(&mut self, sender: &AccountId, part: GroupPart) -> Result<Option<GroupPacket>> {
         part.check()?;
         let now = self.now_millis();
         self.db().groups().forget_parts_before(now - PART_KEPT_FOR_MILLIS)?;
@@ -90,7 +90,7 @@ impl Messenger {
         Ok(Some(GroupPacket::from_parts(&pieces)?))
     }
 
-    fn receive_welcome(&mut self, sender: &str, welcome: &[u8], out: &mut Received) -> Result<String> {
+    fn receive_welcome(&mut self, sender: &AccountId, welcome: &[u8], out: &mut Received) -> Result<String> {
         let (_, device_state) = self.db().groups().device()?.ok_or(CoreError::NoAccount)?;
         // The join leaves the group in a copy of the device's key-package state.
         let mut state = GroupState::from_bytes(&device_state)?;
@@ -147,7 +147,7 @@ impl Messenger {
         &mut self,
         group_id: &str,
         header: &MessageHeader,
-        sender: &str,
+        sender: &AccountId,
         message: &[u8],
         out: &mut Received,
     ) -> Result<()> {
@@ -197,7 +197,7 @@ impl Messenger {
         &mut self,
         group_id: &str,
         mut record: GroupRecord,
-        sender: &str,
+        sender: &AccountId,
         commit: &[u8],
         out: &mut Received,
     ) -> Result<()> {
@@ -227,7 +227,7 @@ impl Messenger {
     }
 
     /// Processes a message of the group's current epoch.
-    fn apply(&mut self, group_id: &str, sender: &str, message: &[u8], out: &mut Received) -> Result<()> {
+    fn apply(&mut self, group_id: &str, sender: &AccountId, message: &[u8], out: &mut Received) -> Result<()> {
         let mut open = self.open_group(group_id)?;
         let event = open.group.receive(&open.state.provider(), message)?;
         match event {
@@ -275,7 +275,7 @@ impl Messenger {
 
     /// Whether this device is the one to commit `proposer`'s proposal: the first
     /// leaf, in tree order, of an admin other than the proposer.
-    fn commits_for(&self, open: &OpenGroup, proposer: &str) -> Result<bool> {
+    fn commits_for(&self, open: &OpenGroup, proposer: &AccountId) -> Result<bool> {
         let committer = open
             .group
             .members()
@@ -348,7 +348,7 @@ impl Messenger {
     /// Keeps a member's card: a stranger becomes a contact (so their devices can be
     /// reached); a known account's newer card updates it. A card whose key differs
     /// from the one pinned for that account is ignored: only the person can change it.
-    fn adopt_member_card(&mut self, own: &str, card: &ContactCard, out: &mut Received) -> Result<()> {
+    fn adopt_member_card(&mut self, own: &AccountId, card: &ContactCard, out: &mut Received) -> Result<()> {
         let (list, identity) = verify_device_list(&card.device_list)?;
         let account_id = list.account_id.clone();
         if account_id == own {
@@ -370,7 +370,7 @@ impl Messenger {
         Ok(())
     }
 
-    fn keep_waiting(&self, group_id: &str, epoch: u64, sender: &str, message: &[u8]) -> Result<()> {
+    fn keep_waiting(&self, group_id: &str, epoch: u64, sender: &AccountId, message: &[u8]) -> Result<()> {
         if self.db().groups().held_message_count(group_id)? >= MAX_HELD_PER_GROUP
             || self.db().groups().held_message_total()? >= MAX_HELD_GROUP_MESSAGES
         {

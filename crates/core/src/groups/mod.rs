@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use cairn_crypto::{key_package_device, Group, GroupIdentity, GroupState, LeafName};
 use cairn_proto::{
-    check_group_name, DeviceKeyPackage, GroupContent, GroupPacket, MessageId, TextMessage, MAX_TEXT_BYTES,
+    check_group_name, AccountId, DeviceId, DeviceKeyPackage, GroupContent, GroupPacket, MessageId, TextMessage,
+    MAX_TEXT_BYTES,
 };
 use cairn_store::GroupRecord;
 use data_encoding::HEXLOWER;
@@ -62,7 +63,7 @@ pub struct GroupView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMemberView {
     /// Their account id.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Their display name.
     pub display_name: String,
     /// Whether they are an admin.
@@ -73,8 +74,8 @@ pub struct GroupMemberView {
 
 /// What an admin's own commit did, to do again if a concurrent commit wins.
 enum Redo {
-    Add(Vec<String>),
-    Remove(Vec<String>),
+    Add(Vec<AccountId>),
+    Remove(Vec<AccountId>),
 }
 
 impl Redo {
@@ -83,6 +84,7 @@ impl Redo {
             Redo::Add(accounts) => ("add", accounts),
             Redo::Remove(accounts) => ("remove", accounts),
         };
+        let accounts: Vec<&str> = accounts.iter().map(AccountId::as_str).collect();
         format!("{verb} {}", accounts.join(" ")).into_bytes()
     }
 
@@ -90,7 +92,7 @@ impl Redo {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut words = text.split_whitespace();
         let verb = words.next()?;
-        let accounts = words.map(str::to_owned).collect();
+        let accounts = words.map(AccountId::parse).collect::<Result<_, _>>().ok()?;
         match verb {
             "add" => Some(Redo::Add(accounts)),
             "remove" => Some(Redo::Remove(accounts)),
@@ -146,7 +148,7 @@ impl Messenger {
     /// Creates a group named `name` with this account as its admin, and adds the
     /// given contacts (every device of theirs with a key package) and this account's
     /// other devices.
-    pub fn create_group(&mut self, name: &str, members: &[String]) -> Result<(GroupView, Vec<OutboxId>)> {
+    pub fn create_group(&mut self, name: &str, members: &[AccountId]) -> Result<(GroupView, Vec<OutboxId>)> {
         let name = name.trim();
         check_group_name(name)?;
         let created = self.atomically(|this| {
@@ -176,7 +178,7 @@ impl Messenger {
             this.db()
                 .messages()
                 .ensure_conversation(group_id.as_bytes(), name, now)?;
-            let mut accounts: Vec<String> = members.iter().filter(|m| **m != own).cloned().collect();
+            let mut accounts: Vec<AccountId> = members.iter().filter(|m| **m != own).cloned().collect();
             accounts.push(own);
             accounts.dedup();
             let queued = this.add_now(&mut open, &accounts)?;
@@ -189,12 +191,12 @@ impl Messenger {
 
     /// Adds contacts to a group (admins only): every device of theirs with a key
     /// package joins in one commit.
-    pub fn add_group_members(&mut self, group_id: &str, members: &[String]) -> Result<Vec<OutboxId>> {
+    pub fn add_group_members(&mut self, group_id: &str, members: &[AccountId]) -> Result<Vec<OutboxId>> {
         self.as_admin(group_id, |this, open| this.add_now(open, members))
     }
 
     /// Removes accounts (all their devices) from a group (admins only).
-    pub fn remove_group_members(&mut self, group_id: &str, members: &[String]) -> Result<Vec<OutboxId>> {
+    pub fn remove_group_members(&mut self, group_id: &str, members: &[AccountId]) -> Result<Vec<OutboxId>> {
         self.as_admin(group_id, |this, open| this.remove_now(open, members))
     }
 
@@ -211,7 +213,7 @@ impl Messenger {
 
     /// Makes a member an admin, or no longer one (admins only; a group keeps at least
     /// one admin).
-    pub fn set_group_admin(&mut self, group_id: &str, account_id: &str, admin: bool) -> Result<Vec<OutboxId>> {
+    pub fn set_group_admin(&mut self, group_id: &str, account_id: &AccountId, admin: bool) -> Result<Vec<OutboxId>> {
         self.as_admin(group_id, |this, open| {
             let admins = &mut open.record.admins;
             if admin && !admins.iter().any(|a| a == account_id) {
@@ -238,7 +240,7 @@ impl Messenger {
             let mut open = this.open_group(group_id)?;
             let own = this.account()?.id().to_owned();
             let mut out = Vec::new();
-            let others: Vec<String> = member_accounts(&open.group).into_keys().filter(|a| *a != own).collect();
+            let others: Vec<AccountId> = member_accounts(&open.group).into_keys().filter(|a| *a != own).collect();
             if open.record.admins == [own.clone()] {
                 if let Some(heir) = others.first() {
                     open.record.admins = vec![own.clone(), heir.clone()];
@@ -335,7 +337,7 @@ impl Messenger {
                         .get(&account_id)
                         .ok()
                         .flatten()
-                        .map_or_else(|| account_id.clone(), |c| c.display_name)
+                        .map_or_else(|| account_id.to_string(), |c| c.display_name)
                 };
                 GroupMemberView {
                     admin: admins.contains(&account_id),
@@ -406,7 +408,7 @@ impl Messenger {
     }
 
     /// The key packages known for `account_id`'s listed devices.
-    pub(crate) fn key_packages_of(&self, account_id: &str) -> Result<Vec<DeviceKeyPackage>> {
+    pub(crate) fn key_packages_of(&self, account_id: &AccountId) -> Result<Vec<DeviceKeyPackage>> {
         Ok(self
             .db()
             .groups()
@@ -417,7 +419,7 @@ impl Messenger {
     }
 
     /// Keeps the key packages (from a card) that name the device they are for.
-    pub(crate) fn save_key_packages(&self, account_id: &str, packages: &[DeviceKeyPackage]) -> Result<()> {
+    pub(crate) fn save_key_packages(&self, account_id: &AccountId, packages: &[DeviceKeyPackage]) -> Result<()> {
         let own = self.own_leaf()?;
         for package in packages {
             let expected = LeafName {
@@ -433,8 +435,8 @@ impl Messenger {
                         .groups()
                         .save_key_package(account_id, package.device_id, &package.key_package)?
                 }
-                Ok(_) => tracing::warn!(account_id, "dropping a key package for another device"),
-                Err(e) => tracing::warn!(account_id, %e, "dropping a bad key package"),
+                Ok(_) => tracing::warn!(%account_id, "dropping a key package for another device"),
+                Err(e) => tracing::warn!(%account_id, %e, "dropping a bad key package"),
             }
         }
         Ok(())
@@ -506,8 +508,8 @@ impl Messenger {
 }
 
 /// The member accounts and their device ids, from the tree.
-fn member_accounts(group: &Group) -> BTreeMap<String, Vec<u8>> {
-    let mut accounts: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+fn member_accounts(group: &Group) -> BTreeMap<AccountId, Vec<DeviceId>> {
+    let mut accounts: BTreeMap<AccountId, Vec<DeviceId>> = BTreeMap::new();
     for leaf in group.members() {
         accounts.entry(leaf.account_id).or_default().push(leaf.device_id);
     }

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use cairn_core::AccountId;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,20 +92,20 @@ impl Person {
         work(self.messenger.lock().unwrap().as_mut().unwrap())
     }
 
-    pub fn account_id(&self) -> String {
+    pub fn account_id(&self) -> AccountId {
         self.with(|m| m.account_info().unwrap().account_id)
     }
 
     /// The transport keys of `account`'s devices.
-    pub fn keys_of(&self, account: &str) -> Vec<[u8; 32]> {
+    pub fn keys_of(&self, account: &AccountId) -> Vec<[u8; 32]> {
         self.with(|m| m.device_keys_of(account).unwrap())
             .into_iter()
             .map(|(_, key)| key)
             .collect()
     }
 
-    pub fn texts_from(&self, peer: &str) -> Vec<String> {
-        self.with(|m| m.conversation(peer, 100).unwrap())
+    pub fn texts_from(&self, peer: &AccountId) -> Vec<String> {
+        self.with(|m| m.conversation(peer.as_str(), 100).unwrap())
             .into_iter()
             .filter(|m| !m.outgoing)
             .map(|m| m.body)

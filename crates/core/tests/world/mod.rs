@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+use cairn_core::AccountId;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -222,14 +223,14 @@ impl World {
         self.clock.clock().now()
     }
 
-    pub fn account_id(&self, device: usize) -> String {
+    pub fn account_id(&self, device: usize) -> AccountId {
         self.devices[device].messenger.account_info().unwrap().account_id
     }
 
-    pub fn texts(&self, device: usize, peer: &str) -> Vec<String> {
+    pub fn texts(&self, device: usize, conversation: impl AsRef<str>) -> Vec<String> {
         self.devices[device]
             .messenger
-            .conversation(peer, 1000)
+            .conversation(conversation.as_ref(), 1000)
             .unwrap()
             .into_iter()
             .map(|m| m.body)
