@@ -35,6 +35,9 @@ else
   echo "skipped: this user may not create network namespaces (needs root or CAP_SYS_ADMIN)"
 fi
 
+echo "== the NAT lab's stand-in for the public network"
+cargo build -p cairn-lab --locked
+
 echo "== tests (Xvfb display, private D-Bus session with gnome-keyring)"
 runner="nextest run --no-fail-fast"
 cargo nextest --version >/dev/null 2>&1 || runner="test --no-fail-fast"

@@ -11,7 +11,7 @@ packages=(
   libwebkit2gtk-4.1-dev librsvg2-dev                        # Tauri on Linux
   xvfb xauth webkit2gtk-driver                              # the real app under WebDriver, headless
   gnome-keyring dbus-x11                                    # a real Secret Service for the keyring
-  iproute2                                                  # network namespaces for the LAN test
+  iproute2 nftables                                         # network namespaces and NAT for the LAN and NAT lab tests
   nodejs npm                                                # the UI build
 )
 missing=()

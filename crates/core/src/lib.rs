@@ -21,6 +21,7 @@ mod messenger;
 mod outbox;
 mod paths;
 mod qr;
+mod sealing;
 mod settings;
 mod views;
 

@@ -1,0 +1,283 @@
+//! The NAT lab: an internet made of network namespaces, with two homes behind NAT
+//! routers and a "public" segment where only stand-ins for the public network run —
+//! a stock rust-libp2p node (`public-standin`: Kademlia on `/ipfs/kad/1.0.0`, AutoNAT,
+//! a circuit relay with libp2p's default limits) and, in some cases, a `cairnd node`.
+//! Alice and Bob run `cairnd` in the homes knowing nothing but the stand-in's address.
+//!
+//! ```text
+//!   alice 192.168.81.2 ── router A (NAT) 10.81.0.2 ─┐
+//!                                                   ├─ internet ── public 10.80.0.10 (stand-in)
+//!   bob   192.168.82.2 ── router B (NAT) 10.82.0.2 ─┘               10.80.0.11 (cairnd node)
+//! ```
+//!
+//! A "cone" router masquerades (Linux keeps the port: one mapping per inside address
+//! and port, whatever the destination); a "symmetric" one masquerades `fully-random`
+//! (a new port per destination, which defeats hole punching). Nothing is routed to the
+//! homes' private networks, so no one outside can reach Alice or Bob unless their own
+//! traffic opened the way.
+//!
+//! Each case asserts that Bob's message reaches Alice and prints how (a direct WebRTC
+//! session or not) and how long it took from Bob's start. Needs root (namespaces and
+//! nftables); without it each case says so and does nothing else.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{init, run, Running};
+
+fn sh(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// How a home's router maps its inside addresses.
+#[derive(Clone, Copy, Debug)]
+enum Nat {
+    /// Plain masquerade: the outside port follows the inside one.
+    Cone,
+    /// `masquerade fully-random`: a new outside port for each destination.
+    Symmetric,
+}
+
+impl Nat {
+    fn rule(self) -> &'static str {
+        match self {
+            Nat::Cone => "masquerade",
+            Nat::Symmetric => "masquerade fully-random",
+        }
+    }
+}
+
+/// The namespaces and links of one lab, removed on drop.
+struct Lab {
+    suffix: String,
+}
+
+const HOSTS: [&str; 6] = ["inet", "pub", "ra", "rb", "a", "b"];
+
+impl Lab {
+    /// Builds the lab with Alice's router doing `alice_nat` and Bob's `bob_nat`;
+    /// `None` where this user may not make namespaces or nftables is missing.
+    fn create(tag: &str, alice_nat: Nat, bob_nat: Nat) -> Option<Self> {
+        if !sh("command -v nft >/dev/null") {
+            eprintln!("skipped: nftables (nft) is not installed");
+            return None;
+        }
+        let lab = Self {
+            suffix: format!("{tag}{}", std::process::id()),
+        };
+        for host in HOSTS {
+            if !sh(&format!("ip netns add {} 2>/dev/null", lab.ns(host))) {
+                eprintln!("skipped: this user may not create network namespaces (needs root or CAP_SYS_ADMIN)");
+                return None;
+            }
+        }
+        let [inet, public, ra, rb, a, b] = HOSTS.map(|h| lab.ns(h));
+        let s = std::process::id() % 100_000;
+        let script = format!(
+            "set -e
+            for ns in {inet} {public} {ra} {rb} {a} {b}; do ip -n $ns link set lo up; done
+            ip link add p{s} netns {public} type veth peer name ip{s} netns {inet}
+            ip link add wa{s} netns {ra} type veth peer name ia{s} netns {inet}
+            ip link add wb{s} netns {rb} type veth peer name ib{s} netns {inet}
+            ip link add la{s} netns {ra} type veth peer name a{s} netns {a}
+            ip link add lb{s} netns {rb} type veth peer name b{s} netns {b}
+            ip -n {inet} addr add 10.80.0.1/24 dev ip{s}; ip -n {inet} link set ip{s} up
+            ip -n {inet} addr add 10.81.0.1/24 dev ia{s}; ip -n {inet} link set ia{s} up
+            ip -n {inet} addr add 10.82.0.1/24 dev ib{s}; ip -n {inet} link set ib{s} up
+            ip netns exec {inet} sysctl -qw net.ipv4.ip_forward=1
+            ip -n {public} addr add 10.80.0.10/24 dev p{s}; ip -n {public} addr add 10.80.0.11/24 dev p{s}
+            ip -n {public} link set p{s} up; ip -n {public} route add default via 10.80.0.1
+            ip -n {ra} addr add 10.81.0.2/24 dev wa{s}; ip -n {ra} link set wa{s} up
+            ip -n {ra} addr add 192.168.81.1/24 dev la{s}; ip -n {ra} link set la{s} up
+            ip -n {ra} route add default via 10.81.0.1
+            ip -n {rb} addr add 10.82.0.2/24 dev wb{s}; ip -n {rb} link set wb{s} up
+            ip -n {rb} addr add 192.168.82.1/24 dev lb{s}; ip -n {rb} link set lb{s} up
+            ip -n {rb} route add default via 10.82.0.1
+            ip netns exec {ra} sysctl -qw net.ipv4.ip_forward=1
+            ip netns exec {rb} sysctl -qw net.ipv4.ip_forward=1
+            ip netns exec {ra} nft add table ip nat
+            ip netns exec {ra} nft 'add chain ip nat post {{ type nat hook postrouting priority 100 ; }}'
+            ip netns exec {ra} nft add rule ip nat post oifname wa{s} {alice_rule}
+            ip netns exec {rb} nft add table ip nat
+            ip netns exec {rb} nft 'add chain ip nat post {{ type nat hook postrouting priority 100 ; }}'
+            ip netns exec {rb} nft add rule ip nat post oifname wb{s} {bob_rule}
+            ip -n {a} addr add 192.168.81.2/24 dev a{s}; ip -n {a} link set a{s} up
+            ip -n {a} route add default via 192.168.81.1
+            ip -n {b} addr add 192.168.82.2/24 dev b{s}; ip -n {b} link set b{s} up
+            ip -n {b} route add default via 192.168.82.1",
+            alice_rule = alice_nat.rule(),
+            bob_rule = bob_nat.rule(),
+        );
+        assert!(sh(&script), "building the lab failed");
+        Some(lab)
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("cl-{host}-{}", self.suffix)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for host in HOSTS {
+            sh(&format!("ip netns del {} 2>/dev/null", self.ns(host)));
+        }
+    }
+}
+
+/// The stand-in for the public network, built beside `cairnd` (`cargo build -p cairn-lab`).
+fn standin_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_cairnd")).with_file_name("public-standin");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p cairn-lab`",
+        path.display()
+    );
+    path
+}
+
+/// The stand-in, running in the public segment until dropped.
+struct Standin {
+    child: Child,
+    /// Its address with its peer id, as a bootstrap entry.
+    address: String,
+}
+
+impl Standin {
+    fn start(lab: &Lab) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("pub")])
+            .arg(standin_binary())
+            .args(["--listen", "/ip4/10.80.0.10/tcp/4001,/ip4/10.80.0.10/udp/4001/quic-v1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut first).unwrap();
+        let peer = first
+            .trim()
+            .strip_prefix("peer ")
+            .expect("the stand-in names itself first")
+            .to_owned();
+        Self {
+            child,
+            address: format!("/ip4/10.80.0.10/tcp/4001/p2p/{peer}"),
+        }
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one case of the lab measured.
+struct Outcome {
+    /// From Bob's start to Alice printing his message.
+    first_message: Duration,
+    /// Whether a WebRTC session opened between them.
+    direct: bool,
+}
+
+/// Alice listens at home; Bob adds her from her invite, writes while his node is down,
+/// then starts it. Both know only the stand-in (and the `cairnd node` with
+/// `with_node`).
+fn bob_writes_to_alice(lab: &Lab, with_node: bool) -> Outcome {
+    let standin = Standin::start(lab);
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let [node_dir, alice_dir, bob_dir] = &dirs;
+    let alice_id = init(alice_dir.path(), "Alice");
+    init(bob_dir.path(), "Bob");
+    let mut bootstrap = vec![standin.address.clone()];
+    let _node = with_node.then(|| {
+        init(node_dir.path(), "Node");
+        let node = Running::start(
+            Some(&lab.ns("pub")),
+            node_dir.path(),
+            &[
+                "--listen",
+                "/ip4/10.80.0.11/tcp/4001",
+                "--bootstrap",
+                &standin.address,
+                "node",
+            ],
+        );
+        let peer = node.line_starting("peer ");
+        bootstrap.push(format!("/ip4/10.80.0.11/tcp/4001/p2p/{peer}"));
+        node
+    });
+    let bootstrap = bootstrap.join(",");
+    let alice = Running::start(
+        Some(&lab.ns("a")),
+        alice_dir.path(),
+        &["--listen", "/ip4/0.0.0.0/tcp/0", "--bootstrap", &bootstrap, "listen"],
+    );
+    let invite = alice.line_starting("invite ");
+    run(bob_dir.path(), &["add-contact", &invite]);
+    run(bob_dir.path(), &["send", &alice_id, "hello from another home"]);
+    let started = Instant::now();
+    let bob = Running::start(
+        Some(&lab.ns("b")),
+        bob_dir.path(),
+        &["--listen", "/ip4/0.0.0.0/tcp/0", "--bootstrap", &bootstrap, "listen"],
+    );
+    let message = alice.line_starting("message ");
+    let first_message = started.elapsed();
+    assert!(message.ends_with(" hello from another home"), "{message}");
+    // A moment for a direct session that is on its way.
+    std::thread::sleep(Duration::from_secs(3));
+    alice.drain();
+    bob.drain();
+    let direct = alice.saw("direct ") || bob.saw("direct ");
+    Outcome { first_message, direct }
+}
+
+/// Runs one case and prints its row of the matrix.
+fn case(name: &str, alice_nat: Nat, bob_nat: Nat, with_node: bool) {
+    let Some(lab) = Lab::create(name, alice_nat, bob_nat) else {
+        return;
+    };
+    let outcome = bob_writes_to_alice(&lab, with_node);
+    eprintln!(
+        "nat-lab {alice_nat:?}-{bob_nat:?}, {}: first message after {:.1} s, {}",
+        if with_node {
+            "with a cairnd node"
+        } else {
+            "stand-ins only"
+        },
+        outcome.first_message.as_secs_f64(),
+        if outcome.direct {
+            "direct WebRTC session"
+        } else {
+            "no direct session"
+        }
+    );
+}
+
+#[test]
+fn cone_to_cone_through_the_public_network_alone() {
+    case("cc", Nat::Cone, Nat::Cone, false);
+}
+
+#[test]
+fn cone_to_symmetric_through_the_public_network_alone() {
+    case("cs", Nat::Cone, Nat::Symmetric, false);
+}
+
+#[test]
+fn symmetric_to_symmetric_through_the_public_network_alone() {
+    case("ss", Nat::Symmetric, Nat::Symmetric, false);
+}
+
+#[test]
+fn symmetric_to_symmetric_with_a_cairnd_node_on_the_public_segment() {
+    case("sn", Nat::Symmetric, Nat::Symmetric, true);
+}
