@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use cairn_core::{
     AccountId, ContactView, CoreError, DeliveryState, DeviceId, GroupView, KeyVault, LinkStep, MessageView, Messenger,
-    ServedLinkState, SharedMessenger, Unlock,
+    Route, ServedLinkState, SharedMessenger, Unlock,
 };
 use cairn_store::{KeySource, ProfileDir, StoreError};
 use serde::Serialize;
@@ -383,6 +383,8 @@ pub struct ContactItem {
     online: bool,
     /// A direct (WebRTC) session to a device of theirs is open now.
     direct: bool,
+    /// How this device reaches theirs now.
+    route: Route,
 }
 
 impl From<ContactView> for ContactItem {
@@ -395,6 +397,7 @@ impl From<ContactView> for ContactItem {
             devices: c.devices as u32,
             online: false,
             direct: false,
+            route: Route::Away,
         }
     }
 }
@@ -482,6 +485,7 @@ pub(crate) fn contact_item(
     Ok(ContactItem {
         online: courier.is_some_and(|courier| courier.any_online(&keys)),
         direct: courier.is_some_and(|courier| courier.any_direct(&keys)),
+        route: courier.map_or(Route::Away, |courier| courier.route_to(&keys)),
         ..ContactItem::from(contact)
     })
 }

@@ -435,7 +435,7 @@ async fn two_app_instances_add_each_other_and_exchange_messages_over_the_network
         click(&alice, "send").await?;
         wait_text(&bob, "message-body", |t| t == "hello over the network").await?;
         wait_text(&alice, "message-state", |s| s == "delivered" || s == "read").await?;
-        assert_eq!(text_of(&alice, "direct").await?, "direct");
+        assert_eq!(text_of(&alice, "route").await?, "direct");
         screenshot(&bob, "network-conversation").await?;
 
         // And back.

@@ -15,12 +15,12 @@
 
 mod config;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use cairn_core::{AccountId, Courier, Event, KeyVault, Messenger, Multiaddr, SharedMessenger, Unlock};
+use cairn_core::{AccountId, Courier, Event, KeyVault, Messenger, Multiaddr, Route, SharedMessenger, Unlock};
 use cairn_store::ProfileDir;
 use clap::{Parser, Subcommand};
 
@@ -164,6 +164,22 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Prints `route ACCOUNT direct|connected|relayed|away` when how this node reaches
+/// the contact changed.
+fn print_route(
+    m: &Messenger,
+    courier: &Courier,
+    account: &AccountId,
+    routes: &mut HashMap<AccountId, Route>,
+) -> Result<()> {
+    let keys: Vec<_> = m.device_keys_of(account)?.into_iter().map(|(_, k)| k).collect();
+    let route = courier.route_to(&keys);
+    if routes.insert(account.clone(), route) != Some(route) {
+        println!("route {account} {}", route.name());
+    }
+    Ok(())
+}
+
 fn print_lines(lines: Vec<String>) {
     for line in lines {
         println!("{line}");
@@ -273,6 +289,7 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin
         m.contacts()?.into_iter().map(|c| c.account_id).collect()
     };
     let mut direct = HashSet::new();
+    let mut routes: HashMap<AccountId, Route> = HashMap::new();
     let deadline = async {
         match limit {
             Some(limit) => tokio::time::sleep(limit).await,
@@ -312,6 +329,7 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin
                     Event::ContactChanged(account) if !known.contains(&account) => {
                         if let Ok(contact) = m.contact(&account) {
                             println!("contact {account} {}", contact.display_name);
+                            print_route(m, &courier, &account, &mut routes)?;
                             known.insert(account);
                         }
                     }
@@ -321,6 +339,7 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin
                     }
                     Event::PresenceChanged(account) if known.contains(&account) => {
                         let keys: Vec<_> = m.device_keys_of(&account)?.into_iter().map(|(_, k)| k).collect();
+                        print_route(m, &courier, &account, &mut routes)?;
                         let now_direct = courier.any_direct(&keys);
                         if now_direct != direct.contains(&account) {
                             println!("direct {account} {}", if now_direct { "open" } else { "closed" });

@@ -19,16 +19,16 @@
 //! the Signal session to that device and sent over libp2p. Once the session is open the
 //! node sends envelopes over it; until then, or if it fails, over the libp2p stream.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_net::{peer_id_of, Delivery, NetEvent, NodeConfig, NodeHandle, PeerId};
+use cairn_net::{peer_id_of, Delivery, Link, NetEvent, NodeConfig, NodeHandle, PeerId};
 use cairn_proto::{AccountId, DeviceId, DirectSignal};
 use tokio::sync::{mpsc, Notify};
 
-use crate::{CoreError, Event, Handed, Messenger, QueuedEnvelope, Result};
+use crate::{CoreError, Event, Handed, Messenger, QueuedEnvelope, Result, Route};
 
 /// A messenger shared between the UI (or CLI) and the courier; `None` until open.
 pub type SharedMessenger = Arc<Mutex<Option<Messenger>>>;
@@ -47,6 +47,8 @@ pub struct Courier {
     wake: Arc<Notify>,
     /// Peers with an open connection now.
     online: Arc<Mutex<HashSet<PeerId>>>,
+    /// The best libp2p link to each connected peer.
+    links: Arc<Mutex<HashMap<PeerId, Link>>>,
     /// A delivery pass is running; `again` asks it for one more.
     delivering: Arc<AtomicBool>,
     again: Arc<AtomicBool>,
@@ -89,6 +91,7 @@ impl Courier {
             handle,
             wake: Arc::new(Notify::new()),
             online: Arc::default(),
+            links: Arc::default(),
             delivering: Arc::default(),
             again: Arc::default(),
             arrivals: Arc::default(),
@@ -133,6 +136,24 @@ impl Courier {
             .iter()
             .filter_map(|k| peer_id_of(k).ok())
             .any(|peer| online.contains(&peer))
+    }
+
+    /// How this device reaches the best-connected of these devices now.
+    pub fn route_to(&self, transport_keys: &[[u8; 32]]) -> Route {
+        if self.any_direct(transport_keys) {
+            return Route::Direct;
+        }
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let best = transport_keys
+            .iter()
+            .filter_map(|k| peer_id_of(k).ok())
+            .filter_map(|peer| links.get(&peer).copied())
+            .max();
+        match best {
+            Some(Link::Direct) => Route::Connected,
+            Some(Link::Relayed) => Route::Relayed,
+            None => Route::Away,
+        }
     }
 
     /// Whether a direct (WebRTC) session to any of these devices is open now.
@@ -224,8 +245,13 @@ impl Courier {
                     Some(NetEvent::DirectOpened(peer) | NetEvent::DirectClosed(peer)) => {
                         presence_changed(&messenger, peer, &on_event)
                     }
+                    Some(NetEvent::Reached { peer, link }) => {
+                        self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, link);
+                        presence_changed(&messenger, peer, &on_event);
+                    }
                     Some(NetEvent::Disconnected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+                        self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
                         presence_changed(&messenger, peer, &on_event);
                     }
                     Some(NetEvent::LinkRequest { from, request, reply }) => {

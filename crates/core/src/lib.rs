@@ -41,7 +41,7 @@ pub use outbox::{Handed, OutboxEntry, OutboxId, QueuedEnvelope};
 pub use paths::{default_profile_dir, validate_profile_name, DEFAULT_PROFILE};
 pub use qr::{qr_svg, read_qr_frame, read_qr_image};
 pub use settings::{DEFAULT_CACHE_QUOTA_MIB, DEFAULT_MESSAGE_TTL_DAYS, MAX_CACHE_QUOTA_MIB, MAX_MESSAGE_TTL_DAYS};
-pub use views::{ContactView, DeliveryState, Event, MessageView, Outgoing, Received};
+pub use views::{ContactView, DeliveryState, Event, MessageView, Outgoing, Received, Route};
 
 /// Everything that can go wrong in the core.
 #[derive(Debug, thiserror::Error)]

@@ -114,6 +114,35 @@ pub enum Event {
     },
 }
 
+/// How this device reaches a contact now (the best of their devices), best first;
+/// what a conversation's header and `cairnd` show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// A direct WebRTC session is open.
+    Direct,
+    /// A libp2p connection of their own: the same network, a reachable address, or a
+    /// hole punched through both NATs.
+    Connected,
+    /// Only through a relay's circuit (which sees who talks to whom, not what).
+    Relayed,
+    /// Not connected: what is sent waits with peers that hold it until they return.
+    Away,
+}
+
+impl Route {
+    /// The route's name, as `cairnd` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Connected => "connected",
+            Route::Relayed => "relayed",
+            Route::Away => "away",
+        }
+    }
+}
+
 /// The outcome of processing an incoming envelope (what it makes this device send
 /// in answer, receipts and cards, is in the outbox).
 #[derive(Debug, Default)]

@@ -24,7 +24,7 @@ pub use codec::{CacheCodec, Delivery, EnvelopeCodec, LinkCodec, CACHE_PROTOCOL, 
 pub use direct::{DirectConfig, IceServer, MAX_DIRECT_ENVELOPE};
 pub use libp2p::{multiaddr, Multiaddr, PeerId};
 pub use mailbox::mailbox_of_peer;
-pub use node::{keypair_from_seed, peer_id_of, start, InboundId, LinkReply, NetEvent, NodeConfig, NodeHandle};
+pub use node::{keypair_from_seed, peer_id_of, start, InboundId, Link, LinkReply, NetEvent, NodeConfig, NodeHandle};
 
 /// Everything that can go wrong in the network layer.
 #[derive(Debug, thiserror::Error)]

@@ -506,7 +506,11 @@ online: boolean;
 /**
  * A direct (WebRTC) session to a device of theirs is open now.
  */
-direct: boolean }
+direct: boolean; 
+/**
+ * How this device reaches theirs now.
+ */
+route: Route }
 /**
  * A contact is new or changed: name, devices, verification, a changed key, presence.
  */
@@ -650,6 +654,28 @@ export type ProfileStatus =
  * Open, with its account.
  */
 { state: "Ready"; account: AccountView }
+/**
+ * How this device reaches a contact now (the best of their devices), best first;
+ * what a conversation's header and `cairnd` show.
+ */
+export type Route = 
+/**
+ * A direct WebRTC session is open.
+ */
+"direct" | 
+/**
+ * A libp2p connection of their own: the same network, a reachable address, or a
+ * hole punched through both NATs.
+ */
+"connected" | 
+/**
+ * Only through a relay's circuit (which sees who talks to whom, not what).
+ */
+"relayed" | 
+/**
+ * Not connected: what is sent waits with peers that hold it until they return.
+ */
+"away"
 /**
  * A safety number: 12 groups of 5 digits and the scannable form as a QR code.
  */

@@ -162,6 +162,11 @@ impl Running {
 }
 
 impl Running {
+    /// Every line read so far.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.borrow().clone()
+    }
+
     /// Whether any line read so far starts with `prefix`.
     pub fn saw(&self, prefix: &str) -> bool {
         self.seen.borrow().iter().any(|l| l.starts_with(prefix))

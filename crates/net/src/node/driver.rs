@@ -18,7 +18,7 @@ use cairn_proto::Mailbox;
 
 use super::handle::Command;
 use super::protocol::answer;
-use super::{link, peer_cache, Behaviour, BehaviourEvent, Inbound, InboundId, NetEvent, NodeConfig};
+use super::{link, peer_cache, Behaviour, BehaviourEvent, Inbound, InboundId, Link, NetEvent, NodeConfig};
 use crate::codec::Delivery;
 use crate::NetError;
 
@@ -45,9 +45,24 @@ pub(super) struct Driver {
     /// Wakes the mailbox upkeep to fetch: a first connection to a peer, or a peer new
     /// to the DHT.
     connected: Arc<tokio::sync::Notify>,
+    /// Each connected peer's connections and how each goes.
+    links: HashMap<PeerId, HashMap<ConnectionId, Link>>,
 }
 
 impl Driver {
+    /// The best of a peer's connections now, if it has any.
+    fn best_link(&self, peer: &PeerId) -> Option<Link> {
+        self.links.get(peer)?.values().max().copied()
+    }
+
+    /// Reports a peer's best link if it is not `before` any more.
+    fn link_changed(&mut self, peer: PeerId, before: Option<Link>) -> Result<(), ()> {
+        match self.best_link(&peer) {
+            Some(link) if Some(link) != before => self.emit(NetEvent::Reached { peer, link }),
+            _ => Ok(()),
+        }
+    }
+
     /// Listens through `relay` (once), at the address this node dialed it on, so peers
     /// that cannot reach this node directly can through the relay.
     fn listen_through_relay(&mut self, relay: PeerId) {
@@ -216,6 +231,13 @@ impl Driver {
                 endpoint,
                 ..
             } => {
+                let link = if endpoint.is_relayed() {
+                    Link::Relayed
+                } else {
+                    Link::Direct
+                };
+                let before = self.best_link(&peer_id);
+                self.links.entry(peer_id).or_default().insert(connection_id, link);
                 if let ConnectedPoint::Dialer { address, .. } = endpoint {
                     let relayed = address.iter().any(|p| p == Protocol::P2pCircuit);
                     if !relayed {
@@ -229,6 +251,7 @@ impl Driver {
                     self.connected.notify_one();
                     self.emit(NetEvent::Connected(peer_id))?
                 }
+                self.link_changed(peer_id, before)?;
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id, error, ..
@@ -239,9 +262,21 @@ impl Driver {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
-            } => self.emit(NetEvent::Disconnected(peer_id))?,
+            } => {
+                let before = self.best_link(&peer_id);
+                if let Some(links) = self.links.get_mut(&peer_id) {
+                    links.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    self.links.remove(&peer_id);
+                    self.emit(NetEvent::Disconnected(peer_id))?
+                } else {
+                    self.link_changed(peer_id, before)?;
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Cache(peer_cache::Event::Pushed {
                 from,
                 envelope,
@@ -404,6 +439,7 @@ impl Driver {
             lookups: HashMap::new(),
             dialed: HashMap::new(),
             relays: HashSet::new(),
+            links: HashMap::new(),
             circuits_offered: HashSet::new(),
             relay_server: config.relay_server,
         }

@@ -103,6 +103,15 @@ pub enum NetEvent {
     Discovered(PeerId),
     /// A connection to a peer is up.
     Connected(PeerId),
+    /// The best libp2p link to a connected peer is now `link`: on its first
+    /// connection, when a hole punch (or a dial to a reachable address) adds a direct
+    /// connection to a relayed one, and when the direct one closes.
+    Reached {
+        /// The peer.
+        peer: PeerId,
+        /// How it is reached now.
+        link: Link,
+    },
     /// The last connection to a peer closed.
     Disconnected(PeerId),
     /// A direct (WebRTC) session to a peer opened: envelopes to it take that path now.
@@ -119,6 +128,17 @@ pub enum NetEvent {
         /// What to pass to [`NodeHandle::answer_link`].
         reply: LinkReply,
     },
+}
+
+/// How a libp2p connection to a peer goes; the better one is the greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Link {
+    /// Through a relay's circuit: the relay sees who talks to whom and how much, not
+    /// what (everything in it is end-to-end encrypted).
+    Relayed,
+    /// Straight to the peer: on the same network, at an address it can be reached on,
+    /// or through a hole punched in both sides' NATs.
+    Direct,
 }
 
 /// Identifies an inbound link request until it is answered.
