@@ -360,14 +360,29 @@ fn alice_writes_while_bob_is_away_and_the_cairnd_node_holds_it_until_he_returns(
     drop((alice, bob));
     // Alice writes while Bob is away, and stays online until the message left her
     // outbox (for the node's peer cache), then goes too.
-    run(world.alice_dir.path(), &["send", &world.bob_id, "while you were away"]);
-    let left = (0..12).any(|_| {
-        let alice = world.listen("a", &[]);
-        std::thread::sleep(Duration::from_secs(5));
-        drop(alice);
-        run(world.alice_dir.path(), &["outbox"]).trim().is_empty()
-    });
-    assert!(left, "the message never left Alice's outbox");
+    let args = [
+        "--listen",
+        HOME_LISTEN,
+        "--bootstrap",
+        &world.bootstrap,
+        "listen",
+        "--stdin",
+    ];
+    let mut alice = Running::start_in_with_commands(&lab.ns("a"), world.alice_dir.path(), &args);
+    let sent = alice.command(
+        &format!("send {} while you were away", world.bob_id),
+        Duration::from_secs(30),
+    );
+    assert!(sent.is_some(), "Alice could not send");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while alice
+        .command("outbox", Duration::from_secs(30))
+        .is_none_or(|rows| !rows.is_empty())
+    {
+        assert!(Instant::now() < deadline, "the message never left Alice's outbox");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(alice);
     // Bob comes back with Alice away: the message comes from the cache.
     let started = Instant::now();
     let bob = world.listen("b", &[]);

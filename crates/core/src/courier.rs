@@ -49,6 +49,9 @@ pub struct Courier {
     online: Arc<Mutex<HashSet<PeerId>>>,
     /// The best libp2p link to each connected peer.
     links: Arc<Mutex<HashMap<PeerId, Link>>>,
+    /// An envelope for an unreachable device found no cache to take it: the next peer
+    /// that connects may be one, so what waits becomes due then.
+    awaiting_holders: Arc<AtomicBool>,
     /// A delivery pass is running; `again` asks it for one more.
     delivering: Arc<AtomicBool>,
     again: Arc<AtomicBool>,
@@ -92,6 +95,7 @@ impl Courier {
             wake: Arc::new(Notify::new()),
             online: Arc::default(),
             links: Arc::default(),
+            awaiting_holders: Arc::default(),
             delivering: Arc::default(),
             again: Arc::default(),
             arrivals: Arc::default(),
@@ -233,8 +237,18 @@ impl Courier {
                     }
                     Some(NetEvent::Connected(peer)) => {
                         self.online.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
-                        // What waited for this peer is worth trying at once.
-                        off_thread(&messenger, move |m| retry_for_peer(m, peer)).await;
+                        // What waited for this peer is worth trying at once, and what
+                        // waited for a cache to hold it, if this peer may be one.
+                        let for_holders = self.awaiting_holders.swap(false, Ordering::SeqCst);
+                        off_thread(&messenger, move |m| {
+                            retry_for_peer(m, peer);
+                            if for_holders {
+                                if let Err(e) = m.retry_now() {
+                                    tracing::error!(%e, "could not update the outbox");
+                                }
+                            }
+                        })
+                        .await;
                         // One side offers, so both do not at once.
                         if self.handle.peer_id() < peer {
                             tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
@@ -383,10 +397,12 @@ impl Courier {
             Ok(holders) if !holders.is_empty() => Handed::ToCaches(holders.len() as u32),
             Ok(_) => {
                 tracing::debug!("no peer cache took the envelope yet");
+                self.awaiting_holders.store(true, Ordering::SeqCst);
                 Handed::NotNow
             }
             Err(e) => {
                 tracing::debug!(%e, "placing with the peer cache failed");
+                self.awaiting_holders.store(true, Ordering::SeqCst);
                 Handed::NotNow
             }
         }

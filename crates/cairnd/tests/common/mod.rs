@@ -75,6 +75,11 @@ impl Running {
         Self::spawn(cairnd(None, profile, args), true)
     }
 
+    /// [`Running::start_with_commands`] inside the network namespace `ns`.
+    pub fn start_in_with_commands(ns: &str, profile: &Path, args: &[&str]) -> Self {
+        Self::spawn(cairnd(Some(ns), profile, args), true)
+    }
+
     fn spawn(mut command: Command, with_stdin: bool) -> Self {
         if with_stdin {
             command.stdin(Stdio::piped());

@@ -95,6 +95,15 @@ impl Driver {
     /// always say, since its lookups only report peers they could reach themselves.
     /// `Err` when nobody listens for events any more.
     fn try_through_relays(&mut self, peer: PeerId) -> Result<(), ()> {
+        if self.offer_circuits_to(peer) {
+            self.emit(NetEvent::Discovered(peer))?;
+        }
+        Ok(())
+    }
+
+    /// Offers the swarm `peer`'s address through each relay this node uses (once);
+    /// true if there was one not offered before.
+    fn offer_circuits_to(&mut self, peer: PeerId) -> bool {
         let mut added = false;
         for relay in self.relays.clone() {
             let Some(mut circuit) = self.circuit_through(relay) else {
@@ -106,10 +115,7 @@ impl Driver {
                 added = true;
             }
         }
-        if added {
-            self.emit(NetEvent::Discovered(peer))?;
-        }
-        Ok(())
+        added
     }
 
     pub(super) async fn run(mut self) {
@@ -131,6 +137,11 @@ impl Driver {
     fn command(&mut self, command: Command) {
         match command {
             Command::Send { to, bytes, done } => {
+                if !self.swarm.is_connected(&to) {
+                    // The dial tries every address at once: through a relay this node
+                    // uses as well as the peer's own, which a NAT may silently drop.
+                    self.offer_circuits_to(to);
+                }
                 let id = self.swarm.behaviour_mut().envelopes.send_request(&to, bytes);
                 self.pending.insert(id, done);
             }
