@@ -383,3 +383,86 @@ async fn offers_started_at_the_same_moment_make_one_session_not_two() {
     wait_for(&mut alice_events, |e| matches!(e, NetEvent::DirectOpened(p) if *p == b)).await;
     wait_for(&mut bob_events, |e| matches!(e, NetEvent::DirectOpened(p) if *p == a)).await;
 }
+
+/// A stock libp2p node of the public IPFS DHT (Kademlia on `/ipfs/kad/1.0.0` in server
+/// mode, identify), on loopback; returns its address with its peer id.
+fn stock_ipfs_dht_node() -> cairn_net::Multiaddr {
+    use futures::StreamExt;
+    use libp2p::{identify, kad, noise, swarm::NetworkBehaviour, tcp, yamux, StreamProtocol};
+
+    #[derive(NetworkBehaviour)]
+    struct Stock {
+        kad: kad::Behaviour<kad::store::MemoryStore>,
+        identify: identify::Behaviour,
+    }
+
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                peer,
+                kad::store::MemoryStore::new(peer),
+                kad::Config::new(StreamProtocol::new("/ipfs/kad/1.0.0")),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            Stock {
+                kad,
+                identify: identify::Behaviour::new(identify::Config::new("/ipfs/id/1.0.0".into(), key.public())),
+            }
+        })
+        .unwrap()
+        .build();
+    let address: cairn_net::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+    swarm.listen_on(address).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let peer = *swarm.local_peer_id();
+    tokio::spawn(async move {
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                let _ = tx.send(address.with(multiaddr::Protocol::P2p(peer)));
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_of_the_public_ipfs_dht_never_joins_cairns_dht_nor_is_asked_to_hold_mail() {
+    let stock = stock_ipfs_dht_node();
+    let stock_peer = match stock.iter().last() {
+        Some(multiaddr::Protocol::P2p(peer)) => peer,
+        _ => unreachable!("the address ends with the peer id"),
+    };
+    let (hub, _hub_events) = node(31).await;
+    let hub_address = address_of(&hub, "/tcp/").await;
+    let mut config = loopback(false);
+    config.bootstrap = vec![stock, hub_address];
+    let (alice, mut alice_events) = start([32; 32], config).unwrap();
+    let mut waiting = std::collections::HashSet::from([stock_peer, hub.peer_id()]);
+    while !waiting.is_empty() {
+        match tokio::time::timeout(Duration::from_secs(10), alice_events.recv()).await {
+            Ok(Some(NetEvent::Connected(peer))) => {
+                waiting.remove(&peer);
+            }
+            Ok(Some(_)) => {}
+            other => panic!("not connected to {waiting:?}: {other:?}"),
+        }
+    }
+    // Connected to both, Alice's DHT knows the Cairn node and not the stock one: the
+    // two speak different DHT protocols, so no lookup of Cairn's (the peer cache's
+    // holders) ever names a node that is not Cairn's.
+    let mut closest = Vec::new();
+    for _ in 0..40 {
+        closest = alice.closest_peers(vec![7; 32], 20).await.unwrap();
+        if closest.contains(&hub.peer_id()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closest.contains(&hub.peer_id()), "{closest:?}");
+    assert!(!closest.contains(&stock_peer), "{closest:?}");
+    drop(alice_events);
+}

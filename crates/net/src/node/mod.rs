@@ -191,10 +191,15 @@ pub(super) struct Behaviour {
     autonat: autonat::Behaviour,
 }
 
+/// Cairn's own DHT (the peer cache's placement, finding devices): a protocol name of
+/// its own, so it never merges into the public IPFS DHT (`/ipfs/kad/1.0.0`) and never
+/// asks a node that is not Cairn's to hold mail.
+pub const CAIRN_KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/cairn/kad/1.0.0");
+
 /// Lookups give up after 10 s (not libp2p's 60): a lookup that waits on unreachable
 /// peers must not keep the next one, which may find a new address, from starting.
 fn kad_config() -> kad::Config {
-    let mut config = kad::Config::new(kad::PROTOCOL_NAME);
+    let mut config = kad::Config::new(CAIRN_KAD_PROTOCOL);
     config.set_query_timeout(Duration::from_secs(10));
     config
 }
