@@ -326,9 +326,7 @@ impl Messenger {
             addresses: Vec::new(),
             secret: self.invite_secret()?,
         };
-        let (direct, relayed): (Vec<&String>, Vec<&String>) =
-            self.addresses.iter().partition(|a| !a.contains("/p2p-circuit"));
-        for address in direct.into_iter().chain(relayed).take(MAX_INVITE_ADDRESSES) {
+        for address in invite_addresses(&self.addresses).into_iter().take(MAX_INVITE_ADDRESSES) {
             invite.addresses.push(address.clone());
             if invite.to_link().len() > crate::qr::MAX_QR_BYTES {
                 invite.addresses.pop();
@@ -478,6 +476,54 @@ impl Messenger {
     }
 }
 
+/// How useful an address is to someone who got the invite, most useful first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Reach {
+    /// A public address: anyone can dial it.
+    Public,
+    /// A private address: someone on the same network can.
+    Private,
+    /// Through a relay: anyone can, whatever NATs are in the way.
+    Relayed,
+    /// Loopback, link-local or unspecified: only this machine (tests, two profiles on
+    /// one computer).
+    ThisMachine,
+}
+
+fn reach_of(address: &str) -> Reach {
+    use cairn_net::multiaddr::Protocol;
+    let Ok(address) = address.parse::<cairn_net::Multiaddr>() else {
+        return Reach::ThisMachine;
+    };
+    if address.iter().any(|p| p == Protocol::P2pCircuit) {
+        return Reach::Relayed;
+    }
+    match address.iter().next() {
+        Some(Protocol::Ip4(ip)) if ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() => Reach::ThisMachine,
+        Some(Protocol::Ip4(ip)) if ip.is_private() || ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64 => {
+            Reach::Private
+        }
+        Some(Protocol::Ip6(ip)) if ip.is_loopback() || ip.is_unspecified() || ip.segments()[0] & 0xffc0 == 0xfe80 => {
+            Reach::ThisMachine
+        }
+        Some(Protocol::Ip6(ip)) if ip.segments()[0] & 0xfe00 == 0xfc00 => Reach::Private,
+        Some(Protocol::Ip4(_) | Protocol::Ip6(_)) => Reach::Public,
+        _ => Reach::Private,
+    }
+}
+
+/// The addresses an invite carries, most useful first: public, private, relayed, and
+/// this machine's own only when there is nothing else (a dial to someone else's
+/// loopback reaches the dialer itself).
+fn invite_addresses(addresses: &[String]) -> Vec<&String> {
+    let mut ranked: Vec<(Reach, &String)> = addresses.iter().map(|a| (reach_of(a), a)).collect();
+    ranked.sort_by_key(|(reach, _)| *reach);
+    if ranked.iter().any(|(reach, _)| *reach != Reach::ThisMachine) {
+        ranked.retain(|(reach, _)| *reach != Reach::ThisMachine);
+    }
+    ranked.into_iter().map(|(_, address)| address).collect()
+}
+
 /// Where the device that made an invite can be reached: its transport key and the
 /// addresses the invite carries (checked: the device is in the signed list).
 pub fn invite_route(link: &str) -> Result<([u8; 32], Vec<String>)> {
@@ -517,4 +563,36 @@ fn load_account(db: &ProfileDb) -> Result<Option<Account>> {
         device: DeviceKeys::from_parts(device.device_id, device.registration_id, &device.transport_seed)?,
         display_name: account.display_name,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invite_addresses;
+
+    #[test]
+    fn an_invite_names_public_then_private_then_relayed_addresses_and_loopback_only_when_alone() {
+        let relay = "/ip4/203.0.113.9/tcp/4001/p2p/12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5/p2p-circuit";
+        let addresses: Vec<String> = [
+            "/ip4/127.0.0.1/udp/4001/quic-v1",
+            relay,
+            "/ip4/192.168.1.20/tcp/4001",
+            "/ip6/::1/tcp/4001",
+            "/ip4/198.51.100.7/tcp/4001",
+            "/ip4/100.64.3.2/tcp/4001",
+        ]
+        .map(String::from)
+        .to_vec();
+        let ordered: Vec<&str> = invite_addresses(&addresses).into_iter().map(String::as_str).collect();
+        assert_eq!(
+            ordered,
+            [
+                "/ip4/198.51.100.7/tcp/4001",
+                "/ip4/192.168.1.20/tcp/4001",
+                "/ip4/100.64.3.2/tcp/4001",
+                relay
+            ]
+        );
+        let only_here = ["/ip4/127.0.0.1/tcp/1".to_owned()];
+        assert_eq!(invite_addresses(&only_here), [&only_here[0]]);
+    }
 }
