@@ -82,6 +82,12 @@ impl Lab {
             }
         }
         let [inet, public, ra, rb, a, b] = HOSTS.map(|h| lab.ns(h));
+        if !sh(&format!(
+            "ip netns exec {ra} nft add table ip probe && ip netns exec {ra} nft delete table ip probe"
+        )) {
+            eprintln!("skipped: this kernel does not take nftables rules");
+            return None;
+        }
         let s = std::process::id() % 100_000;
         let script = format!(
             "set -e
