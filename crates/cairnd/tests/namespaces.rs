@@ -9,16 +9,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{init, run, Running};
-
-fn sh(command: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", command])
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use common::{init, run, sh, Running};
 
 /// The namespaces and links of one test run, removed on drop.
 struct Hosts {

@@ -30,14 +30,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{init, run, Running};
-
-fn sh(command: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", command])
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use common::{init, run, sh, Running};
 
 /// How a home's router maps its inside addresses.
 #[derive(Clone, Copy, Debug)]

@@ -32,6 +32,14 @@ pub fn cairnd(ns: Option<&str>, profile: &Path, args: &[&str]) -> Command {
     command
 }
 
+/// Runs a shell command line (namespaces, routes, nftables); true if it succeeded.
+pub fn sh(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Runs a one-shot command and returns what it printed.
 pub fn run(profile: &Path, args: &[&str]) -> String {
     let output = cairnd(None, profile, args).output().unwrap();
