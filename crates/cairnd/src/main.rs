@@ -164,20 +164,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The transport keys of an account's devices.
+fn transport_keys(m: &Messenger, account: &AccountId) -> Result<Vec<[u8; 32]>> {
+    Ok(m.device_keys_of(account)?.into_iter().map(|(_, k)| k).collect())
+}
+
 /// Prints `route ACCOUNT direct|connected|relayed|away` when how this node reaches
-/// the contact changed.
-fn print_route(
-    m: &Messenger,
-    courier: &Courier,
-    account: &AccountId,
-    routes: &mut HashMap<AccountId, Route>,
-) -> Result<()> {
-    let keys: Vec<_> = m.device_keys_of(account)?.into_iter().map(|(_, k)| k).collect();
-    let route = courier.route_to(&keys);
+/// the contact (whose devices have `keys`) changed.
+fn print_route(courier: &Courier, account: &AccountId, keys: &[[u8; 32]], routes: &mut HashMap<AccountId, Route>) {
+    let route = courier.route_to(keys);
     if routes.insert(account.clone(), route) != Some(route) {
         println!("route {account} {}", route.name());
     }
-    Ok(())
 }
 
 fn print_lines(lines: Vec<String>) {
@@ -329,7 +327,7 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin
                     Event::ContactChanged(account) if !known.contains(&account) => {
                         if let Ok(contact) = m.contact(&account) {
                             println!("contact {account} {}", contact.display_name);
-                            print_route(m, &courier, &account, &mut routes)?;
+                            print_route(&courier, &account, &transport_keys(m, &account)?, &mut routes);
                             known.insert(account);
                         }
                     }
@@ -338,8 +336,8 @@ async fn run(options: &Options, dir: &ProfileDir, limit: Option<Duration>, stdin
                         println!("message {} {}", message.sender, message.body);
                     }
                     Event::PresenceChanged(account) if known.contains(&account) => {
-                        let keys: Vec<_> = m.device_keys_of(&account)?.into_iter().map(|(_, k)| k).collect();
-                        print_route(m, &courier, &account, &mut routes)?;
+                        let keys = transport_keys(m, &account)?;
+                        print_route(&courier, &account, &keys, &mut routes);
                         let now_direct = courier.any_direct(&keys);
                         if now_direct != direct.contains(&account) {
                             println!("direct {account} {}", if now_direct { "open" } else { "closed" });

@@ -45,9 +45,7 @@ type OnEvent = Arc<dyn Fn(Event) + Send + Sync>;
 pub struct Courier {
     handle: NodeHandle,
     wake: Arc<Notify>,
-    /// Peers with an open connection now.
-    online: Arc<Mutex<HashSet<PeerId>>>,
-    /// The best libp2p link to each connected peer.
+    /// The peers with an open connection now, and the best libp2p link to each.
     links: Arc<Mutex<HashMap<PeerId, Link>>>,
     /// An envelope for an unreachable device found no cache to take it: the next peer
     /// that connects may be one, so what waits becomes due then.
@@ -93,7 +91,6 @@ impl Courier {
         let courier = Self {
             handle,
             wake: Arc::new(Notify::new()),
-            online: Arc::default(),
             links: Arc::default(),
             awaiting_holders: Arc::default(),
             delivering: Arc::default(),
@@ -135,11 +132,11 @@ impl Courier {
 
     /// Whether any of these devices (by transport key) is connected now.
     pub fn any_online(&self, transport_keys: &[[u8; 32]]) -> bool {
-        let online = self.online.lock().unwrap_or_else(|p| p.into_inner());
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         transport_keys
             .iter()
             .filter_map(|k| peer_id_of(k).ok())
-            .any(|peer| online.contains(&peer))
+            .any(|peer| links.contains_key(&peer))
     }
 
     /// How this device reaches the best-connected of these devices now.
@@ -236,7 +233,6 @@ impl Courier {
                         self.kick(&messenger, &on_event);
                     }
                     Some(NetEvent::Connected(peer)) => {
-                        self.online.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
                         // What waited for this peer is worth trying at once, and what
                         // waited for a cache to hold it, if this peer may be one.
                         let for_holders = self.awaiting_holders.swap(false, Ordering::SeqCst);
@@ -253,7 +249,7 @@ impl Courier {
                         if self.handle.peer_id() < peer {
                             tokio::spawn(self.clone().open_direct(messenger.clone(), peer));
                         }
-                        presence_changed(&messenger, peer, &on_event);
+                        // Its presence was told as it was reached, just before.
                         self.kick(&messenger, &on_event);
                     }
                     Some(NetEvent::DirectOpened(peer) | NetEvent::DirectClosed(peer)) => {
@@ -264,7 +260,6 @@ impl Courier {
                         presence_changed(&messenger, peer, &on_event);
                     }
                     Some(NetEvent::Disconnected(peer)) => {
-                        self.online.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
                         self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
                         presence_changed(&messenger, peer, &on_event);
                     }
@@ -356,7 +351,7 @@ impl Courier {
     ) -> Handed {
         if !unreachable.contains(&peer)
             && !self.handle.is_direct(&peer)
-            && self.online.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer)
+            && self.links.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&peer)
             && asked_direct.insert(peer)
         {
             // This one goes over libp2p; later ones may find a direct session.

@@ -258,11 +258,12 @@ impl Driver {
                 if let Some(done) = self.dials.remove(&connection_id) {
                     let _ = done.send(Ok(()));
                 }
+                // How the peer is reached is known before it is said to be connected.
+                self.link_changed(peer_id, before)?;
                 if num_established.get() == 1 {
                     self.connected.notify_one();
                     self.emit(NetEvent::Connected(peer_id))?
                 }
-                self.link_changed(peer_id, before)?;
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id, error, ..

@@ -104,7 +104,7 @@ pub enum NetEvent {
     /// A connection to a peer is up.
     Connected(PeerId),
     /// The best libp2p link to a connected peer is now `link`: on its first
-    /// connection, when a hole punch (or a dial to a reachable address) adds a direct
+    /// connection (just before [`NetEvent::Connected`]), when a hole punch (or a dial to a reachable address) adds a direct
     /// connection to a relayed one, and when the direct one closes.
     Reached {
         /// The peer.
